@@ -1,0 +1,1 @@
+"""phantoms package of SymmetryAwareCore."""

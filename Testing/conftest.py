@@ -1,0 +1,46 @@
+"""Shared fixtures: real brain images that ship inside installed wheels (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from SymmetryAwareCore.io.image import Image
+
+# Keep the 2-core machines responsive and results repeatable.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _nifti_image(path: Path, volume: int | None = None) -> Image:
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if volume is not None:
+        data = data[..., volume]
+    return Image(np.ascontiguousarray(data), img.affine, source=str(path))
+
+
+@pytest.fixture(scope="session")
+def mni_t1() -> Image:
+    """MNI ICBM152 2009a symmetric T1, 1 mm, 197x233x189, skull-stripped (nilearn)."""
+    import nilearn.datasets
+
+    path = Path(nilearn.datasets.__file__).parent / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    return _nifti_image(path)
+
+
+@pytest.fixture(scope="session")
+def subject_t1() -> Image:
+    """A real subject's low-resolution T1, 33x41x25, 2 mm (nibabel test data)."""
+    path = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+    return _nifti_image(path)
+
+
+@pytest.fixture(scope="session")
+def subject_epi() -> Image:
+    """The first volume of a real subject's EPI, 128x96x24, not in template space."""
+    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    return _nifti_image(path, volume=0)

@@ -1,0 +1,1 @@
+"""SymmetryAwareTraining: pretraining and fine-tuning of SA-Swin outside Slicer."""
