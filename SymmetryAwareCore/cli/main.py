@@ -18,6 +18,7 @@ from ..errors import InputError
 # Modules of this package that define a sub-command, in the order --help lists them.
 COMMANDS = (
     "phantom",
+    "msp",
 )
 
 

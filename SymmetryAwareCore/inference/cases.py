@@ -1,0 +1,188 @@
+"""Finding cases and their channel files: explicit files, a folder, folders of cases, a CSV.
+
+A model card declares its input channels in order, each with filename patterns
+(``{"name": "t1ce", "patterns": ["*t1c*", "*t1ce*"]}``). Files are matched to channels by
+those patterns (case-insensitive, on the file name), so the order a user types them in does
+not matter; when no file name matches any pattern and the count is right, the given order is
+used and the caller is told so.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import InputError
+
+__all__ = ["Case", "ChannelSpec", "discover_cases", "assign_channels", "case_id_from_path"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One input channel of a model: its name and the filename patterns that identify it."""
+
+    name: str
+    patterns: Sequence[str] = ()
+
+
+@dataclass
+class Case:
+    """One case to process: an id and one path per model channel, in the model's order."""
+
+    case_id: str
+    paths: List[Path]
+    notes: List[str] = field(default_factory=list)
+
+
+def case_id_from_path(path: Path) -> str:
+    """File name without its image extensions (``sub-01_t1.nii.gz`` -> ``sub-01_t1``)."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and not any(_is_image_file(p) for p in files) and any(
+        p.suffix.lower() in (".dcm", ".ima", "") for p in files
+    )
+
+
+def assign_channels(paths: Sequence[Path], channels: Sequence[ChannelSpec], where: str = "") -> tuple[List[Path], List[str]]:
+    """Order ``paths`` as the model's ``channels`` expect.
+
+    Returns:
+        the paths in channel order and notes for the user (e.g. "order taken as given").
+    Raises:
+        InputError: wrong number of files, or patterns that match ambiguously or not at all.
+    """
+    paths = [Path(p) for p in paths]
+    names = [c.name for c in channels]
+    if len(paths) != len(channels):
+        raise InputError(
+            f"the model expects {len(channels)} channel(s) ({', '.join(names)}), got {len(paths)} file(s)", where or None
+        )
+    if len(channels) == 1:
+        return paths, []
+    matches: Dict[int, List[int]] = {}
+    for pi, p in enumerate(paths):
+        lowered = p.name.lower()
+        matches[pi] = [
+            ci for ci, c in enumerate(channels) if any(fnmatch.fnmatch(lowered, pat.lower()) for pat in c.patterns)
+        ]
+    if not any(matches.values()):
+        return paths, [f"no file name matches the channel patterns; order taken as given: {', '.join(names)}"]
+    # Resolve one-to-one: a file matching several channels keeps the one no other file claims.
+    assigned: Dict[int, int] = {}
+    pending = dict(matches)
+    changed = True
+    while pending and changed:
+        changed = False
+        for pi, cands in list(pending.items()):
+            free = [c for c in cands if c not in assigned.values()]
+            if len(free) == 1:
+                assigned[pi] = free[0]
+                del pending[pi]
+                changed = True
+    if pending or len(set(assigned.values())) != len(channels):
+        detail = "; ".join(
+            f"{p.name} -> {', '.join(names[c] for c in matches[i]) or 'no channel'}" for i, p in enumerate(paths)
+        )
+        raise InputError(f"cannot match files to the model's channels ({', '.join(names)}): {detail}", where or None)
+    ordered = [None] * len(channels)
+    for pi, ci in assigned.items():
+        ordered[ci] = paths[pi]
+    notes = []
+    if ordered != paths:
+        notes.append("channels reordered by file name: " + ", ".join(f"{n}={p.name}" for n, p in zip(names, ordered)))
+    return ordered, notes
+
+
+def _case_from_files(case_id: str, files: Sequence[Path], channels: Sequence[ChannelSpec], where: str) -> Case:
+    ordered, notes = assign_channels(files, channels, where)
+    return Case(case_id, ordered, notes)
+
+
+def _folder_cases(folder: Path, channels: Sequence[ChannelSpec]) -> List[Case]:
+    images = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if images:
+        return [_case_from_files(folder.name, images, channels, str(folder))]
+    if _is_dicom_folder(folder):
+        return [_case_from_files(folder.name, [folder], channels, str(folder))]
+    cases = []
+    for sub in subdirs:
+        sub_images = sorted(p for p in sub.iterdir() if _is_image_file(p))
+        if sub_images:
+            cases.append(_case_from_files(sub.name, sub_images, channels, str(sub)))
+        elif _is_dicom_folder(sub):
+            cases.append(_case_from_files(sub.name, [sub], channels, str(sub)))
+    if not cases:
+        raise InputError("no images (.nii, .nii.gz, .nrrd, .mha, DICOM) found in this folder or its sub-folders", folder)
+    return cases
+
+
+def _csv_cases(table: Path, channels: Sequence[ChannelSpec]) -> List[Case]:
+    """Rows of ``case_id,<channel name>,...``; relative paths are relative to the CSV."""
+    try:
+        with open(table, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"cannot read the case table: {error}", table) from None
+    names = [c.name for c in channels]
+    if not rows:
+        raise InputError("the case table has no rows", table)
+    header = set(rows[0].keys())
+    missing = [n for n in ["case_id", *names] if n not in header]
+    if missing:
+        raise InputError(f"the case table lacks column(s) {', '.join(missing)} (expected case_id,{','.join(names)})", table)
+    cases = []
+    for row in rows:
+        paths = [(table.parent / row[n].strip()) if not Path(row[n].strip()).is_absolute() else Path(row[n].strip()) for n in names]
+        cases.append(Case(row["case_id"].strip(), paths))
+    ids = [c.case_id for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InputError(f"duplicate case_id(s) in the case table: {', '.join(dupes)}", table)
+    return cases
+
+
+def discover_cases(inputs: Sequence[str], channels: Sequence[ChannelSpec], case_id: Optional[str] = None) -> List[Case]:
+    """Turn the command line's inputs into cases.
+
+    - image files: one case, its channel files (matched by pattern);
+    - one folder of images: one case; one folder of sub-folders: one case per sub-folder;
+      a folder of DICOM files: one single-channel case;
+    - one ``.csv`` file: one case per row.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("no input given")
+    for p in paths:
+        if not p.exists():
+            raise InputError("no such file or folder", p)
+    if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
+        return _csv_cases(paths[0], channels)
+    if len(paths) == 1 and paths[0].is_dir():
+        cases = _folder_cases(paths[0], channels)
+    else:
+        for p in paths:
+            if p.is_dir() and not _is_dicom_folder(p):
+                raise InputError("give either image files or one folder, not both", p)
+        cases = [_case_from_files(case_id_from_path(paths[0]), paths, channels, "")]
+    if case_id and len(cases) == 1:
+        cases[0].case_id = case_id
+    return cases

@@ -1,0 +1,257 @@
+"""Mirror-paired sliding-window inference, the engine of SA-Swin segmentation.
+
+Input: a volume aligned to its mid-sagittal plane, RAS, ``(C, X, Y, Z)`` with axis 1
+(spatial axis 0, X) the left-right axis and the plane at its centre. Each window is
+paired with ITS counterpart cut from the whole volume
+(:func:`~SymmetryAwareCore.geometry.mirror.extract_counterpart`: the mirrored box,
+flipped), never with a flip of itself.
+
+The model contract (SASwinUNETR and any test double)::
+
+    model.forward_features(x: (B, C, *roi)) -> list of tensors, batch first (opaque here)
+    model.forward_head(features, features_counterpart, return_attention=False)
+        -> logits (B, out, *roi)  or  (logits, attention (B, heads, Nq, Nk))
+
+with ``Nq == Nk`` the bottleneck tokens, grid ``roi // 32``, row-major over (x, y, z).
+
+Encoder work. The encoder is not flip-equivariant, so a window's own features and the
+features of its flipped counterpart are different computations. The window grid is
+closed under the mirror (:mod:`.window_grid`), so the distinct encoder inputs of a whole
+run are exactly: every window crop, and every window's counterpart crop (the flip of
+the mirror window). Each is encoded once: ``2 * n_windows`` crops (a window centred on
+the plane is its own mirror, but its counterpart is its flip, still a distinct crop).
+Reusing a window's features as its mirror's counterpart features would halve that, and
+be wrong: the encoder sees the counterpart flipped. No more is needed for
+left-right test-time augmentation (``tta_flip``): flipping the whole volume turns window
+``a`` into the counterpart crop of window ``a'`` and its counterpart into window ``a'``
+itself, so the flipped pass only adds decoder (head) work.
+
+Memory. Windows are handled in groups of mirror pairs; a group's hidden states are
+cached on the compute device until every head of the group has run, then dropped. At
+most ``sw_batch_size + 3`` crops' hidden states are held at once (a group closes as soon
+as it has ``sw_batch_size`` crops, and one pair adds at most 4). A model with a
+``counterpart_feature_indices`` attribute (the hidden states its head reads from the
+counterpart; SASwinUNETR: the bottleneck only) lets counterpart crops keep only those
+when ``tta_flip`` is off, so about half the cache is skip features of windows. Blending accumulators
+live on the CPU in float32: ``(out + 1)`` volumes, plus 2 when attention is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map
+
+from ..geometry.mirror import extract_counterpart, flip_lr
+from .device import autocast, resolve_device
+from .hemispheric import mirror_token_focus, token_grid
+from .window_grid import mirror_pairs, padding_for_roi, window_starts
+
+__all__ = ["PairedResult", "mirror_paired_sliding_window"]
+
+Start = Tuple[int, int, int]
+# A crop the encoder sees: ("window", start) is volume[box]; ("counterpart", start) is
+# extract_counterpart(volume, start, roi), the flipped mirror of that box.
+CropKey = Tuple[str, Start]
+
+
+@dataclass
+class PairedResult:
+    """What :func:`mirror_paired_sliding_window` returns.
+
+    Attributes:
+        logits: ``(out, X, Y, Z)`` float32 CPU tensor on the input grid (X = left-right).
+        attention: ``(X, Y, Z)`` float32 CPU tensor of hemispheric attention (attention
+            mass on the mirror-position tokens, see :mod:`.hemispheric`), blended like the
+            logits; None unless asked for.
+        n_windows: windows in the grid (after padding).
+        n_encoded: crops passed through ``forward_features`` (each distinct crop once).
+        windows: the window start corners on the padded grid.
+        padding: ``(before, after)`` per spatial axis that was added and cropped away.
+    """
+
+    logits: torch.Tensor
+    attention: Optional[torch.Tensor] = None
+    n_windows: int = 0
+    n_encoded: int = 0
+    windows: List[Start] = field(default_factory=list)
+    padding: List[Tuple[int, int]] = field(default_factory=list)
+
+
+def _as_volume(volume) -> torch.Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(volume) if isinstance(volume, np.ndarray) else volume)
+    if t.ndim != 4:
+        raise ValueError(f"volume must be (C, X, Y, Z) with X the left-right axis, got shape {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.float32)
+
+
+def _crop(volume: torch.Tensor, key: CropKey, roi: Sequence[int]) -> torch.Tensor:
+    kind, start = key
+    if kind == "window":
+        return volume[(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, roi))]
+    return extract_counterpart(volume, start, roi, spatial_start=1)
+
+
+def _group_pairs(pairs, sw_batch_size: int) -> List[List[Tuple[Start, Start]]]:
+    groups, current, crops = [], [], 0
+    for start, mirror in pairs:
+        current.append((start, mirror))
+        crops += 2 if start == mirror else 4
+        if crops >= sw_batch_size:
+            groups.append(current)
+            current, crops = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def mirror_paired_sliding_window(
+    volume,
+    model,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    device: Union[str, torch.device, None] = "cpu",
+    amp_dtype: Optional[torch.dtype] = None,
+    return_attention: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
+    tta_flip: bool = False,
+    sigma_scale: float = 0.125,
+    pad_value: float = 0.0,
+    attention_radius: int = 0,
+) -> PairedResult:
+    """Segment an aligned volume window by window, each window paired with its counterpart.
+
+    Args:
+        volume: ``(C, X, Y, Z)`` numpy array or tensor, RAS, aligned so that the
+            mid-sagittal plane is the centre of X (the left-right axis).
+        model: follows the contract in the module docstring, already on ``device`` and in
+            eval mode (this function does not change either).
+        roi_size: window ``(rx, ry, rz)``; each a multiple of 32 for SwinUNETR-style models.
+        overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
+        sw_batch_size: crops per encoder call and windows per head call.
+        mode: ``"gaussian"`` or ``"constant"`` blending (monai's importance map).
+        device: where the model runs (see :func:`.device.resolve_device`).
+        amp_dtype: autocast dtype (``torch.float16`` on CUDA...), or None for full precision.
+        return_attention: also build the hemispheric attention map.
+        progress: called as ``progress(done_windows, total_windows)`` after each window.
+        tta_flip: average with the prediction on the left-right flipped volume, flipped
+            back (costs head work only, see the module docstring).
+        sigma_scale: Gaussian sigma as a fraction of the window size.
+        pad_value: value of the padding added to volumes smaller than the window.
+        attention_radius: token neighbourhood of the mirror position counted as "mirror".
+
+    Returns:
+        :class:`PairedResult` on the CPU, on the input grid.
+    """
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"roi_size must be 3 positive sizes, got {tuple(roi_size)}")
+    device = resolve_device(device)
+    vol = _as_volume(volume)
+    shape = tuple(vol.shape[1:])
+
+    padding = padding_for_roi(shape, roi)
+    if any(b or a for b, a in padding):
+        # F.pad lists the last axis first.
+        flat = [p for pair in reversed(padding) for p in pair]
+        vol = F.pad(vol, flat, mode="constant", value=pad_value)
+    padded_shape = tuple(vol.shape[1:])
+
+    starts = window_starts(padded_shape, roi, overlap)
+    groups = _group_pairs(mirror_pairs(starts, roi, padded_shape), sw_batch_size)
+    importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device="cpu").float()
+    grid = token_grid(roi) if return_attention else None
+
+    out_sum: Optional[torch.Tensor] = None
+    weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
+    att_sum = torch.zeros(padded_shape, dtype=torch.float32) if return_attention else None
+    n_encoded, done, total = 0, 0, len(starts)
+
+    # Without TTA a counterpart crop only feeds the head's counterpart side; a model that
+    # says which hidden states that side reads lets the cache drop the rest.
+    keep = getattr(model, "counterpart_feature_indices", None)
+    keep = None if tta_flip or keep is None else set(int(i) for i in keep)
+
+    def encode(keys: List[CropKey]) -> Dict[CropKey, List[Optional[torch.Tensor]]]:
+        cache: Dict[CropKey, List[Optional[torch.Tensor]]] = {}
+        for i in range(0, len(keys), sw_batch_size):
+            chunk = keys[i : i + sw_batch_size]
+            batch = torch.stack([_crop(vol, k, roi) for k in chunk]).to(device)
+            with autocast(device, amp_dtype):
+                hidden = model.forward_features(batch)
+            for b, key in enumerate(chunk):
+                only_counterpart = keep is not None and key[0] == "counterpart"
+                cache[key] = [
+                    None if only_counterpart and n not in keep else h[b : b + 1] for n, h in enumerate(hidden)
+                ]
+            del hidden, batch
+        return cache
+
+    def stack(entries: List[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+        return None if any(e is None for e in entries) else torch.cat(entries)
+
+    with torch.no_grad():
+        for group in groups:
+            windows = [s for pair in group for s in dict.fromkeys(pair)]
+            keys = list(dict.fromkeys(k for s in windows for k in (("window", s), ("counterpart", s))))
+            cache = encode(keys)
+            n_encoded += len(keys)
+
+            # One head job per (window, view): the direct view, and with TTA the view from
+            # the flipped volume, whose output is flipped back onto the window.
+            jobs = []
+            for s in windows:
+                jobs.append((s, ("window", s), ("counterpart", s), False))
+                if tta_flip:
+                    m = (padded_shape[0] - roi[0] - s[0],) + s[1:]
+                    jobs.append((s, ("counterpart", m), ("window", m), True))
+            views_left = {s: 0 for s in windows}
+            for s, *_ in jobs:
+                views_left[s] += 1
+
+            for i in range(0, len(jobs), sw_batch_size):
+                chunk = jobs[i : i + sw_batch_size]
+                n_hidden = len(cache[chunk[0][1]])
+                own = [stack([cache[j[1]][h] for j in chunk]) for h in range(n_hidden)]
+                mirror = [stack([cache[j[2]][h] for j in chunk]) for h in range(n_hidden)]
+                with autocast(device, amp_dtype):
+                    output = model.forward_head(own, mirror, return_attention=return_attention)
+                logits, attention = output if return_attention else (output, None)
+                if return_attention and attention is None:
+                    raise ValueError("return_attention was asked for but the model's head returned no attention")
+                logits = logits.float().cpu()
+                focus = None
+                if attention is not None:
+                    focus = mirror_token_focus(attention, grid, attention_radius)[:, None]
+                    focus = F.interpolate(focus, size=roi, mode="trilinear", align_corners=False).cpu()
+                for b, (s, _, _, flip_back) in enumerate(chunk):
+                    box = tuple(slice(a, a + r) for a, r in zip(s, roi))
+                    win = flip_lr(logits[b], 1) if flip_back else logits[b]
+                    if out_sum is None:
+                        out_sum = torch.zeros((win.shape[0],) + padded_shape, dtype=torch.float32)
+                    out_sum[(slice(None),) + box] += importance * win
+                    weight_sum[box] += importance
+                    if focus is not None:
+                        f = flip_lr(focus[b, 0], 0) if flip_back else focus[b, 0]
+                        att_sum[box] += importance * f
+                    views_left[s] -= 1
+                    if views_left[s] == 0:
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+            del cache
+
+    crop = tuple(slice(b, n - a) for (b, a), n in zip(padding, padded_shape))
+    logits = (out_sum / weight_sum)[(slice(None),) + crop].contiguous()
+    attention_map = None
+    if att_sum is not None:
+        attention_map = (att_sum / weight_sum)[crop].contiguous()
+    return PairedResult(logits, attention_map, total, n_encoded, list(starts), padding)

@@ -1,0 +1,225 @@
+"""Readers: NIfTI, NRRD, MetaImage and DICOM series into one :class:`Image`, geometry intact.
+
+NIfTI goes through nibabel, whose ``affine`` is already voxel ``[i, j, k]`` to RAS mm
+(sform if set, else qform), so it is taken as stored, shear and obliquity included.
+NRRD, MetaImage and DICOM go through SimpleITK, which thinks in LPS and hands out arrays
+indexed ``[k, j, i]``; both are converted here, once:
+
+    ijk_to_lps = [direction * spacing | origin],   affine = LPS_TO_RAS @ ijk_to_lps,
+    array[i, j, k] = sitk_array[k, j, i].
+
+A DICOM folder holding several series: the series with the most files is read and a
+warning names it and the others (``series_uid`` picks one explicitly). Images come back
+as float32; label maps (:func:`read_labelmap`) as the smallest unsigned integer type.
+
+Maps written by :func:`SymmetryAwareCore.io.writers.write_map` as uint8 NRRD carry their
+scale in the custom fields ``SymmetryAware_value_scale`` and ``SymmetryAware_value_offset``
+(value = offset + scale * stored); the reader applies them. NIfTI maps use the standard
+``scl_slope`` / ``scl_inter``, applied by nibabel.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import InputError
+from .image import LPS_TO_RAS, Image
+from .validate import check_affine, check_input_path, check_shape, check_voxels
+
+__all__ = ["read_image", "read_labelmap", "VALUE_SCALE_KEY", "VALUE_OFFSET_KEY"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+# Custom NRRD / MetaImage fields for quantised maps: value = offset + scale * stored.
+VALUE_SCALE_KEY = "SymmetryAware_value_scale"
+VALUE_OFFSET_KEY = "SymmetryAware_value_offset"
+
+
+def read_image(
+    path: PathLike,
+    *,
+    allow_channels: bool = False,
+    allow_constant: bool = False,
+    series_uid: Optional[str] = None,
+) -> Image:
+    """Read a 3D image (or a 4D multi-volume one as channels) with its exact voxel-to-RAS affine.
+
+    Args:
+        path: ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, or a folder
+            holding a DICOM series.
+        allow_channels: accept several volumes (4D NIfTI, multi-component NRRD/MHA) and
+            return them as channels; otherwise such files are refused.
+        allow_constant: accept an image whose voxels all have one value (an empty label map).
+        series_uid: for a DICOM folder with several series, the one to read.
+
+    Returns:
+        :class:`Image` with a float32 array ``(X, Y, Z)``, or ``(C, X, Y, Z)`` when
+        ``allow_channels`` and the file holds C > 1 volumes; axis 0 is the file's first voxel
+        axis (not necessarily left-right: see :func:`SymmetryAwareCore.geometry.to_ras`).
+        Trailing axes of length 1 (a 4D NIfTI with one volume) are dropped.
+
+    Raises:
+        InputError: missing, unsupported, unreadable, 2D, 5D, multi-volume, empty,
+            non-finite, or absurd-geometry input; the message names the file.
+    """
+    array, affine = _read_raw(path, series_uid)
+    array = array.astype(np.float32, copy=False)
+    return _validated(array, affine, path, allow_channels, allow_constant)
+
+
+def read_labelmap(path: PathLike, *, series_uid: Optional[str] = None) -> Image:
+    """Read a 3D label map: integer voxel values, all-background allowed.
+
+    Returns:
+        :class:`Image` with an ``(X, Y, Z)`` array of dtype uint8 or uint16 (the smallest that
+        holds the largest label), on the file's own grid.
+
+    Raises:
+        InputError: as :func:`read_image`, and for non-integer or negative values.
+    """
+    array, affine = _read_raw(path, series_uid)
+    image = _validated(array, affine, path, allow_channels=False, allow_constant=True)
+    values = image.array
+    if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
+        raise InputError("label map has non-integer values", path)
+    if values.min() < 0:
+        raise InputError(f"label map has negative values (minimum {values.min():g})", path)
+    if values.max() > np.iinfo(np.uint16).max:
+        raise InputError(f"label map value {values.max():g} exceeds 65535", path)
+    dtype = np.uint8 if values.max() <= np.iinfo(np.uint8).max else np.uint16
+    return image.with_array(values.astype(dtype))
+
+
+def _validated(array: np.ndarray, affine: np.ndarray, path: PathLike, allow_channels: bool, allow_constant: bool) -> Image:
+    # Arrays arrive channels-last (nibabel's and our SimpleITK conversion's convention).
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    shape = array.shape if array.ndim <= 3 else (array.shape[3:][::-1] + array.shape[:3])
+    check_shape(shape, path, allow_channels=allow_channels)
+    if array.ndim == 4:
+        array = np.moveaxis(array, -1, 0)
+    array = np.ascontiguousarray(array)
+    check_affine(affine, path)
+    check_voxels(array, path, allow_constant=allow_constant)
+    return Image(array, affine, source=str(path))
+
+
+def _read_raw(path: PathLike, series_uid: Optional[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """``(array indexed [i, j, k, ...], voxel-to-RAS affine)`` in the file's own data type."""
+    kind = check_input_path(path)
+    if kind == "nifti":
+        return _read_nifti(Path(path))
+    import SimpleITK as sitk
+
+    if kind == "dicom":
+        return _sitk_to_raw(_read_dicom_series(Path(path), series_uid), path)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"cannot read image: {_first_line(err)}", path) from None
+    array, affine = _sitk_to_raw(image, path)
+    keys = set(reader.GetMetaDataKeys())
+    if VALUE_SCALE_KEY in keys or VALUE_OFFSET_KEY in keys:
+        try:
+            scale = float(reader.GetMetaData(VALUE_SCALE_KEY)) if VALUE_SCALE_KEY in keys else 1.0
+            offset = float(reader.GetMetaData(VALUE_OFFSET_KEY)) if VALUE_OFFSET_KEY in keys else 0.0
+        except ValueError:
+            raise InputError(f"bad {VALUE_SCALE_KEY} / {VALUE_OFFSET_KEY} field", path) from None
+        array = offset + scale * array.astype(np.float64)
+    return array, affine
+
+
+def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    try:
+        nii = nib.load(str(path))
+        # Reading the data here, not lazily later, so that a truncated file fails inside this try.
+        if np.issubdtype(nii.get_data_dtype(), np.integer) and _unscaled(nii):
+            array = np.asarray(nii.dataobj)
+        else:
+            array = np.asarray(nii.dataobj, dtype=np.float64 if nii.get_data_dtype() == np.float64 else np.float32)
+    except Exception as err:  # nibabel, gzip and zlib raise many types for a broken file
+        raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
+    if int(nii.header["sform_code"]) == 0 and int(nii.header["qform_code"]) == 0:
+        # nibabel then builds an affine from the voxel sizes alone: left and right are a guess.
+        logger.warning("%s: NIfTI header has no sform or qform; its orientation (left/right) is a guess", path)
+    return array, np.asarray(nii.affine, dtype=np.float64)
+
+
+def _unscaled(nii) -> bool:
+    slope, inter = nii.dataobj.slope, nii.dataobj.inter
+    return (slope in (None, 1.0) or not np.isfinite(slope)) and (inter in (None, 0.0) or not np.isfinite(inter))
+
+
+def _read_dicom_series(folder: Path, series_uid: Optional[str]):
+    import SimpleITK as sitk
+
+    try:
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as err:
+        raise InputError(f"cannot scan folder for DICOM: {_first_line(err)}", folder) from None
+    if not series:
+        raise InputError("folder holds no DICOM series", folder)
+    files = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in series}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise InputError(f"no DICOM series {series_uid} here; found {', '.join(series)}", folder)
+        chosen = series_uid
+    else:
+        chosen = max(series, key=lambda uid: len(files[uid]))
+        if len(series) > 1:
+            others = ", ".join(f"{uid} ({len(files[uid])} files)" for uid in series if uid != chosen)
+            logger.warning(
+                "%s: %d DICOM series; reading the largest, %s (%d files); others: %s",
+                folder, len(series), chosen, len(files[chosen]), others,
+            )
+    if len(files[chosen]) < 2:
+        raise InputError(f"DICOM series {chosen} has a single slice; a 3D volume is needed", folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files[chosen])
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"cannot read DICOM series {chosen}: {_first_line(err)}", folder) from None
+
+
+def _sitk_to_raw(image, path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """SimpleITK image -> (array ``[i, j, k(, c)]``, voxel-to-RAS affine)."""
+    import SimpleITK as sitk
+
+    dim = image.GetDimension()
+    if dim < 3:
+        raise InputError(f"image is {dim}D (size {image.GetSize()}); a 3D volume is needed", path)
+    array = sitk.GetArrayViewFromImage(image)
+    n_comp = image.GetNumberOfComponentsPerPixel()
+    # SimpleITK arrays are [(t,) k, j, i] with a trailing component axis for vector pixels.
+    lead = dim
+    order = list(range(lead))[::-1] + ([lead] if n_comp > 1 else [])
+    array = np.array(np.transpose(array, order))  # now [i, j, k, (t,) (c)]
+    if dim > 3:
+        # Extra ITK dimensions (4D MetaImage / NRRD) become trailing volumes, as in NIfTI.
+        extra = array.shape[3:dim]
+        array = array.reshape(array.shape[:3] + (int(np.prod(extra)),) + array.shape[dim:])
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:3]
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)[:3]
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * spacing  # scales column c by spacing[c]
+    ijk_to_lps[:3, 3] = origin
+    return array, LPS_TO_RAS @ ijk_to_lps
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ITK messages start with file/line noise; the last line states the problem.
+    return (lines[-1] if lines else type(err).__name__)[:200]

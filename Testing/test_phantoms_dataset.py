@@ -1,0 +1,127 @@
+"""The ``symmetryaware phantom`` command and the bundled sample case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from SymmetryAwareCore.cli.main import main
+from SymmetryAwareCore.errors import InputError
+from SymmetryAwareCore.phantoms import make_subject, sample_case_paths, write_dataset
+from SymmetryAwareCore.phantoms.sample import SAMPLE_ARGS
+
+ARGS = ["--seed", "1", "--spacing", "4"]  # 4 mm keeps each case well under a second
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    assert path.is_file(), path
+    return nib.load(str(path))
+
+
+def test_command_writes_images_labels_truth_and_datalist(tmp_path, capsys):
+    out = tmp_path / "ds"
+    rc = main(["phantom", "--output-dir", str(out), "--cases", "4", "--kind", "glioma", "--modality", "mri",
+               "--folds", "2", "--healthy-fraction", "0.5", *ARGS])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "phantom 4/4" in captured.err  # progress goes to stderr
+    datalist = json.loads((out / "datalist.json").read_text())
+    entries = datalist["training"]
+    assert len(entries) == 4 and datalist["validation"] == []
+    assert sorted({e["fold"] for e in entries}) == [0, 1]
+    assert datalist["channels"] == ["t1", "t1ce", "t2", "flair"]
+    assert datalist["labels"]["glioma"] == {"1": "necrotic core", "2": "oedema", "4": "enhancing tumour"}
+    for entry in entries:
+        name = entry["name"]
+        assert entry["image"] == [f"{name}_{c}.nii.gz" for c in ("t1", "t1ce", "t2", "flair")]
+        for rel in entry["image"] + [entry["label"], entry["case_json"]]:
+            assert not Path(rel).is_absolute()
+        images = [_load(out / rel) for rel in entry["image"]]
+        label = _load(out / entry["label"])
+        for img in images:
+            assert img.shape == label.shape
+            np.testing.assert_allclose(img.affine, label.affine)
+        case = json.loads((out / entry["case_json"]).read_text())
+        assert entry["healthy"] == int(case["status"] == "healthy") == 1 - entry["patient"]
+        assert entry["glioma"] == int("glioma" in case["findings"])
+        labels = np.asarray(label.dataobj)
+        assert labels.any() == bool(entry["patient"])
+        assert np.linalg.norm(case["true_plane"]["normal_ras"]) == pytest.approx(1.0)
+        assert np.asarray(case["pose"]["world_from_head"]).shape == (4, 4)
+        # The case seed rebuilds this very case.
+        again = make_subject(case["seed"], case["kind"], "mri", 4.0, case["scenario"])
+        np.testing.assert_array_equal(again.label.array, labels)
+    assert {e["healthy"] for e in entries} == {0, 1}
+
+
+def test_ct_dataset_with_train_validation_split(tmp_path):
+    out = tmp_path / "ct"
+    rc = main(["phantom", "--output-dir", str(out), "--cases", "3", "--kind", "haemorrhage", "--modality", "ct",
+               "--folds", "0", "--healthy-fraction", "0", *ARGS])
+    assert rc == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert len(datalist["training"]) == 2 and len(datalist["validation"]) == 1
+    entry = datalist["validation"][0]
+    assert entry["image"] == [f"{entry['name']}_ct.nii.gz"] and entry["haemorrhage"] == 1
+    ct = np.asarray(_load(out / entry["image"][0]).dataobj)
+    label = np.asarray(_load(out / entry["label"]).dataobj)
+    assert 50 <= np.median(ct[label == 1]) <= 80
+
+
+def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    rc = main(["phantom", "--output-dir", str(tmp_path), "--cases", "1", "--kind", "wml", "--folds", "0", *ARGS])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and str(tmp_path) in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert main(["phantom", "--output-dir", str(tmp_path), "--cases", "1", "--kind", "wml", "--folds", "0", "--overwrite", *ARGS]) == 0
+    assert (tmp_path / "datalist.json").is_file() and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--cases", "0"], "--cases"),
+        (["--cases", "2", "--kind", "wml", "--modality", "ct"], "--modality mri"),
+        (["--cases", "2", "--kind", "haemorrhage"], "--modality ct"),
+        (["--cases", "3", "--folds", "5"], "--folds"),
+        (["--cases", "2", "--spacing", "0"], "--spacing"),
+        (["--cases", "2", "--healthy-fraction", "1.5"], "--healthy-fraction"),
+    ],
+)
+def test_bad_arguments_are_refused_before_writing(tmp_path, extra, words):
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match=words.replace("-", r"\-")):
+        kwargs = dict(zip([a.lstrip("-").replace("-", "_") for a in extra[::2]], extra[1::2]))
+        write_dataset(
+            out,
+            int(kwargs.get("cases", 2)),
+            kind=kwargs.get("kind", "mixed"),
+            modality=kwargs.get("modality", "mri"),
+            spacing=float(kwargs.get("spacing", 4.0)),
+            folds=int(kwargs.get("folds", 2)),
+            healthy_fraction=float(kwargs.get("healthy_fraction", 0.2)),
+        )
+    assert not out.exists()
+
+
+def test_bundled_sample_case_is_small_complete_and_reproducible():
+    paths = sample_case_paths()
+    assert set(paths) == {"t1", "t1ce", "t2", "flair", "label", "case_json"}
+    assert sum(p.stat().st_size for p in paths.values()) < 3_000_000
+    case = json.loads(paths["case_json"].read_text())
+    assert case["kind"] == "glioma" and case["status"] == "patient" and case["spacing_mm"] in (1.5, 2.0)
+    label = _load(paths["label"])
+    for channel in ("t1", "t1ce", "t2", "flair"):
+        img = _load(paths[channel])
+        assert img.shape == label.shape and np.allclose(img.affine, label.affine)
+    stored = np.asarray(label.dataobj)
+    assert set(np.unique(stored)) == {0, 1, 2, 4}
+    rebuilt = make_subject(**SAMPLE_ARGS)
+    np.testing.assert_array_equal(rebuilt.label.array, stored)
+    np.testing.assert_array_equal(rebuilt.image.array[1].astype(np.int16), np.asarray(_load(paths["t1ce"]).dataobj))
