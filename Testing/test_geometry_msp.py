@@ -1,0 +1,183 @@
+"""Mid-sagittal plane estimation on real brains tilted and shifted by known amounts.
+
+The MNI152 2009a symmetric template's true plane is x = 0 by construction. A tilted VOLUME
+(what a scanner gives) is made by moving the image (exact: affine only) and resampling it
+onto an axis-aligned grid; the true plane moves with the same world transform. For the real
+subject T1, whose true plane is unknown, the reference is the estimate on the untilted scan
+and the test checks that the estimate moves with the head (equivariance).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from SymmetryAwareCore.cli.main import main
+from SymmetryAwareCore.errors import InputError
+from SymmetryAwareCore.geometry import (
+    MidSagittalPlane,
+    axes_plane,
+    estimate_msp,
+    move_image,
+    plane_angle_deg,
+    plane_offset_mm,
+    reorient_to,
+    resample_to_grid,
+    rigid_matrix,
+)
+from SymmetryAwareCore.io.image import Image
+from SymmetryAwareCore.io.writers import write_nifti
+
+MNI_TRUTH = MidSagittalPlane([1.0, 0.0, 0.0], [0.0, -18.0, 18.0], 1.0, True, "truth")
+
+
+def downsampled(image: Image, mm: float) -> Image:
+    """``image`` resampled (linear) onto an axis-aligned RAS grid of ``mm`` voxels, same field of view."""
+    extent = np.array(image.spatial_shape) * image.spacing
+    shape = np.floor(extent / mm).astype(int)
+    centre = image.voxel_to_world((np.array(image.spatial_shape) - 1) / 2.0)[0]
+    affine = np.diag([mm, mm, mm, 1.0])
+    affine[:3, 3] = centre - mm * (shape - 1) / 2.0
+    return Image(resample_to_grid(image.array, image.affine, affine, shape), affine)
+
+
+def tilted_volume(image: Image, angles_deg, shift_mm):
+    """The head rotated about its grid centre and shifted, resampled onto an axis-aligned grid
+    of the same shape and spacing (centred on the moved field of view). Returns (image, world)."""
+    shape = np.array(image.spatial_shape)
+    centre = image.voxel_to_world((shape - 1) / 2.0)[0]
+    world = rigid_matrix(angles_deg, shift_mm, centre)
+    moved = move_image(image, world)
+    spacing = image.spacing
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = moved.voxel_to_world((shape - 1) / 2.0)[0] - spacing * (shape - 1) / 2.0
+    return Image(resample_to_grid(moved.array, moved.affine, affine, shape), affine), world
+
+
+def poses(count, seed):
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(-20, 20, 3), rng.uniform(-15, 15, 3)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def mni_small(mni_t1):
+    return downsampled(mni_t1, 2.5)
+
+
+def test_mni_rotated_within_bounds_and_better_than_baseline(mni_small):
+    angle_errors, offset_errors, baseline_errors = [], [], []
+    for angles, shift in poses(3, seed=7):
+        volume, world = tilted_volume(mni_small, angles, shift)
+        truth = MNI_TRUTH.moved(world)
+        plane = estimate_msp(volume)
+        assert plane.confident, plane.message
+        assert plane.method == "mirror-registration"
+        angle_errors.append(plane_angle_deg(plane, truth))
+        offset_errors.append(plane_offset_mm(plane, truth))
+        baseline_errors.append(plane_angle_deg(axes_plane(volume), truth))
+        # The plane passes through the head centre it reports and its normal points right.
+        assert plane.normal[0] > 0
+        assert abs(plane.signed_distance(plane.point)[0]) < 1e-9
+    assert np.median(angle_errors) <= 0.5 and max(angle_errors) <= 1.5, angle_errors
+    assert np.median(offset_errors) <= 0.5 and max(offset_errors) <= 1.5, offset_errors
+    # The random tilts are several degrees; the image-axes baseline is off by as much.
+    assert min(baseline_errors) > 2.0 * max(angle_errors) and max(baseline_errors) > 5.0
+
+
+def test_subject_t1_plane_moves_with_the_head(subject_t1):
+    reference = estimate_msp(subject_t1)
+    assert reference.confident, reference.message
+    for angles, shift in poses(2, seed=3):
+        volume, world = tilted_volume(subject_t1, angles, shift)
+        truth = reference.moved(world)
+        plane = estimate_msp(volume)
+        assert plane_angle_deg(plane, truth) <= 1.5
+        assert plane_offset_mm(plane, truth) <= 1.5
+
+
+def test_one_sided_lesion_does_not_drag_the_plane(mni_small):
+    array = mni_small.array.copy()
+    xyz = mni_small.voxel_to_world(np.indices(array.shape).reshape(3, -1).T)
+    # A large bright ellipsoid in the right hemisphere (about 50 cm^3).
+    inside = (((xyz - [35.0, -10.0, 20.0]) / [22.0, 28.0, 20.0]) ** 2).sum(1) < 1.0
+    array.reshape(-1)[inside] = 1.3 * array.max()
+    lesioned = mni_small.with_array(array)
+    healthy_score = estimate_msp(mni_small).symmetry_score
+    (angles, shift), = poses(1, seed=11)
+    volume, world = tilted_volume(lesioned, angles, shift)
+    plane = estimate_msp(volume)
+    truth = MNI_TRUTH.moved(world)
+    assert plane_angle_deg(plane, truth) <= 0.5
+    assert plane_offset_mm(plane, truth) <= 0.5
+    assert plane.symmetry_score < healthy_score  # the asymmetry shows in the score
+
+
+def test_storage_orientation_does_not_matter(subject_t1):
+    ras = estimate_msp(subject_t1)
+    for codes in ("LPS", "PSR"):
+        other = estimate_msp(reorient_to(subject_t1, codes))
+        assert plane_angle_deg(ras, other) < 0.2
+        assert plane_offset_mm(other, ras) < 0.2
+
+
+def test_not_a_volume_is_refused_whatever_the_fallback(subject_t1):
+    flat = Image(np.ones((64, 64, 1), np.float32), np.eye(4), source="slice.nii")
+    for on_failure in ("error", "axes"):
+        with pytest.raises(InputError, match="slice.nii: the image is not a 3D volume"):
+            estimate_msp(flat, on_failure=on_failure)
+    with pytest.raises(ValueError, match="on_failure"):
+        estimate_msp(subject_t1, on_failure="guess")
+
+
+def test_no_head_errors_or_falls_back_to_axes():
+    empty = Image(np.zeros((40, 40, 40), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), source="empty.nii")
+    with pytest.raises(InputError, match="empty.nii: no head found"):
+        estimate_msp(empty)
+    plane = estimate_msp(empty, on_failure="axes")
+    assert plane.method == "axes" and not plane.confident and "no head" in plane.message
+    np.testing.assert_allclose(plane.normal, [1, 0, 0])
+
+
+def test_degenerate_or_mismatched_mask(subject_t1):
+    thin = np.zeros(subject_t1.spatial_shape, bool)
+    thin[:, :, 12] = True  # one axial slice: no extent along z
+    with pytest.raises(InputError, match="degenerate head mask"):
+        estimate_msp(subject_t1, mask=thin)
+    fallback = estimate_msp(subject_t1, mask=thin, on_failure="axes")
+    assert fallback.method == "axes" and not fallback.confident
+    # The fallback goes through the mask's centre of mass, along the image's LR axis.
+    com = subject_t1.voxel_to_world(np.argwhere(thin).mean(0))[0]
+    np.testing.assert_allclose(fallback.point, com, atol=1e-6)
+    with pytest.raises(InputError, match="mask has shape"):
+        estimate_msp(subject_t1, mask=np.ones((3, 3, 3)), on_failure="axes")
+
+
+def test_noise_is_flagged_not_confident():
+    rng = np.random.default_rng(0)
+    noise = Image(rng.uniform(0, 1, (48, 48, 48)).astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    plane = estimate_msp(noise)
+    assert not plane.confident
+    assert plane.symmetry_score < 0.5 and "low symmetry score" in plane.message
+
+
+def test_cli_writes_report_markups_and_aligned_scan(subject_t1, tmp_path, capsys):
+    source = write_nifti(subject_t1, tmp_path / "t1.nii.gz")
+    report, markups, aligned = tmp_path / "msp.json", tmp_path / "msp.mrk.json", tmp_path / "aligned.nii.gz"
+    code = main(["msp", str(source), "--report", str(report), "--markups", str(markups), "--aligned", str(aligned), "--spacing", "2", "2", "2"])
+    assert code == 0
+    data = json.loads(report.read_text())
+    direct = estimate_msp(subject_t1)
+    np.testing.assert_allclose(data["plane"]["normal"], direct.normal, atol=1e-4)
+    assert data["plane"]["coordinate_system"] == "RAS" and data["frame"]["shape"][0] % 2 == 0
+    assert markups.exists() and aligned.exists()
+    assert "normal (RAS)" in capsys.readouterr().out
+
+
+def test_cli_bad_input_exit_code_and_nothing_written(tmp_path, capsys):
+    flat = write_nifti(Image(np.ones((30, 30, 1), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
+    report = tmp_path / "msp.json"
+    code = main(["msp", str(flat), "--report", str(report)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "symmetryaware msp: error:" in err and "Traceback" not in err
+    assert not report.exists()
