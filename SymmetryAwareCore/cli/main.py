@@ -17,8 +17,10 @@ from ..errors import InputError
 
 # Modules of this package that define a sub-command, in the order --help lists them.
 COMMANDS = (
-    "phantom",
+    "segment",
     "msp",
+    "phantom",
+    "models",
 )
 
 

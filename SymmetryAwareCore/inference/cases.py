@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError
 
-__all__ = ["Case", "ChannelSpec", "discover_cases", "assign_channels", "case_id_from_path"]
+__all__ = ["Case", "ChannelSpec", "discover_cases", "assign_channels", "case_id_from_path", "case_id_from_files"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -46,6 +47,14 @@ def case_id_from_path(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def case_id_from_files(paths: Sequence[Path]) -> str:
+    """A case name for several channel files: their common name prefix (``BraTS_001_t1.nii.gz``,
+    ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``), else the first file's name."""
+    names = [case_id_from_path(Path(p)) for p in paths]
+    prefix = os.path.commonprefix(names).rstrip("_-. ")
+    return prefix if len(names) > 1 and prefix else names[0]
 
 
 def _is_image_file(path: Path) -> bool:
@@ -182,7 +191,7 @@ def discover_cases(inputs: Sequence[str], channels: Sequence[ChannelSpec], case_
         for p in paths:
             if p.is_dir() and not _is_dicom_folder(p):
                 raise InputError("give either image files or one folder, not both", p)
-        cases = [_case_from_files(case_id_from_path(paths[0]), paths, channels, "")]
+        cases = [_case_from_files(case_id_from_files(paths), paths, channels, "")]
     if case_id and len(cases) == 1:
         cases[0].case_id = case_id
     return cases

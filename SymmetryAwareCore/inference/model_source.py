@@ -1,0 +1,186 @@
+"""Where models come from: the bundled ones, the user's imported ones, a path, or the stand-in.
+
+Models are a weights file (safetensors) with a JSON card beside it (docs/model_card.md).
+Bundled models live in ``SymmetryAwareCore/data/models``; models imported with
+``symmetryaware models import`` live in the user's model folder
+(``$SYMMETRYAWARE_MODELS``, default ``~/.local/share/symmetryaware/models``). Nothing is
+ever downloaded.
+
+Until the project's trained model is bundled, ``default`` resolves to an explicitly
+labelled *untrained stand-in*: an SA-Swin built from a fixed seed, so every part of the
+pipeline can run; its card and every report say that its output is meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from ..errors import InputError
+
+__all__ = [
+    "BUNDLED_DIR",
+    "STANDIN_NAME",
+    "LoadedModel",
+    "user_model_dir",
+    "list_models",
+    "find_model_card",
+    "resolve_model",
+    "standin_card",
+]
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+STANDIN_NAME = "untrained-standin"
+DEFAULT_NAME = "default"
+
+
+def user_model_dir() -> Path:
+    """The folder of imported models (``$SYMMETRYAWARE_MODELS`` or a per-user default)."""
+    env = os.environ.get("SYMMETRYAWARE_MODELS")
+    return Path(env) if env else Path.home() / ".local" / "share" / "symmetryaware" / "models"
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference with its card and where it came from."""
+
+    network: torch.nn.Module
+    card: object
+    source: str
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def untrained(self) -> bool:
+        return self.card.name == STANDIN_NAME
+
+    def describe(self) -> Dict:
+        """Model id, version, hash and origin for reports."""
+        return {
+            "name": self.card.name,
+            "version": self.card.version,
+            "architecture": self.card.architecture,
+            "sha256": self.card.sha256 or None,
+            "source": self.source,
+            "untrained": self.untrained,
+            "licence": self.card.licence,
+        }
+
+
+def standin_card():
+    """The card of the untrained stand-in (BraTS-style channels and labels, 2 mm, 64^3)."""
+    from ..models.model_card import InputChannel, Label, ModelCard
+
+    return ModelCard(
+        name=STANDIN_NAME,
+        description="UNTRAINED stand-in: random weights from a fixed seed, for testing the pipeline only. "
+        "Its segmentations are meaningless.",
+        channels=[
+            InputChannel("t1", ("*_t1.*", "*_t1_*", "*t1n*")),
+            InputChannel("t1ce", ("*t1ce*", "*t1c*")),
+            InputChannel("t2", ("*_t2.*", "*_t2_*", "*t2w*")),
+            InputChannel("flair", ("*flair*", "*t2f*")),
+        ],
+        modality="MRI",
+        labels=[
+            Label(1, "necrotic tumour core", (255, 0, 0)),
+            Label(2, "peritumoral oedema", (0, 255, 0)),
+            Label(4, "enhancing tumour", (255, 255, 0)),
+        ],
+        preprocessing={"spacing": [2.0, 2.0, 2.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"},
+        postprocessing={"activation": "sigmoid", "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, "threshold": 0.5},
+        version="0.0.0",
+        licence="Apache-2.0",
+        training_data="none (untrained)",
+        metrics={},
+        architecture="SASwinUNETR",
+        kwargs={"in_channels": 4, "out_channels": 3, "feature_size": 12},
+    )
+
+
+def _build_standin() -> "LoadedModel":
+    from ..models.registry import build_model
+
+    card = standin_card()
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        network = build_model(card.architecture, card.kwargs)
+    finally:
+        torch.random.set_rng_state(state)
+    note = "UNTRAINED STAND-IN MODEL: no trained model is bundled yet; outputs only exercise the pipeline and are meaningless"
+    return LoadedModel(network.eval(), card, STANDIN_NAME, [note])
+
+
+def _cards_in(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.rglob("*.json")):
+        try:
+            if json.loads(p.read_text(encoding="utf-8")).get("format") == "symmetryaware-model-card":
+                out.append(p)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def list_models() -> List[Dict]:
+    """Every model that can be named: bundled, imported, and the stand-in."""
+    rows = []
+    for origin, folder in (("bundled", BUNDLED_DIR), ("imported", user_model_dir())):
+        for card_path in _cards_in(folder):
+            data = json.loads(card_path.read_text(encoding="utf-8"))
+            rows.append(
+                {
+                    "name": data.get("name") or card_path.stem,
+                    "version": data.get("version", ""),
+                    "origin": origin,
+                    "modality": data.get("modality", ""),
+                    "inputs": [c.get("name") for c in data.get("channels", [])],
+                    "card": str(card_path),
+                }
+            )
+    rows.append({"name": STANDIN_NAME, "version": "0.0.0", "origin": "built-in", "modality": "MRI",
+                 "inputs": ["t1", "t1ce", "t2", "flair"], "card": None})
+    return rows
+
+
+def find_model_card(name_or_path: Optional[str]) -> Optional[Path]:
+    """The card path of a model name or path; None for the stand-in."""
+    if name_or_path in (None, "", DEFAULT_NAME):
+        bundled = _cards_in(BUNDLED_DIR)
+        default = [p for p in bundled if json.loads(p.read_text(encoding="utf-8")).get("default")]
+        return (default or bundled or [None])[0]
+    if name_or_path == STANDIN_NAME:
+        return None
+    path = Path(name_or_path)
+    if path.suffix in (".json", ".safetensors") or path.exists():
+        if path.is_dir():
+            cards = _cards_in(path)
+            if len(cards) != 1:
+                raise InputError(f"expected one model card in this folder, found {len(cards)}", path)
+            return cards[0]
+        if not path.exists():
+            raise InputError("model file not found", path)
+        return path
+    for row in list_models():
+        if row["name"] == name_or_path and row["card"]:
+            return Path(row["card"])
+    known = ", ".join(r["name"] for r in list_models())
+    raise InputError(f"unknown model {name_or_path!r}; known: {known} (or give a path to a model card)")
+
+
+def resolve_model(name_or_path: Optional[str] = None, device: Union[str, torch.device] = "cpu") -> LoadedModel:
+    """Load a model by name or path, verifying its hash and keys (see :mod:`..models.model_card`)."""
+    card_path = find_model_card(name_or_path)
+    if card_path is None:
+        return _build_standin()
+    from ..models.model_card import load_model
+
+    network, card = load_model(card_path, device)
+    return LoadedModel(network, card, str(card_path))

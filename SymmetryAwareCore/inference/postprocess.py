@@ -1,0 +1,73 @@
+"""From network outputs to labels, as the model card's ``postprocessing`` says.
+
+Two output kinds exist:
+
+- ``{"activation": "softmax"}``: channel 0 is background, channel ``k`` is the card's
+  ``k``-th label (in the card's order); the label map is the argmax.
+- ``{"activation": "sigmoid", "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
+  "threshold": 0.5}``: one channel per region, in that order, as BraTS models are
+  trained. Regions must nest (each one inside the next larger); a voxel takes the label
+  of the smallest active region that is not in any smaller region (WT-only -> 2,
+  TC-only -> 1, ET -> 4).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .hemispheric import foreground_probability
+
+__all__ = ["labels_from_logits", "foreground_from_logits", "region_label_order"]
+
+
+def _post(card) -> dict:
+    return dict(getattr(card, "postprocessing", None) or {"activation": "softmax"})
+
+
+def region_label_order(regions: Dict[str, Sequence[int]]) -> List[tuple]:
+    """``[(channel index, label value)]`` from the largest region to the smallest.
+
+    Each region must add exactly one label to the regions nested inside it.
+    """
+    items = [(i, name, set(int(v) for v in values)) for i, (name, values) in enumerate(regions.items())]
+    items.sort(key=lambda t: -len(t[2]))
+    order = []
+    for pos, (index, name, values) in enumerate(items):
+        inner = set().union(*[v for _, _, v in items[pos + 1 :]]) if pos + 1 < len(items) else set()
+        if not inner <= values:
+            raise InputError(f"model card regions do not nest: {name} does not contain the smaller regions")
+        own = values - inner
+        if len(own) != 1:
+            raise InputError(f"model card region {name} must add exactly one label to the regions inside it, adds {sorted(own)}")
+        order.append((index, own.pop()))
+    return order
+
+
+def labels_from_logits(logits: np.ndarray, card) -> np.ndarray:
+    """``(out, X, Y, Z)`` logits -> ``(X, Y, Z)`` uint8 label values of the card."""
+    post = _post(card)
+    t = torch.as_tensor(logits).float()
+    if post["activation"] == "softmax":
+        values = np.array([0] + [l.value for l in card.labels], dtype=np.uint8)
+        if t.shape[0] != len(values):
+            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(values) - 1} labels + background")
+        return values[t.argmax(0).numpy()]
+    if post["activation"] == "sigmoid":
+        regions = post["regions"]
+        if t.shape[0] != len(regions):
+            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(regions)} regions")
+        active = torch.sigmoid(t).numpy() >= float(post.get("threshold", 0.5))
+        out = np.zeros(t.shape[1:], np.uint8)
+        for channel, value in region_label_order(regions):  # largest first, smaller ones overwrite
+            out[active[channel]] = value
+        return out
+    raise InputError(f"unknown activation {post['activation']!r} in the model card")
+
+
+def foreground_from_logits(logits: np.ndarray, card) -> np.ndarray:
+    """``(X, Y, Z)`` probability of any lesion label, in ``[0, 1]``."""
+    return foreground_probability(logits, _post(card)["activation"])

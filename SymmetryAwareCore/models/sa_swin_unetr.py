@@ -1,0 +1,231 @@
+"""SA-Swin segmentation network: Swin UNETR with symmetry-aware cross-attention.
+
+Ma et al., "Symmetry Awareness Encoded Deep Learning Framework for Brain Imaging
+Analysis", MICCAI 2024, on top of Hatamizadeh et al., "Swin UNETR" (arXiv:2201.01266).
+MONAI's Swin encoder and UNETR blocks are used through their API; the attribute names
+(``swinViT``, ``encoder1..4``, ``encoder10``, ``decoder5..1``, ``out``) are MONAI
+SwinUNETR's, so its weights load key for key and, with ``use_saca=False``, this network
+is MONAI's SwinUNETR.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+
+from .encoder import (
+    apply_saca,
+    build_saca_stages,
+    build_swin_encoder,
+    check_spatial_input,
+    counterpart_indices,
+    encode,
+)
+
+__all__ = ["SASwinUNETR"]
+
+
+class SASwinUNETR(nn.Module):
+    """SA-Swin for segmentation.
+
+    The patch and its mirrored counterpart go through the same Swin encoder; SACA lets
+    the patch's tokens attend to the counterpart's at the chosen stages (the bottleneck by
+    default); a UNETR decoder builds the mask from the patch's own skips, with the SACA
+    output in place of the hidden state of each SACA stage.
+
+    Shapes: inputs ``(B, in_channels, X, Y, Z)`` with X, Y, Z divisible by 32 (at least
+    64 for the bottleneck's instance norm); output logits ``(B, out_channels, X, Y, Z)``.
+    Axis 2 (first spatial) is left-right in an MSP-aligned RAS array.
+
+    Args:
+        in_channels: image channels (e.g. 4 for BraTS T1, T1ce, T2, FLAIR).
+        out_channels: output channels (labels, background included if softmax).
+        feature_size: encoder width, a multiple of 12 (48 in the paper).
+        depths, num_heads, window_size, qkv_bias, mlp_ratio, norm_name, drop_rate,
+        attn_drop_rate, dropout_path_rate, normalize, patch_norm, use_checkpoint,
+        downsample, use_v2: as in MONAI's ``SwinUNETR``.
+        spatial_dims: must be 3 (the mirror relation is defined on 3D volumes).
+        use_saca: False gives exactly MONAI's SwinUNETR (no counterpart needed).
+        saca_stages: Swin stages (1..4) followed by SACA; ``(4,)`` is the bottleneck.
+        saca_heads: SACA heads; None takes the Swin stage's ``num_heads``.
+        saca_mlp_ratio, saca_dropout_rate: of the SACA blocks.
+        saca_position_encoding: None (paper), ``"sinusoidal"`` or ``"learned"``.
+
+    Raises:
+        ValueError: bad arguments (in ``__init__``) or bad input shapes (in ``forward``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        feature_size: int = 48,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: Union[Sequence[int], int] = 7,
+        qkv_bias: bool = True,
+        mlp_ratio: float = 4.0,
+        norm_name: Union[Tuple, str] = "instance",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        dropout_path_rate: float = 0.0,
+        normalize: bool = True,
+        patch_norm: bool = False,
+        use_checkpoint: bool = False,
+        spatial_dims: int = 3,
+        downsample: str = "merging",
+        use_v2: bool = False,
+        use_saca: bool = True,
+        saca_stages: Sequence[int] = (4,),
+        saca_heads: Optional[Union[int, Sequence[int]]] = None,
+        saca_mlp_ratio: float = 4.0,
+        saca_dropout_rate: float = 0.0,
+        saca_position_encoding: Optional[str] = None,
+    ) -> None:
+        # Kept for the model card, which rebuilds the network from name + kwargs.
+        init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        self.init_kwargs = init_kwargs
+        if spatial_dims != 3:
+            raise ValueError(f"SA-Swin is defined for 3D volumes (spatial_dims=3), got spatial_dims={spatial_dims}")
+        if out_channels <= 0:
+            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        self.in_channels = in_channels
+        self.normalize = normalize
+        fs = feature_size
+        self.swinViT = build_swin_encoder(
+            in_channels, fs, depths, num_heads, window_size, qkv_bias, mlp_ratio,
+            drop_rate, attn_drop_rate, dropout_path_rate, patch_norm, use_checkpoint, downsample, use_v2,
+        )  # fmt: skip
+
+        def basic(ch_in: int, ch_out: int) -> UnetrBasicBlock:
+            return UnetrBasicBlock(3, ch_in, ch_out, kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
+
+        def up(ch_in: int, ch_out: int) -> UnetrUpBlock:
+            return UnetrUpBlock(
+                3, ch_in, ch_out, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name, res_block=True
+            )
+
+        # Same order and names as MONAI's SwinUNETR, so state_dict keys (and order) match.
+        self.encoder1 = basic(in_channels, fs)
+        self.encoder2 = basic(fs, fs)
+        self.encoder3 = basic(2 * fs, 2 * fs)
+        self.encoder4 = basic(4 * fs, 4 * fs)
+        self.encoder10 = basic(16 * fs, 16 * fs)
+        self.decoder5 = up(16 * fs, 8 * fs)
+        self.decoder4 = up(8 * fs, 4 * fs)
+        self.decoder3 = up(4 * fs, 2 * fs)
+        self.decoder2 = up(2 * fs, fs)
+        self.decoder1 = up(fs, fs)
+        self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
+        self.saca = (
+            build_saca_stages(fs, num_heads, saca_stages, saca_heads, saca_mlp_ratio, saca_dropout_rate, saca_position_encoding)
+            if use_saca
+            else None
+        )
+
+    @property
+    def use_saca(self) -> bool:
+        return self.saca is not None
+
+    @property
+    def saca_stages(self) -> Tuple[int, ...]:
+        return () if self.saca is None else tuple(int(k[len("stage"):]) for k in self.saca.keys())
+
+    @property
+    def counterpart_feature_indices(self) -> Tuple[int, ...]:
+        """Entries of ``forward_features(x_counterpart)`` that ``forward_head`` reads.
+
+        An inference engine may keep only these for windows used as counterparts.
+        """
+        return counterpart_indices(self.saca)
+
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Run the Swin encoder once: ``[x, h0, h1, h2, h3, h4]``.
+
+        ``x`` is ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right.
+        Entry 0 is ``x`` itself (``encoder1`` needs it for the full-resolution skip); ``h_s``
+        has ``feature_size * 2**s`` channels at ``1 / 2**(s+1)`` resolution (``h4``: the
+        bottleneck, 1/32). The same call encodes a counterpart window, so an engine can
+        encode each window once and reuse its features as another window's counterpart.
+        """
+        check_spatial_input(x, self.in_channels)
+        return encode(self.swinViT, x, self.normalize)
+
+    def forward_head(
+        self,
+        features: Sequence[torch.Tensor],
+        features_counterpart: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        return_attention: bool = False,
+        attention_stage: Optional[int] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """SACA and the UNETR decoder.
+
+        Args:
+            features: ``forward_features(x)`` of the patch.
+            features_counterpart: ``forward_features(x_counterpart)`` of its mirrored
+                counterpart, same shapes; entries not in ``counterpart_feature_indices``
+                may be None. Ignored (may be None) when ``use_saca`` is False.
+            return_attention: also return SACA's attention weights.
+            attention_stage: which SACA stage's weights to return (default: the deepest).
+
+        Returns:
+            logits ``(B, out_channels, X, Y, Z)``; with ``return_attention``
+            ``(logits, attention)``, attention ``(B, heads, N, N)`` where
+            ``N = X' * Y' * Z'`` tokens of that stage's grid (``(X, Y, Z) / 32`` at the
+            bottleneck, see :func:`~SymmetryAwareCore.models.encoder.token_grid_shape`),
+            rows = patch tokens (queries), columns = counterpart tokens (keys), both
+            row-major over ``(x, y, z)``; counterpart token ``n`` is the mirror of patch
+            token ``n``.
+        """
+        if len(features) != 6:
+            raise ValueError(f"features must be the 6 entries of forward_features, got {len(features)}")
+        attention = None
+        if self.saca is not None:
+            stage = max(self.saca_stages) if attention_stage is None else attention_stage
+            if return_attention and stage not in self.saca_stages:
+                raise ValueError(f"attention_stage {stage} is not a SACA stage {self.saca_stages}")
+            features, attention = apply_saca(
+                self.saca, features, features_counterpart, stage if return_attention else None
+            )
+        elif return_attention:
+            raise ValueError("return_attention needs a network with SACA (use_saca=True)")
+        x, h0, h1, h2, h3, h4 = features
+        enc0 = self.encoder1(x)
+        enc1 = self.encoder2(h0)
+        enc2 = self.encoder3(h1)
+        enc3 = self.encoder4(h2)
+        dec4 = self.encoder10(h4)
+        dec3 = self.decoder5(dec4, h3)
+        dec2 = self.decoder4(dec3, enc3)
+        dec1 = self.decoder3(dec2, enc2)
+        dec0 = self.decoder2(dec1, enc1)
+        logits = self.out(self.decoder1(dec0, enc0))
+        return (logits, attention) if return_attention else logits
+
+    def forward(
+        self, x: torch.Tensor, x_counterpart: Optional[torch.Tensor] = None, return_attention: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Segment a patch given its mirrored counterpart.
+
+        Args:
+            x: ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right.
+            x_counterpart: same shape: the counterpart ALREADY mirrored
+                (:func:`SymmetryAwareCore.geometry.mirror.extract_counterpart`); the
+                network never flips anything. Optional when ``use_saca`` is False.
+            return_attention: see :meth:`forward_head`.
+
+        Returns:
+            ``(B, out_channels, X, Y, Z)`` logits (and attention, see :meth:`forward_head`).
+        """
+        features = self.forward_features(x)
+        if self.saca is None:
+            return self.forward_head(features, None, return_attention)
+        if x_counterpart is None:
+            raise ValueError("SA-Swin with SACA needs x_counterpart (the mirrored counterpart of x)")
+        if x_counterpart.shape != x.shape:
+            raise ValueError(f"x_counterpart shape {tuple(x_counterpart.shape)} differs from x {tuple(x.shape)}")
+        return self.forward_head(features, self.forward_features(x_counterpart), return_attention)

@@ -1,0 +1,92 @@
+"""Headless batch segmentation of a folder with the SymmetryAwareSeg logic.
+
+Inside Slicer, without a window::
+
+    Slicer --no-splash --no-main-window --python-script batch.py -- \\
+        --input /data/cases --output /data/results [--model CARD.json] [--device cuda]
+
+Also runs with a plain Python that has ``slicer-core`` (headless MRML) and the core::
+
+    python batch.py --input /data/cases --output /data/results
+
+A case is a sub-folder of ``--input`` holding its channel images, or one image at the top
+level. Per case, ``<output>/<case>/`` receives the core's files plus ``<case>.seg.nrrd``,
+the attention/asymmetry maps as ``.nrrd`` and a ``<case>.mrb`` scene. ``summary.json``
+lists every case (with its error, if any). Exit code: 0 all cases done, 1 some failed,
+2 bad arguments or missing dependencies.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# The module folder holds SymmetryAwareSegLib; Slicer puts it on the path, plain Python does not.
+sys.path.insert(0, str(HERE.parent))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="SymmetryAwareSeg batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="folder of cases")
+    parser.add_argument("--output", required=True, help="folder for the results")
+    parser.add_argument("--model", default="", help="model name or model card path")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--no-bundle", action="store_true", help="do not save a .mrb per case")
+    parser.add_argument("--install", action="store_true", help="install missing dependencies without asking (Slicer only)")
+    parser.add_argument("--core-module", default="SymmetryAwareCore", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import slicer
+
+    from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic
+
+    in_slicer = hasattr(slicer, "app")
+    if in_slicer:
+        from SymmetryAwareSegLib.install import ensure_dependencies, missing_requirements
+
+        if missing_requirements() and not (args.install and ensure_dependencies(ask=False)):
+            print("missing dependencies: run once with --install, or install them from the module panel", file=sys.stderr)
+            return 2
+    scene = slicer.mrmlScene if in_slicer else slicer.vtkMRMLScene()
+    logic = SymmetryAwareSegLogic(scene=scene, core_module=args.core_module)
+
+    def report(case, event):
+        if event.kind == "progress":
+            print(f"{case}: {event.value:.0%}", flush=True)
+        elif event.kind == "stage":
+            print(f"{case}: {event.text}", flush=True)
+
+    try:
+        summaries = logic.batch(
+            args.input, args.output, model=args.model, device=args.device, overlap=args.overlap,
+            tta=args.tta, save_bundle=not args.no_bundle, on_event=report,
+        )
+    except ValueError as error:
+        print(f"SymmetryAwareSeg batch: error: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "summary.json").write_text(json.dumps(summaries, indent=2))
+    failed = [s for s in summaries if "error" in s]
+    for summary in failed:
+        print(f"{summary['case']}: FAILED: {summary['error']}", file=sys.stderr)
+    print(f"{len(summaries) - len(failed)} case(s) done, {len(failed)} failed; summary in {output / 'summary.json'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    code = main()
+    try:
+        import slicer
+
+        if hasattr(slicer, "app"):
+            slicer.util.exit(code)  # quits the Slicer application with this status
+    except ImportError:
+        pass
+    sys.exit(code)

@@ -1,0 +1,82 @@
+"""The module's parameters: one typed wrapper over the scene's parameter node.
+
+Inside Slicer the class is decorated with ``parameterNodeWrapper``, and
+``parameterNode.connectGui(ui)`` binds each field to the widget of the .ui whose dynamic
+property ``SlicerParameterName`` names it. Outside Slicer (headless ``slicer-core``,
+PythonSlicer without the application) ``parameterNodeWrapper`` is missing: the class is
+then a plain annotated class, so the logic and the tests still import it and read the
+field list from :data:`PARAMETER_NAMES`.
+"""
+
+
+from typing import Annotated, Optional, get_type_hints
+
+import slicer
+
+try:
+    from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+except ImportError:  # headless slicer-core or an old Slicer: keep the annotations only
+    parameterNodeWrapper = None
+
+    def WithinRange(minimum, maximum):  # noqa: N802 - mirrors Slicer's name
+        return ("WithinRange", minimum, maximum)
+
+    def Choice(choices):  # noqa: N802
+        return ("Choice", tuple(choices))
+
+    def Default(value):  # noqa: N802
+        return ("Default", value)
+
+
+__all__ = ["SymmetryAwareSegParameters", "PARAMETER_NAMES", "PARAMETER_TYPES", "DEVICES", "MAX_INPUTS"]
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Values of ``--device`` of the core command."""
+
+MAX_INPUTS = 4
+"""The panel takes 1 to 4 input volumes (BraTS-style MRI has four channels)."""
+
+ScalarVolume = slicer.vtkMRMLScalarVolumeNode
+SegmentationNode = slicer.vtkMRMLSegmentationNode
+RoiNode = slicer.vtkMRMLMarkupsROINode
+
+
+class SymmetryAwareSegParameters:
+    """State of the SymmetryAwareSeg panel.
+
+    Fields:
+        inputVolume1..4: input MRI or CT volumes (channel order follows the model card).
+        model: model name from the list, or a path to a model card / weights file.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        overlap: sliding-window overlap, 0 to 0.9.
+        tta: average with the left-right flipped prediction (test-time augmentation).
+        useRoi: segment only inside ``roiNode`` and keep the rest of the segmentation.
+        roiNode: the region of interest (markups ROI, RAS).
+        outputSegmentation: the segmentation node written by Apply.
+        showAttention: show the hemispheric attention map over the first input.
+        opacity: opacity of the segmentation and attention overlays, 0 to 1.
+    """
+
+    inputVolume1: Optional[ScalarVolume]
+    inputVolume2: Optional[ScalarVolume]
+    inputVolume3: Optional[ScalarVolume]
+    inputVolume4: Optional[ScalarVolume]
+    model: str = ""
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25
+    tta: bool = False
+    useRoi: bool = False
+    roiNode: Optional[RoiNode]
+    outputSegmentation: Optional[SegmentationNode]
+    showAttention: bool = True
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+
+
+PARAMETER_TYPES = get_type_hints(SymmetryAwareSegParameters, include_extras=True)
+"""Each field's annotated type, read before wrapping (the wrapper replaces the class)."""
+
+PARAMETER_NAMES = tuple(SymmetryAwareSegParameters.__annotations__)
+"""Every field of the wrapper, in declaration order."""
+
+if parameterNodeWrapper is not None:
+    SymmetryAwareSegParameters = parameterNodeWrapper(SymmetryAwareSegParameters)

@@ -1,0 +1,169 @@
+"""The Slicer module's static parts: .ui <-> parameter wrapper, CMake lists, icon, import hygiene.
+
+Slicer itself is not available here: the .ui is checked as Designer XML, the module file
+as Python source, and the library's imports in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import struct
+import subprocess
+import sys
+import typing
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "SymmetryAwareSeg"
+sys.path.insert(0, str(MODULE))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is needed to import the parameter wrapper")
+from SymmetryAwareSegLib import install, parameters  # noqa: E402
+
+UI = MODULE / "Resources" / "UI" / "SymmetryAwareSeg.ui"
+
+
+def ui_widgets():
+    """``{widget name: (class, {property: element})}`` for every widget of the .ui."""
+    tree = ET.parse(UI)
+    out = {}
+    for widget in tree.iter("widget"):
+        props = {p.get("name"): p for p in widget.findall("property")}
+        out[widget.get("name")] = (widget.get("class"), props)
+    return out
+
+
+def bound_widgets():
+    """``{parameter name: (widget class, properties)}`` from SlicerParameterName properties."""
+    bound = {}
+    for name, (cls, props) in ui_widgets().items():
+        if "SlicerParameterName" in props:
+            parameter = props["SlicerParameterName"].find("string").text
+            assert parameter not in bound, f"{parameter} bound twice"
+            assert props["SlicerParameterName"].get("stdset") == "0", "must be a dynamic property"
+            bound[parameter] = (cls, props)
+    return bound
+
+
+def number(props, name):
+    return float(props[name].find("double").text)
+
+
+def test_every_parameter_has_one_widget_and_every_widget_a_parameter():
+    bound = bound_widgets()
+    assert set(bound) == set(parameters.PARAMETER_NAMES)
+
+
+def test_widget_kinds_match_parameter_types():
+    hints = parameters.PARAMETER_TYPES
+    for name, (cls, props) in bound_widgets().items():
+        hint = hints[name]
+        base, extras = hint, ()
+        if typing.get_origin(hint) is typing.Annotated:
+            base, *extras = typing.get_args(hint)
+        node_types = [a for a in typing.get_args(base) if a is not type(None)]
+        if node_types:  # Optional[vtkMRML...Node]
+            assert cls == "qMRMLNodeComboBox", name
+            listed = [s.text for s in props["nodeTypes"].iter("string")]
+            assert listed == [node_types[0].__name__], name
+        elif base is bool:
+            assert cls == "QCheckBox", name
+        elif base is float:
+            assert cls in ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox"), name
+            (_, lo, hi), = [e for e in extras if e[0] == "WithinRange"]
+            assert (number(props, "minimum"), number(props, "maximum")) == (lo, hi), name
+        elif base is str and extras:
+            (_, choices), = [e for e in extras if e[0] == "Choice"]
+            assert cls == "QComboBox", name
+            element = ET.parse(UI).find(f".//widget[@name='{_name_of(name)}']")
+            items = [i.find("property/string").text for i in element.findall("item")]
+            assert tuple(items) == tuple(choices) == parameters.DEVICES
+        elif base is str:
+            assert cls == "QLineEdit", name
+        else:
+            pytest.fail(f"no widget rule for {name}: {hint}")
+
+
+def _name_of(parameter):
+    for name, (_cls, props) in ui_widgets().items():
+        p = props.get("SlicerParameterName")
+        if p is not None and p.find("string").text == parameter:
+            return name
+    raise KeyError(parameter)
+
+
+def test_ui_declares_its_custom_widgets_and_the_panel_widgets_exist():
+    tree = ET.parse(UI)
+    declared = {c.find("class").text for c in tree.iter("customwidget")}
+    used = {cls for cls, _ in ui_widgets().values()}
+    qt_builtin = {c for c in used if c.startswith("Q")}
+    assert used - qt_builtin <= declared
+    # Names the panel code (widget.py) looks up on the ui.
+    source = (MODULE / "SymmetryAwareSegLib" / "widget.py").read_text()
+    wanted = set(re.findall(r"ui\.([A-Za-z0-9]+)", source)) | {f"inputVolume{i}Selector" for i in range(1, 5)}
+    wanted.discard("get")
+    missing = wanted - set(ui_widgets())
+    assert not missing, f"widget.py uses widgets missing from the .ui: {missing}"
+
+
+def test_cmake_lists_every_library_file_and_resource():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"\$\{MODULE_NAME\}(Lib/[\w]+\.py|\.py)", text))
+    files = {"Lib/" + p.name for p in (MODULE / "SymmetryAwareSegLib").glob("*.py")} | {".py"}
+    assert listed == files
+    for resource in re.findall(r"(Resources/\S+|Scripts/\S+)", text):
+        assert (MODULE / resource.replace("${MODULE_NAME}", "SymmetryAwareSeg")).is_file(), resource
+    assert "WITH_GENERIC_TESTS" in text and "slicerMacroBuildScriptedModule" in text
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer",
+                "include(${Slicer_USE_FILE})", "add_subdirectory(SymmetryAwareSeg)",
+                "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})",
+                "SymmetryAwareCore/*.py"):
+        assert key in top, key
+    assert re.search(r'EXTENSION_CATEGORY\s+"Segmentation"', top) and re.search(r'EXTENSION_DEPENDS\s+"PyTorch"', top)
+
+
+def test_icon_is_a_128_png():
+    data = (MODULE / "Resources" / "Icons" / "SymmetryAwareSeg.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+
+
+def test_module_file_is_thin_and_has_the_four_classes():
+    source = (MODULE / "SymmetryAwareSeg.py").read_text()
+    tree = ast.parse(source)
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in classes["SymmetryAwareSeg"]
+    assert "ScriptedLoadableModuleWidget" in classes["SymmetryAwareSegWidget"]
+    assert "ScriptedLoadableModuleLogic" in classes["SymmetryAwareSegLogic"]
+    assert "ScriptedLoadableModuleTest" in classes["SymmetryAwareSegTest"]
+    assert len(source.splitlines()) < 250
+
+
+def test_library_imports_without_qt_in_a_fresh_interpreter():
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import SymmetryAwareSegLib.logic, SymmetryAwareSegLib.process, SymmetryAwareSegLib.models,"
+        " SymmetryAwareSegLib.parameters, SymmetryAwareSegLib.install;"
+        "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'torch') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_missing_requirements_never_asks_for_slicers_own_packages():
+    versions = {"torch": "2.13.0", "monai": "1.6.1", "nibabel": "5.2.0", "scipy": "1.9.0"}
+    missing = install.missing_requirements(version_of=versions.get)
+    assert "scipy>=1.10" in missing  # too old
+    assert not any(r.startswith(("torch", "monai", "nibabel")) for r in missing)
+    assert not any(r.lower().startswith(p.lower()) for r in missing for p in install.PROTECTED)
+    assert install.missing_requirements(version_of={}.get)[0] == install.TORCH_REQUIREMENT
+    # A newer CUDA torch from the PyTorch extension is kept, not replaced.
+    assert not any(r.startswith("torch") for r in install.missing_requirements(version_of={"torch": "2.14.1+cu126"}.get))

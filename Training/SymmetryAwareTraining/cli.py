@@ -1,0 +1,263 @@
+"""The ``symmetryaware-train`` command: pretrain, finetune-seg, finetune-cls, evaluate.
+
+Training commands take ``--config run.yaml``, any number of ``--set section.key=value``
+overrides (YAML values: ``--set data.roi_size=[64,64,64]``) and a few shortcut flags. Start
+them with ``python -m torch.distributed.run --nproc_per_node N -m SymmetryAwareTraining.cli
+...`` (or ``torchrun``) for several processes, or with plain ``python``/the console script
+for one. ``--resume`` continues the run in ``train.output_dir`` from its last checkpoint,
+with the configuration saved in that folder unless ``--config`` is given.
+
+Exit codes: 0 done; 2 a user's mistake (missing file, leakage, bad key), printed as one
+line; 3 a run stopped early by ``train.stop_after_steps`` (resume it with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from SymmetryAwareCore.errors import InputError
+
+__all__ = ["build_parser", "main", "resolve_config", "evaluate_segmentation", "evaluate_classification"]
+
+TRAIN_COMMANDS = {
+    "pretrain": "symmetry-aware pretraining (rotation, contrastive, inpainting, symmetry loss)",
+    "finetune-seg": "fine-tune SA-Swin UNETR for BraTS regions TC, WT, ET",
+    "finetune-cls": "fine-tune the SA-Swin classifier for scan-level findings",
+}
+
+# Shortcut flags and the config keys they set.
+_FLAGS = {
+    "output_dir": "train.output_dir",
+    "datalist": "data.datalist",
+    "fold": "data.fold",
+    "steps": "train.steps",
+    "seed": "train.seed",
+    "precision": "train.precision",
+    "device": "train.device",
+    "init_checkpoint": "model.init_checkpoint",
+}
+
+
+def _train_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--config", help="YAML run configuration (Training/configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.pt")
+    p.add_argument("--output-dir", help="train.output_dir")
+    p.add_argument("--datalist", help="data.datalist")
+    p.add_argument("--fold", type=int, help="data.fold (the evaluation fold, held out)")
+    p.add_argument("--steps", type=int, help="train.steps")
+    p.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
+    p.add_argument("--device", help="train.device: auto, cpu or cuda")
+    p.add_argument("--init-checkpoint", help="model.init_checkpoint (.pt or .safetensors)")
+    p.set_defaults(func=run_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symmetryaware-train", description="Train and evaluate SA-Swin models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in TRAIN_COMMANDS.items():
+        _train_parser(sub, name, text)
+    e = sub.add_parser("evaluate", help="Dice/HD95 per region or AUC per finding on an evaluation fold",
+                       description="Score predictions of the evaluation fold: per case and summary, CSV and JSON.")
+    e.add_argument("--datalist", required=True)
+    e.add_argument("--fold", type=int, default=0)
+    e.add_argument("--output", required=True, help="folder for metrics.csv and metrics.json")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--predictions", help="folder of label maps named <case>.nii.gz (BraTS labels)")
+    what.add_argument("--model", help="a trained segmentation run folder (or its model.json): segment each case "
+                      "mirror-paired, write predictions/<case>.nii.gz, then score")
+    what.add_argument("--scores", help="CSV with a 'case' column and one score column per finding")
+    e.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap with --model")
+    e.add_argument("--device", default="auto", help="device for --model: auto, cpu or cuda")
+    e.add_argument("--findings", help="comma-separated findings (default: the score CSV's columns)")
+    e.add_argument("--enhancing-label", type=int, choices=[3, 4], help="ET label (default: detect)")
+    e.set_defaults(func=run_evaluate)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """Defaults < (saved run config when resuming) < --config < --set < shortcut flags."""
+    from .config import RunConfig, load_config
+
+    overrides = list(args.overrides)
+    overrides += [f"{key}={getattr(args, flag)}" for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None]
+    base: Optional[RunConfig] = None
+    if args.resume and not args.config:
+        first = load_config(None, overrides)
+        saved = Path(first.train.output_dir) / "config.yaml"
+        if saved.is_file():
+            base = load_config(saved)
+            # The saved stop point was a rehearsal of a kill; resuming must not stop there again.
+            base.train.stop_after_steps = 0
+    return load_config(args.config, overrides, base=base)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .distributed import init_distributed, shutdown_distributed
+    from .engine import train
+    from .tasks import task_for
+
+    config = resolve_config(args)
+    env = init_distributed(config.train.device)
+    try:
+        task = task_for(args.command, config)
+        result = train(config, task, resume=args.resume, env=env)
+    finally:
+        shutdown_distributed()
+    return 0 if result.finished else 3
+
+
+def _find_prediction(folder: Path, case: str) -> Path:
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        path = folder / f"{case}{suffix}"
+        if path.is_file():
+            return path
+    raise InputError(f"no prediction for case {case} (expected {case}.nii.gz)", folder)
+
+
+def _predict_fold(evaluation, model_path: str, folder: Path, overlap: float, device: str) -> None:
+    """Segment each evaluation case with the trained model; write ``folder/<case>.nii.gz``.
+
+    The case is prepared as in training (the card's ``align``); predictions made in the
+    symmetric frame go back to the file's own grid, RAS-only ones are written on the RAS grid.
+    """
+    from SymmetryAwareCore.inference.device import resolve_device
+    from SymmetryAwareCore.io.image import Image
+    from SymmetryAwareCore.io.writers import write_nifti
+
+    from .data import load_case, normalise
+    from .datalist import case_id
+    from .modelcard import read_trained_model
+    from .predict import predict_regions, regions_to_labels
+
+    dev = resolve_device(device)
+    model, extra = read_trained_model(model_path, dev)
+    if extra.get("regions") != ["TC", "WT", "ET"]:
+        raise InputError("is not a TC/WT/ET segmentation model", model_path)
+    roi = extra["preprocessing"].get("roi_size") or [96, 96, 96]
+    for entry in evaluation:
+        case = load_case(entry, with_label=False, align=bool(extra["preprocessing"].get("align_to_msp")))
+        labels = regions_to_labels(predict_regions(model, normalise(case.volume), roi, overlap, dev))
+        if case.frame is not None:
+            image = Image(case.frame.to_native(labels, "nearest").astype(np.uint8), case.frame.native_affine)
+        else:
+            image = Image(labels, case.affine)
+        write_nifti(image, folder / f"{case_id(entry)}.nii.gz", dtype=np.uint8)
+
+
+def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[str], output: str,
+                          enhancing_label: Optional[int] = None, model: Optional[str] = None,
+                          overlap: float = 0.5, device: str = "auto") -> Dict[str, Path]:
+    """Dice and HD95 of TC, WT, ET for each case of the evaluation fold; writes CSV + JSON.
+
+    Predictions are read from ``predictions`` (label maps ``<case>.nii.gz``), or first made by
+    the trained ``model`` into ``<output>/predictions``.
+    """
+    from SymmetryAwareCore.geometry.orientation import to_ras
+    from SymmetryAwareCore.io.readers import read_labelmap
+
+    from .datalist import case_id, load_datalist
+    from .metrics import REGIONS, labels_to_regions, segmentation_metrics, summarise, write_report
+
+    _, evaluation = load_datalist(datalist_path).split(fold)
+    if model:
+        folder = Path(output) / "predictions"
+        _predict_fold(evaluation, model, folder, overlap, device)
+    else:
+        folder = Path(predictions)
+    if not folder.is_dir():
+        raise InputError("predictions folder not found", folder)
+    per_case, rows = {}, []
+    for entry in evaluation:
+        case = case_id(entry)
+        if not entry.get("label"):
+            raise InputError(f"case {case} has no 'label' to evaluate against", datalist_path)
+        truth, _ = to_ras(read_labelmap(entry["label"]))
+        path = _find_prediction(folder, case)
+        pred, _ = to_ras(read_labelmap(path))
+        if not pred.same_grid(truth):
+            raise InputError(f"not on the grid of the reference label {entry['label']}", path)
+        metrics = segmentation_metrics(labels_to_regions(pred.array.astype(np.int64), enhancing_label),
+                                       labels_to_regions(truth.array.astype(np.int64), enhancing_label),
+                                       spacing=truth.spacing)
+        per_case[case] = metrics
+        row: Dict[str, object] = {"case": case}
+        for region in REGIONS:
+            row[f"{region}_dice"] = metrics[region]["dice"]
+            row[f"{region}_hd95"] = metrics[region]["hd95"]
+        rows.append(row)
+    return write_report(output, rows, summarise(per_case))
+
+
+def evaluate_classification(datalist_path: str, fold: int, scores: str, output: str,
+                            findings: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+    """AUC per finding over the evaluation fold's cases; writes CSV + JSON."""
+    from .datalist import case_id, finding_value, load_datalist
+    from .metrics import auc_per_finding, write_report
+
+    _, evaluation = load_datalist(datalist_path).split(fold)
+    path = Path(scores)
+    if not path.is_file():
+        raise InputError("scores file not found", path)
+    with open(path, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    if not table or "case" not in table[0]:
+        raise InputError("scores CSV needs a header with a 'case' column", path)
+    names = list(findings) if findings else [c for c in table[0] if c != "case"]
+    by_case = {row["case"]: row for row in table}
+    rows: List[Dict[str, object]] = []
+    score_matrix, target_matrix = [], []
+    for entry in evaluation:
+        case = case_id(entry)
+        if case not in by_case:
+            raise InputError(f"no scores for case {case}", path)
+        missing = [f for f in names if finding_value(entry, f) is None or f not in by_case[case]]
+        if missing:
+            raise InputError(f"case {case}: no score or reference for {', '.join(missing)}", path)
+        s = [float(by_case[case][f]) for f in names]
+        t = [finding_value(entry, f) for f in names]
+        score_matrix.append(s)
+        target_matrix.append(t)
+        row: Dict[str, object] = {"case": case}
+        for f, sv, tv in zip(names, s, t):
+            row[f"{f}_score"], row[f"{f}_target"] = sv, tv
+        rows.append(row)
+    auc = auc_per_finding(np.array(score_matrix), np.array(target_matrix), names)
+    return write_report(output, rows, {"auc": auc, "cases": len(rows)})
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if args.predictions or args.model:
+        paths = evaluate_segmentation(args.datalist, args.fold, args.predictions, args.output, args.enhancing_label,
+                                      model=args.model, overlap=args.overlap, device=args.device)
+    else:
+        findings = [f.strip() for f in args.findings.split(",")] if args.findings else None
+        paths = evaluate_classification(args.datalist, args.fold, args.scores, args.output, findings)
+    print(f"symmetryaware-train evaluate: wrote {paths['csv']} and {paths['json']}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as error:
+        print(f"symmetryaware-train {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"symmetryaware-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""MONAI-style datalists: cases, folds, and the leakage check.
+
+A datalist is JSON like MONAI's Decathlon lists::
+
+    {"training": [{"case": "sub-001", "image": ["t1.nii.gz", "flair.nii.gz"],
+                   "label": "seg.nii.gz", "fold": 0, "status": "patient"}, ...],
+     "validation": [...]}
+
+Paths are relative to the JSON file's folder. ``image`` is one file or a list (one per
+channel). The evaluation set of fold ``k`` is the ``training`` entries with ``"fold": k``
+(the others train); a list without folds uses its ``validation`` entries instead.
+A case's identity is its ``case`` (or ``id``, ``name``) field, otherwise the first image
+path. Image-level labels are read in either of two spellings: a ``findings`` mapping
+(``{"haemorrhage": 1}``) or top-level flags (``"haemorrhage": 1``, as the phantom
+generator writes them); the status is ``"status": "healthy"|"patient"`` or the flags
+``"healthy": 1`` / ``"patient": 1``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+from SymmetryAwareCore.errors import InputError
+
+__all__ = ["Datalist", "load_datalist", "case_id", "finding_value", "status_of", "check_leakage", "LeakageError",
+           "subset_fraction"]
+
+_PATH_KEYS = ("image", "label")
+
+
+class LeakageError(InputError):
+    """A pretraining list holds cases of a downstream evaluation fold."""
+
+
+def case_id(entry: Dict[str, Any]) -> str:
+    """Stable identity of a case: ``case``/``id`` if given, else its first image's resolved path."""
+    for key in ("case", "id", "name"):
+        if entry.get(key):
+            return str(entry[key])
+    image = entry["image"]
+    return str(image[0] if isinstance(image, list) else image)
+
+
+def finding_value(entry: Dict[str, Any], finding: str):
+    """The entry's 0/1 value for ``finding``, or None when it does not say."""
+    findings = entry.get("findings")
+    if isinstance(findings, dict) and finding in findings:
+        return float(findings[finding])
+    value = entry.get(finding)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def status_of(entry: Dict[str, Any]) -> int:
+    """0 healthy, 1 patient, -1 unknown."""
+    status = str(entry.get("status", "")).lower()
+    if status in ("healthy", "patient"):
+        return int(status == "patient")
+    if entry.get("patient") == 1:
+        return 1
+    if entry.get("healthy") == 1:
+        return 0
+    return -1
+
+
+def _resolve(entry: Dict[str, Any], base: Path, path: Path, where: str) -> Dict[str, Any]:
+    if not isinstance(entry, dict) or "image" not in entry:
+        raise InputError(f"{where}: every entry needs an 'image'", path)
+    out = dict(entry)
+    for key in _PATH_KEYS:
+        if key not in out or out[key] is None or isinstance(out[key], (int, float)):
+            continue
+        value = out[key]
+        if isinstance(value, (list, tuple)):
+            out[key] = [str((base / v).resolve()) for v in value]
+        elif isinstance(value, str):
+            out[key] = str((base / value).resolve())
+        else:
+            raise InputError(f"{where}: '{key}' must be a path or a list of paths", path)
+    return out
+
+
+@dataclass
+class Datalist:
+    """Resolved entries of one datalist file, by section (``training``, ``validation``...)."""
+
+    path: Path
+    sections: Dict[str, List[Dict[str, Any]]]
+
+    @property
+    def has_folds(self) -> bool:
+        return any("fold" in e for e in self.sections.get("training", []))
+
+    def split(self, fold: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """``(train, evaluation)`` entries for evaluation fold ``fold``."""
+        training = self.sections.get("training", [])
+        if self.has_folds:
+            evaluation = [e for e in training if int(e.get("fold", -1)) == fold]
+            if not evaluation:
+                folds = sorted({int(e["fold"]) for e in training if "fold" in e})
+                raise InputError(f"fold {fold} has no cases (folds present: {folds})", self.path)
+            train = [e for e in training if int(e.get("fold", -1)) != fold]
+            return train, evaluation
+        return list(training), list(self.sections.get("validation", []))
+
+    def all_entries(self) -> List[Dict[str, Any]]:
+        return [e for entries in self.sections.values() for e in entries]
+
+
+def load_datalist(path: Union[str, Path]) -> Datalist:
+    """Read a datalist JSON and resolve its paths against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("datalist not found", path)
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"datalist is not valid JSON ({error})", path) from None
+    if not isinstance(raw, dict):
+        raise InputError("datalist must be a JSON object with a 'training' list", path)
+    base = path.parent.resolve()
+    if isinstance(raw.get("base_dir"), str):
+        base = (base / raw["base_dir"]).resolve()
+    sections = {}
+    for key, entries in raw.items():
+        # Sections are lists of case objects; other lists (e.g. "channels") are metadata.
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            continue
+        sections[key] = [_resolve(e, base, path, f"{key}[{i}]") for i, e in enumerate(entries)]
+    if not sections.get("training") and not sections.get("validation"):
+        raise InputError("datalist has no 'training' or 'validation' entries", path)
+    return Datalist(path, sections)
+
+
+def _identities(entry: Dict[str, Any]) -> set:
+    """Every name a case can be recognised by: its id and each of its image files."""
+    ids = {case_id(entry)}
+    image = entry.get("image")
+    ids.update(image if isinstance(image, list) else [image])
+    return {str(i) for i in ids if i}
+
+
+def check_leakage(pretrain: Datalist, downstream: Datalist, fold: int) -> None:
+    """Refuse a pretraining list that holds any case of ``downstream``'s evaluation ``fold``.
+
+    Cases match by id or by any shared image file. Raises :class:`LeakageError` naming them.
+    """
+    _, evaluation = downstream.split(fold)
+    held_out = {}
+    for entry in evaluation:
+        for ident in _identities(entry):
+            held_out[ident] = case_id(entry)
+    leaked = sorted(
+        {held_out[i] for entry in pretrain.all_entries() for i in _identities(entry) if i in held_out}
+    )
+    if leaked:
+        shown = ", ".join(leaked[:10]) + (f" and {len(leaked) - 10} more" if len(leaked) > 10 else "")
+        raise LeakageError(
+            f"leakage: the pretraining list {pretrain.path} holds {len(leaked)} case(s) of evaluation fold "
+            f"{fold} of {downstream.path}: {shown}"
+        )
+
+
+def subset_fraction(entries: Sequence[Dict[str, Any]], fraction: float, seed: int) -> List[Dict[str, Any]]:
+    """A reproducible ``fraction`` of ``entries`` (label-efficiency runs: 10/30/50/80 %)."""
+    import numpy as np
+
+    if not 0 < fraction <= 1:
+        raise InputError(f"data.label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(entries)
+    count = max(1, int(round(fraction * len(entries))))
+    order = np.random.default_rng(seed).permutation(len(entries))[:count]
+    return [entries[i] for i in sorted(order)]

@@ -1,0 +1,252 @@
+"""The tasks behind the commands: segmentation, classification and pretraining.
+
+Each task builds its model from ``config.model`` (a name from :data:`MODELS` or a
+``module:Class`` path, with MONAI-style keyword arguments), builds its dataset from the
+datalist's training folds, and turns a batch into a dict of losses whose ``loss`` entry
+is what is optimised (see :mod:`.engine`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch.nn as nn
+
+from SymmetryAwareCore.errors import InputError
+
+from .checkpoint import load_checkpoint, load_model_weights
+from .config import RunConfig
+from .data import PairedCropDataset, WholeScanDataset
+from .datalist import check_leakage, load_datalist, subset_fraction
+
+__all__ = ["build_model", "load_init_weights", "resolve_callable", "SegmentationTask",
+           "ClassificationTask", "PretrainTask", "task_for"]
+
+
+
+def resolve_callable(spec: str) -> Callable:
+    """``package.module:name`` -> the object."""
+    if ":" not in spec:
+        raise InputError(f"{spec!r} must look like package.module:name")
+    module, name = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise InputError(f"cannot import {spec} ({error})") from None
+
+
+def build_model(name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    """A registered architecture (:mod:`SymmetryAwareCore.models.registry`) or a ``module:Class``."""
+    from SymmetryAwareCore.models.registry import ARCHITECTURES
+    from SymmetryAwareCore.models.registry import build_model as build_registered
+
+    try:
+        if name in ARCHITECTURES:
+            return build_registered(name, kwargs)
+        if ":" not in name:
+            raise InputError(f"unknown model.name {name!r}; known: {', '.join(sorted(ARCHITECTURES))} "
+                             "(or a package.module:Class)")
+        return resolve_callable(name)(**kwargs)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"model {name}: bad model.kwargs ({error})") from None
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Initialise from a training checkpoint (``.pt``) or card weights (``.safetensors``).
+
+    Not strict (a pretrained encoder lacks the decoder), but refuses a file with no tensor
+    in common with the model, and tensors of the wrong shape.
+    """
+    source = Path(path)
+    if source.suffix == ".safetensors":
+        if not source.is_file():
+            raise InputError("initial weights not found", source)
+        from safetensors.torch import load_file
+
+        state = load_file(str(source))
+    else:
+        state = load_checkpoint(source)["model"]
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k.removeprefix("module.") in own and own[k.removeprefix("module.")].shape != v.shape]
+    if wrong:
+        raise InputError(f"{len(wrong)} tensor(s) have another shape than the model's, e.g. {wrong[0]}", source)
+    load_model_weights(model, state, str(source), strict=False)
+
+
+def _train_entries(config: RunConfig):
+    if not config.data.datalist:
+        raise InputError("data.datalist is not set")
+    datalist = load_datalist(config.data.datalist)
+    if config.data.pretrain_datalist:
+        check_leakage(load_datalist(config.data.pretrain_datalist), datalist, config.data.fold)
+    train, _ = datalist.split(config.data.fold)
+    return subset_fraction(train, config.data.label_fraction, config.train.seed)
+
+
+def _channel_names(config: RunConfig):
+    """``data.channels``, else the datalist's own ``channels`` list, else ``channel0``..."""
+    if config.data.channels:
+        return list(config.data.channels)
+    import json
+
+    try:
+        named = json.loads(Path(config.data.datalist).read_text()).get("channels")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    count = int(config.model.kwargs.get("in_channels", 1))
+    if isinstance(named, list) and len(named) == count:
+        return [str(n) for n in named]
+    return [f"channel{i}" for i in range(count)]
+
+
+def _card_common(config: RunConfig, task: str, labels=(), extra=None, description: str = "") -> Dict[str, Any]:
+    d = config.data
+    return {
+        "channels": _channel_names(config),
+        "modality": d.modality,
+        "labels": list(labels),
+        "description": description,
+        "preprocessing": {"orientation": "RAS", "align_to_msp": d.align, "roi_size": list(d.roi_size),
+                          "intensity": "z-score per channel over non-zero voxels"},
+        "extra": {"task": task, **(extra or {})},
+    }
+
+
+class _ModelTask:
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    def describe_model(self) -> Dict[str, Any]:
+        return {"name": self.config.model.name, "kwargs": dict(self.config.model.kwargs)}
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.config.model.name, self.config.model.kwargs)
+        if self.config.model.init_checkpoint:
+            load_init_weights(model, self.config.model.init_checkpoint)
+        return model
+
+
+class SegmentationTask(_ModelTask):
+    """BraTS-style regions TC, WT, ET as 3 sigmoid channels; loss Dice + BCE."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(sigmoid=True)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def card_metadata(self) -> Dict[str, Any]:
+        from SymmetryAwareCore.io.labels import brats_labels
+
+        labels = [(i.value, i.name, [round(255 * c) for c in i.color]) for i in brats_labels(2021)]
+        return _card_common(self.config, "segmentation", labels=labels,
+                            extra={"regions": ["TC", "WT", "ET"], "activation": "sigmoid"},
+                            description="SA-Swin UNETR: BraTS regions TC, WT, ET as sigmoid channels")
+
+    def train_dataset(self):
+        d = self.config.data
+        return PairedCropDataset(_train_entries(self.config), d.roi_size, self.config.train.seed, segmentation=True,
+                                 pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, align=d.align)
+
+    def loss(self, model, batch):
+        logits = model(batch["image"], batch["counterpart"])
+        dice, bce = self.dice(logits, batch["label"]), self.bce(logits.float(), batch["label"])
+        return {"loss": dice + bce, "dice": dice, "bce": bce}
+
+
+class ClassificationTask(_ModelTask):
+    """Scan-level multi-label findings (``data.findings``); loss BCE with logits."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        if not config.data.findings:
+            raise InputError("data.findings is empty: name the findings to classify")
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def card_metadata(self) -> Dict[str, Any]:
+        return _card_common(self.config, "classification",
+                            extra={"findings": list(self.config.data.findings), "activation": "sigmoid",
+                                   "input": "whole scan resized to roi_size"},
+                            description="SA-Swin classifier: one sigmoid logit per finding")
+
+    def train_dataset(self):
+        d = self.config.data
+        return WholeScanDataset(_train_entries(self.config), d.roi_size, d.findings, self.config.train.seed,
+                                augment=d.augment, cache=d.cache, align=d.align)
+
+    def loss(self, model, batch):
+        logits = model(batch["image"], batch["counterpart"])
+        bce = self.bce(logits.float(), batch["target"])
+        return {"loss": bce, "bce": bce}
+
+
+class PretrainTask(_ModelTask):
+    """Symmetry-aware pretraining (SASwinPretrainer): rotation, contrastive, inpainting, symmetry.
+
+    Each batch of mirror-paired crops gives two pretext views
+    (:func:`SymmetryAwareCore.models.pretext.make_pretext_view`: patch and counterpart rotated
+    about the left-right axis and masked alike), run through the model in one call (the
+    two views concatenated along the batch), and scored by
+    :class:`SymmetryAwareCore.models.losses.SymmetryAwarePretrainingLoss` with the weights
+    of ``config.pretrain``. The leakage check runs before anything else.
+    """
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        d = config.data
+        if not d.datalist:
+            raise InputError("data.datalist is not set")
+        if not d.exclude_datalist:
+            raise InputError("pretraining needs data.exclude_datalist (the downstream list whose evaluation fold "
+                             "must stay unseen); see the leakage check")
+        check_leakage(load_datalist(d.datalist), load_datalist(d.exclude_datalist), d.exclude_fold)
+        if config.pretrain.contrastive_weight > 0 and d.batch_size < 2:
+            raise InputError("the contrastive task needs data.batch_size >= 2 (the other samples are its negatives); "
+                             "or set pretrain.contrastive_weight=0")
+        from SymmetryAwareCore.models.losses import SymmetryAwarePretrainingLoss
+
+        p = config.pretrain
+        self.criterion = SymmetryAwarePretrainingLoss(p.rotation_weight, p.contrastive_weight, p.inpainting_weight,
+                                                      p.symmetry_weight, p.temperature)
+
+    def card_metadata(self) -> Dict[str, Any]:
+        return _card_common(self.config, "pretraining", extra={"pretrain": vars(self.config.pretrain)},
+                            description="SA-Swin encoder pretrained with the symmetry-aware head")
+
+    def train_dataset(self):
+        d = self.config.data
+        entries = load_datalist(d.datalist).all_entries()
+        return PairedCropDataset(entries, d.roi_size, self.config.train.seed, segmentation=False,
+                                 augment=d.augment, cache=d.cache, align=d.align)
+
+    def loss(self, model, batch):
+        import torch
+
+        from SymmetryAwareCore.models.pretext import make_pretext_view
+
+        p = self.config.pretrain
+        image, counterpart = batch["image"], batch["counterpart"]
+        views = [make_pretext_view(image, counterpart, p.mask_ratio, p.block_size) for _ in range(2)]
+        out = model(torch.cat([v.image for v in views]), torch.cat([v.counterpart for v in views]))
+        n = image.shape[0]
+        out1 = {k: v[:n] for k, v in out.items()}
+        out2 = {k: v[n:] for k, v in out.items()}
+        status = batch["status"]  # 1 patient, 0 healthy, -1 unknown; the loss wants 1 healthy
+        healthy = torch.where(status < 0, status, 1 - status)
+        losses = self.criterion(out1, out2, views[0], views[1], healthy)
+        return {"loss": losses.pop("total"), **losses}
+
+
+_TASKS = {"pretrain": PretrainTask, "finetune-seg": SegmentationTask, "finetune-cls": ClassificationTask}
+
+
+def task_for(command: str, config: RunConfig):
+    """The task a command trains; ``train.task`` (``module:callable(config)``) overrides it."""
+    if config.train.task:
+        return resolve_callable(config.train.task)(config)
+    return _TASKS[command](config)
