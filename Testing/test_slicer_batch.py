@@ -41,6 +41,7 @@ parser.add_argument("--tta", action="store_true")
 parser.add_argument("--roi-center")
 parser.add_argument("--roi-size")
 parser.add_argument("--progress")
+parser.add_argument("--case-id")
 args = parser.parse_args()
 first = Path(args.inputs[0])
 if "bad" in first.name:

@@ -344,17 +344,20 @@ def segment_case(
             )
         stages.end()
         report = lesion_report(native, labels_native, plane.normal, plane.point, names)
+        # "labels" is the model's label table (value, name, colour 0-1), as the Slicer module
+        # reads it; the per-label volumes move to "lesions".
+        report["lesions"] = report.pop("labels")
         report.update(
             {
                 "case_id": case_id,
                 "inputs": [str(p) for p in paths],
                 "channels": channel_names,
-                "labels_table": [
+                "labels": [
                     {"value": l.value, "name": l.name, "color": [c / 255.0 for c in l.color]} for l in card.labels
                 ],
                 "volumes_ml": {
                     e["name"]: {"left": e["left_ml"], "right": e["right_ml"], "midline": e["midline_ml"], "total": e["volume_ml"]}
-                    for e in report["labels"]
+                    for e in report["lesions"]
                     if e.get("name")
                 },
                 "asymmetry_index": report["total"]["asymmetry_index"],

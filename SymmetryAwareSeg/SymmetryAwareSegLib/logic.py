@@ -95,7 +95,10 @@ def build_segment_command(
         raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
     if not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+    # The case folder is named here, not left to the core's own naming rule, so the logic
+    # knows where the results land whatever the files are called.
     command = [python, "-m", core_module, "segment", *[str(p) for p in inputs], "--output-dir", str(output_dir)]
+    command += ["--case-id", case_id_from_path(inputs[0])]
     if model:
         command += ["--model", str(model)]
     command += ["--device", device, "--overlap", f"{float(overlap):g}"]
