@@ -32,6 +32,7 @@ __all__ = [
     "find_model_card",
     "resolve_model",
     "standin_card",
+    "brats_card_fields",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -71,34 +72,48 @@ class LoadedModel:
         }
 
 
-def standin_card():
-    """The card of the untrained stand-in (BraTS-style channels and labels, 2 mm, 64^3)."""
-    from ..models.model_card import InputChannel, Label, ModelCard
+def brats_card_fields() -> Dict:
+    """Channels, labels and postprocessing of a BraTS-style glioma model, for its card.
 
-    return ModelCard(
-        name=STANDIN_NAME,
-        description="UNTRAINED stand-in: random weights from a fixed seed, for testing the pipeline only. "
-        "Its segmentations are meaningless.",
-        channels=[
+    Label names and colours come from :func:`~SymmetryAwareCore.io.labels.brats_labels`
+    (2021 convention, enhancing tumour = 4); outputs are the nested regions WT, TC, ET.
+    """
+    from ..io.labels import brats_labels, brats_regions
+    from ..models.model_card import InputChannel, Label
+
+    return {
+        "channels": [
             InputChannel("t1", ("*_t1.*", "*_t1_*", "*t1n*")),
             InputChannel("t1ce", ("*t1ce*", "*t1c*")),
             InputChannel("t2", ("*_t2.*", "*_t2_*", "*t2w*")),
             InputChannel("flair", ("*flair*", "*t2f*")),
         ],
-        modality="MRI",
-        labels=[
-            Label(1, "necrotic tumour core", (255, 0, 0)),
-            Label(2, "peritumoral oedema", (0, 255, 0)),
-            Label(4, "enhancing tumour", (255, 255, 0)),
-        ],
+        "modality": "MRI",
+        "labels": [Label(l.value, l.name, tuple(int(round(255 * c)) for c in l.color)) for l in brats_labels(2021)],
+        "postprocessing": {
+            "activation": "sigmoid",
+            "regions": {name: list(brats_regions(2021)[name]) for name in ("WT", "TC", "ET")},
+            "threshold": 0.5,
+        },
+    }
+
+
+def standin_card():
+    """The card of the untrained stand-in (BraTS-style channels and labels, 2 mm, 64^3)."""
+    from ..models.model_card import ModelCard
+
+    return ModelCard(
+        name=STANDIN_NAME,
+        description="UNTRAINED stand-in: random weights from a fixed seed, for testing the pipeline only. "
+        "Its segmentations are meaningless.",
         preprocessing={"spacing": [2.0, 2.0, 2.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"},
-        postprocessing={"activation": "sigmoid", "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, "threshold": 0.5},
         version="0.0.0",
         licence="Apache-2.0",
         training_data="none (untrained)",
         metrics={},
         architecture="SASwinUNETR",
         kwargs={"in_channels": 4, "out_channels": 3, "feature_size": 12},
+        **brats_card_fields(),
     )
 
 

@@ -30,7 +30,7 @@ from ..geometry.msp import MidSagittalPlane, estimate_msp
 from ..geometry.symmetric_frame import SymmetricFrame, align_to_msp
 from ..io.case import load_case
 from ..io.image import Image
-from ..io.labels import LabelInfo
+from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
 from .engine import InferenceSettings, run_paired_inference
@@ -183,7 +183,12 @@ def brain_box(volume: np.ndarray, margin: int = 4) -> Tuple[slice, slice, slice]
 
 
 def _label_infos(model: LoadedModel) -> List[LabelInfo]:
-    return [LabelInfo(l.value, l.name, tuple(c / 255.0 for c in l.color)) for l in model.card.labels]
+    """The card's labels for the .seg.nrrd, with terminology where a known table names them."""
+    known = {(t.value, t.name): t.terminology for name in LABEL_TABLES for t in label_table(name)}
+    return [
+        LabelInfo(l.value, l.name, tuple(c / 255.0 for c in l.color), known.get((l.value, l.name), ""))
+        for l in model.card.labels
+    ]
 
 
 def _case_frame(image: Image, plane: MidSagittalPlane, spacing, options: SegmentOptions):

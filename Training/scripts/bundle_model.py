@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--version", default="0.1.0")
     args = parser.parse_args()
 
-    from SymmetryAwareCore.inference.model_source import LoadedModel
+    from SymmetryAwareCore.inference.model_source import LoadedModel, brats_card_fields
     from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
-    from SymmetryAwareCore.models.model_card import InputChannel, Label, ModelCard, load_model, save_model
+    from SymmetryAwareCore.models.model_card import ModelCard, load_model, save_model
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.metrics import labels_to_regions, segmentation_metrics, summarise
 
@@ -55,21 +55,8 @@ def main() -> None:
             "brain phantoms only (MNI152 anatomy with simulated gliomas, random poses, bias and noise). "
             "NOT FOR CLINICAL USE: it has never seen a real tumour, and its figures below are on phantoms."
         ),
-        channels=[
-            InputChannel("t1", ("*_t1.*", "*_t1_*", "*t1n*")),
-            InputChannel("t1ce", ("*t1ce*", "*t1c*")),
-            InputChannel("t2", ("*_t2.*", "*_t2_*", "*t2w*")),
-            InputChannel("flair", ("*flair*", "*t2f*")),
-        ],
-        modality="MRI",
-        labels=[
-            Label(1, "necrotic tumour core", (255, 0, 0)),
-            Label(2, "peritumoral oedema", (0, 255, 0)),
-            Label(4, "enhancing tumour", (255, 255, 0)),
-        ],
         preprocessing={"spacing": [2.0, 2.0, 2.0], "roi_size": run_card.extra.get("roi_size", config.get("data", {}).get("roi_size", [64, 64, 64])),
                        "normalisation": "zscore-nonzero", "alignment": "mid-sagittal plane, symmetric frame"},
-        postprocessing={"activation": "sigmoid", "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}, "threshold": 0.5},
         version=args.version,
         licence="Apache-2.0",
         training_data=(
@@ -77,6 +64,7 @@ def main() -> None:
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
         ),
         extra={"training_run": config, "limits": "synthetic training data; 2 mm; adult-brain anatomy of MNI152 only"},
+        **brats_card_fields(),
     )
     network = network.half()
     save_model(network, args.output, card)
