@@ -312,6 +312,9 @@ def segment_case(
     full_shape = aligned.spatial_shape
     labels_frame = np.zeros(full_shape, np.uint8)
     labels_frame[box] = labels_from_logits(logits, card)
+    if card.preprocessing.get("normalisation", "zscore-nonzero") == "zscore-nonzero":
+        # Such models only ever saw the head: voxels outside it (all channels 0) get no label.
+        labels_frame[~np.any(volume != 0, axis=0)] = 0
     probability = np.zeros(full_shape, np.float32)
     probability[box] = foreground_from_logits(logits, card)
     asym_frame = signed_asymmetry(probability)
