@@ -88,8 +88,6 @@ def _sample_inputs() -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..inference.cases import ChannelSpec, discover_cases
     from ..inference.model_source import resolve_model
     from ..inference.pipeline import SegmentOptions, segment_case
@@ -104,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
         inputs = _sample_inputs()
     if not inputs:
         raise InputError("no input given (files, a folder, a CSV, or --sample)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     printer = ProgressPrinter(args.progress)
     model = resolve_model(args.model)
     for note in model.notes:

@@ -257,7 +257,7 @@ def segment_case(
         resolved = p.resolve()
         if resolved == case_dir.resolve() or case_dir.resolve() in resolved.parents:
             raise InputError("the output folder would hold (and overwrite) this input; choose another --output-dir", p)
-        check_output_path(case_dir, paths)
+    check_output_path(case_dir, paths)
     if case_dir.exists() and not options.overwrite:
         report_path = case_dir / OUTPUT_FILES["report"]
         if report_path.is_file():
