@@ -147,3 +147,14 @@ def test_models_import_verify_and_zip_traversal(small_model, tmp_path, monkeypat
     (tampered / "tiny.safetensors").write_bytes(bytes(data))
     assert main(["models", "verify", str(tampered / "tiny.json")]) == 2
     assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_attention_command_writes_only_maps_plane_and_report(small_model, tmp_path):
+    code = main(["attention", "--sample", "-o", str(tmp_path), "--model", str(small_model), "--device", "cpu", "--progress", "none"])
+    assert code == 0
+    written = {p.name for p in (tmp_path / "sample_glioma").iterdir()}
+    assert written == {"attention.nii.gz", "asymmetry.nii.gz", "msp.mrk.json", "report.json"}
+    reference = nib.load(_sample("t1"))
+    attention = nib.load(str(tmp_path / "sample_glioma" / "attention.nii.gz"))
+    assert attention.shape == reference.shape
+    np.testing.assert_allclose(attention.affine, reference.affine, atol=1e-5)

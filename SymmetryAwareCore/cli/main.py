@@ -18,6 +18,8 @@ from ..errors import InputError
 # Modules of this package that define a sub-command, in the order --help lists them.
 COMMANDS = (
     "segment",
+    "classify",
+    "attention",
     "msp",
     "phantom",
     "models",

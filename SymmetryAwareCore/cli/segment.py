@@ -58,6 +58,12 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_run_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments shared by ``segment`` and ``attention``."""
     parser.add_argument("inputs", nargs="*", help="channel files of one case, a folder, or a CSV of cases")
     parser.add_argument("--sample", action="store_true", help="run on the bundled sample case (a glioma phantom)")
     parser.add_argument("-o", "--output-dir", required=True, type=Path, help="folder for the results (one sub-folder per case)")
@@ -77,7 +83,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
     parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
-    parser.set_defaults(func=run)
 
 
 def _sample_inputs() -> List[str]:
@@ -87,7 +92,9 @@ def _sample_inputs() -> List[str]:
     return [str(paths[c]) for c in ("t1", "t1ce", "t2", "flair")]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, outputs=None, model=None) -> int:
+    """Run the pipeline over every case; ``outputs`` limits the files written (default: all);
+    ``model`` is an already loaded model (default: ``args.model``)."""
     from ..inference.cases import ChannelSpec, discover_cases
     from ..inference.model_source import resolve_model
     from ..inference.pipeline import SegmentOptions, segment_case
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise InputError("no input given (files, a folder, a CSV, or --sample)")
     printer = ProgressPrinter(args.progress)
-    model = resolve_model(args.model)
+    model = model or resolve_model(args.model)
     for note in model.notes:
         printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         roi_size_mm=args.roi_size,
         overview=not args.no_overview,
         overwrite=args.overwrite,
+        outputs=tuple(outputs) if outputs else None,
     )
     rows = []
     for index, case in enumerate(cases):

@@ -77,6 +77,7 @@ class SegmentOptions:
             the plane is included automatically, and labels outside the box stay 0.
         overview: write the PNG overview.
         overwrite: replace an existing result folder of the same case.
+        outputs: keys of :data:`OUTPUT_FILES` to write (the report always is); None: all.
     """
 
     device: str = "auto"
@@ -89,6 +90,12 @@ class SegmentOptions:
     roi_size_mm: Optional[Sequence[float]] = None
     overview: bool = True
     overwrite: bool = False
+    outputs: Optional[Sequence[str]] = None
+
+    def wants(self, key: str) -> bool:
+        if key == "overview" and not self.overview:
+            return False
+        return key == "report" or self.outputs is None or key in self.outputs
 
 
 @dataclass
@@ -330,16 +337,20 @@ def segment_case(
             files[key] = case_dir / OUTPUT_FILES[key]
             return tmp_dir / OUTPUT_FILES[key]
 
-        write_labelmap_nifti(labels_native, native, out("labelmap"), inputs=paths)
-        write_seg_nrrd(labels_native, native, out("segmentation"), _label_infos(model), inputs=paths)
-        if result.attention is not None:
+        if options.wants("labelmap"):
+            write_labelmap_nifti(labels_native, native, out("labelmap"), inputs=paths)
+        if options.wants("segmentation"):
+            write_seg_nrrd(labels_native, native, out("segmentation"), _label_infos(model), inputs=paths)
+        if result.attention is not None and options.wants("attention"):
             attention_frame = np.zeros(full_shape, np.float32)
             attention_frame[box] = result.attention.numpy()
             write_map(np.clip(frame.to_native(attention_frame, "linear"), 0, 1), native, out("attention"), "uint8", paths)
-        write_map(frame.to_native(asym_frame, "linear"), native, out("asymmetry"), "float16", paths)
-        write_plane_markups(plane, out("plane"))
+        if options.wants("asymmetry"):
+            write_map(frame.to_native(asym_frame, "linear"), native, out("asymmetry"), "float16", paths)
+        if options.wants("plane"):
+            write_plane_markups(plane, out("plane"))
         names = {l.value: l.name for l in card.labels}
-        if options.overview:
+        if options.wants("overview"):
             write_overview_png(
                 native,
                 labels_native,
