@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--name", default="glioma-phantom-saswin-f12")
     parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size (mm) the run was trained at")
     args = parser.parse_args()
 
     from SymmetryAwareCore.inference.model_source import LoadedModel, brats_card_fields
@@ -45,7 +46,7 @@ def main() -> None:
     from SymmetryAwareTraining.metrics import labels_to_regions, segmentation_metrics, summarise
 
     network, run_card = load_model(args.run / "model.json")
-    config = run_card.extra.get("config", {})
+    config = run_card.extra.get("training", {}).get("config", {})
     steps = config.get("train", {}).get("steps")
     card = ModelCard(
         name=args.name,
@@ -55,18 +56,24 @@ def main() -> None:
             "brain phantoms only (MNI152 anatomy with simulated gliomas, random poses, bias and noise). "
             "NOT FOR CLINICAL USE: it has never seen a real tumour, and its figures below are on phantoms."
         ),
-        preprocessing={"spacing": [2.0, 2.0, 2.0], "roi_size": run_card.extra.get("roi_size", config.get("data", {}).get("roi_size", [64, 64, 64])),
+        preprocessing={"spacing": [args.spacing] * 3, "roi_size": run_card.extra.get("roi_size", config.get("data", {}).get("roi_size", [64, 64, 64])),
                        "normalisation": "zscore-nonzero", "alignment": "mid-sagittal plane, symmetric frame"},
         version=args.version,
         licence="Apache-2.0",
         training_data=(
-            f"{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing 2), "
+            f"{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {args.spacing:g}), "
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
         ),
-        extra={"training_run": config, "limits": "synthetic training data; 2 mm; adult-brain anatomy of MNI152 only"},
+        extra={"training_run": config, "limits": f"synthetic training data; {args.spacing:g} mm; adult-brain anatomy of MNI152 only"},
         **brats_card_fields(),
     )
+    # Shipping size: float16 weights, and the Swin blocks' relative-position index tables
+    # (int64, about 1 MB each, values < 2^15) as int16; loading casts both back.
     network = network.half()
+    for module in network.modules():
+        index = getattr(module, "relative_position_index", None)
+        if isinstance(index, torch.Tensor) and index.dtype == torch.int64 and int(index.max()) < 2**15:
+            module.relative_position_index = index.to(torch.int16)
     save_model(network, args.output, card)
     shipped_network, shipped_card = load_model(args.output)  # evaluate what users will load
     shipped = LoadedModel(shipped_network, shipped_card, str(args.output))
