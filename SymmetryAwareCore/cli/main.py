@@ -40,17 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command's ``func``.
+
+    A user's mistake (:class:`InputError`) becomes one line ``<prog> <command>: error: ...``
+    and exit code 2; Ctrl-C exits with 130. Shared by ``symmetryaware`` and
+    ``symmetryaware-train``.
+    """
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as error:
-        print(f"symmetryaware {args.command}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"symmetryaware {args.command}: interrupted", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -247,16 +247,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as error:
-        print(f"symmetryaware-train {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"symmetryaware-train {args.command}: interrupted", file=sys.stderr)
-        return 130
+    from SymmetryAwareCore.cli.main import run_command
+
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
