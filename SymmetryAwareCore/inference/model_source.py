@@ -6,9 +6,10 @@ Bundled models live in ``SymmetryAwareCore/data/models``; models imported with
 (``$SYMMETRYAWARE_MODELS``, default ``~/.local/share/symmetryaware/models``). Nothing is
 ever downloaded.
 
-Until the project's trained model is bundled, ``default`` resolves to an explicitly
-labelled *untrained stand-in*: an SA-Swin built from a fixed seed, so every part of the
-pipeline can run; its card and every report say that its output is meaningless.
+``default`` is the bundled model (the one whose card says ``"default": true``, else the
+first); with none bundled it falls back to ``untrained-standin``, an SA-Swin built from a
+fixed seed, so every part of the pipeline can run; its card and every report say that its
+output is meaningless.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _build_standin() -> "LoadedModel":
         network = build_model(card.architecture, card.kwargs)
     finally:
         torch.random.set_rng_state(state)
-    note = "UNTRAINED STAND-IN MODEL: no trained model is bundled yet; outputs only exercise the pipeline and are meaningless"
+    note = "UNTRAINED STAND-IN MODEL: random weights from a fixed seed; outputs only exercise the pipeline and are meaningless"
     return LoadedModel(network.eval(), card, STANDIN_NAME, [note])
 
 
