@@ -37,12 +37,10 @@ from SymmetryAwareCore.geometry import (  # noqa: E402
     MidSagittalPlane,
     axes_plane,
     estimate_msp,
-    move_image,
     plane_angle_deg,
     plane_offset_mm,
-    resample_to_grid,
-    rigid_matrix,
 )
+from SymmetryAwareCore.geometry.symmetric_frame import tilted_scan  # noqa: E402
 from SymmetryAwareCore.io.image import Image  # noqa: E402
 
 MNI_TRUTH = MidSagittalPlane([1.0, 0.0, 0.0], [0.0, -18.0, 18.0], 1.0, True, "truth")
@@ -73,18 +71,6 @@ def with_lesion(image: Image, bright: bool) -> Image:
     return image.with_array(array)
 
 
-def tilted_volume(image: Image, angles_deg, shift_mm):
-    """Rotate about the grid centre, shift, resample onto an axis-aligned grid of the same shape."""
-    shape = np.array(image.spatial_shape)
-    centre = image.voxel_to_world((shape - 1) / 2.0)[0]
-    world = rigid_matrix(angles_deg, shift_mm, centre)
-    moved = move_image(image, world)
-    spacing = image.spacing
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = moved.voxel_to_world((shape - 1) / 2.0)[0] - spacing * (shape - 1) / 2.0
-    return Image(resample_to_grid(moved.array, moved.affine, affine, shape), affine), world
-
-
 def cases(name: str, poses: int, rng, max_rotation: float, max_shift: float):
     """Yield (volume, truth) pairs of one set."""
     import nibabel as nib
@@ -107,7 +93,7 @@ def cases(name: str, poses: int, rng, max_rotation: float, max_shift: float):
         base = load_nifti(data / "anatomical.nii") if name == "subject-t1" else load_nifti(data / "example4d.nii.gz", volume=0)
         truth = estimate_msp(base)  # unknown truth: equivariance with the untilted estimate
     for _ in range(poses):
-        volume, world = tilted_volume(base, rng.uniform(-max_rotation, max_rotation, 3), rng.uniform(-max_shift, max_shift, 3))
+        volume, world = tilted_scan(base, rng.uniform(-max_rotation, max_rotation, 3), rng.uniform(-max_shift, max_shift, 3))
         yield volume, truth.moved(world)
 
 

@@ -18,40 +18,15 @@ from SymmetryAwareCore.geometry import (
     MidSagittalPlane,
     axes_plane,
     estimate_msp,
-    move_image,
     plane_angle_deg,
     plane_offset_mm,
     reorient_to,
-    resample_to_grid,
-    rigid_matrix,
 )
+from SymmetryAwareCore.geometry.symmetric_frame import regrid_isotropic, tilted_scan
 from SymmetryAwareCore.io.image import Image
 from SymmetryAwareCore.io.writers import write_nifti
 
 MNI_TRUTH = MidSagittalPlane([1.0, 0.0, 0.0], [0.0, -18.0, 18.0], 1.0, True, "truth")
-
-
-def downsampled(image: Image, mm: float) -> Image:
-    """``image`` resampled (linear) onto an axis-aligned RAS grid of ``mm`` voxels, same field of view."""
-    extent = np.array(image.spatial_shape) * image.spacing
-    shape = np.floor(extent / mm).astype(int)
-    centre = image.voxel_to_world((np.array(image.spatial_shape) - 1) / 2.0)[0]
-    affine = np.diag([mm, mm, mm, 1.0])
-    affine[:3, 3] = centre - mm * (shape - 1) / 2.0
-    return Image(resample_to_grid(image.array, image.affine, affine, shape), affine)
-
-
-def tilted_volume(image: Image, angles_deg, shift_mm):
-    """The head rotated about its grid centre and shifted, resampled onto an axis-aligned grid
-    of the same shape and spacing (centred on the moved field of view). Returns (image, world)."""
-    shape = np.array(image.spatial_shape)
-    centre = image.voxel_to_world((shape - 1) / 2.0)[0]
-    world = rigid_matrix(angles_deg, shift_mm, centre)
-    moved = move_image(image, world)
-    spacing = image.spacing
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = moved.voxel_to_world((shape - 1) / 2.0)[0] - spacing * (shape - 1) / 2.0
-    return Image(resample_to_grid(moved.array, moved.affine, affine, shape), affine), world
 
 
 def poses(count, seed):
@@ -61,13 +36,13 @@ def poses(count, seed):
 
 @pytest.fixture(scope="module")
 def mni_small(mni_t1):
-    return downsampled(mni_t1, 2.5)
+    return regrid_isotropic(mni_t1, 2.5)
 
 
 def test_mni_rotated_within_bounds_and_better_than_baseline(mni_small):
     angle_errors, offset_errors, baseline_errors = [], [], []
     for angles, shift in poses(3, seed=7):
-        volume, world = tilted_volume(mni_small, angles, shift)
+        volume, world = tilted_scan(mni_small, angles, shift)
         truth = MNI_TRUTH.moved(world)
         plane = estimate_msp(volume)
         assert plane.confident, plane.message
@@ -88,7 +63,7 @@ def test_subject_t1_plane_moves_with_the_head(subject_t1):
     reference = estimate_msp(subject_t1)
     assert reference.confident, reference.message
     for angles, shift in poses(2, seed=3):
-        volume, world = tilted_volume(subject_t1, angles, shift)
+        volume, world = tilted_scan(subject_t1, angles, shift)
         truth = reference.moved(world)
         plane = estimate_msp(volume)
         assert plane_angle_deg(plane, truth) <= 1.5
@@ -104,7 +79,7 @@ def test_one_sided_lesion_does_not_drag_the_plane(mni_small):
     lesioned = mni_small.with_array(array)
     healthy_score = estimate_msp(mni_small).symmetry_score
     (angles, shift), = poses(1, seed=11)
-    volume, world = tilted_volume(lesioned, angles, shift)
+    volume, world = tilted_scan(lesioned, angles, shift)
     plane = estimate_msp(volume)
     truth = MNI_TRUTH.moved(world)
     assert plane_angle_deg(plane, truth) <= 0.5

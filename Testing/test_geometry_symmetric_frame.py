@@ -15,24 +15,16 @@ from SymmetryAwareCore.geometry import (
     resample_to_grid,
     rigid_matrix,
 )
+from SymmetryAwareCore.geometry.symmetric_frame import regrid_isotropic
 from SymmetryAwareCore.io.image import Image
 
 MNI_TRUTH = MidSagittalPlane([1.0, 0.0, 0.0], [0.0, -18.0, 18.0], 1.0, True, "truth")
 
 
-def downsampled(image: Image, mm: float) -> Image:
-    extent = np.array(image.spatial_shape) * image.spacing
-    shape = np.floor(extent / mm).astype(int)
-    centre = image.voxel_to_world((np.array(image.spatial_shape) - 1) / 2.0)[0]
-    affine = np.diag([mm, mm, mm, 1.0])
-    affine[:3, 3] = centre - mm * (shape - 1) / 2.0
-    return Image(resample_to_grid(image.array, image.affine, affine, shape), affine)
-
-
 @pytest.fixture(scope="module")
 def tilted_mni(mni_t1):
     """MNI at 3 mm, tilted by a known rotation and shift and resampled axis-aligned, with its true plane."""
-    small = downsampled(mni_t1, 3.0)
+    small = regrid_isotropic(mni_t1, 3.0)
     shape = np.array(small.spatial_shape)
     centre = small.voxel_to_world((shape - 1) / 2.0)[0]
     world = rigid_matrix((8.0, -12.0, 15.0), (6.0, -9.0, 4.0), centre)
@@ -78,7 +70,7 @@ def test_mirror_helper_is_the_anatomical_mirror_in_the_frame(tilted_mni):
 
 
 def test_untilted_grid_is_the_identity_for_images_and_labels(mni_t1):
-    small = downsampled(mni_t1, 3.0)
+    small = regrid_isotropic(mni_t1, 3.0)
     centre = small.voxel_to_world((np.array(small.spatial_shape) - 1) / 2.0)[0]
     plane = MidSagittalPlane([1.0, 0.0, 0.0], centre, 1.0, True, "given")
     stored = reorient_to(small, "LPS")  # a permutation/flip of axes must not matter

@@ -40,7 +40,7 @@ from ..io.image import Image
 from .msp import MidSagittalPlane
 from .orientation import to_ras
 
-__all__ = ["SymmetricFrame", "align_to_msp", "resample_to_grid", "frame_affine"]
+__all__ = ["SymmetricFrame", "align_to_msp", "resample_to_grid", "frame_affine", "regrid_isotropic", "tilted_scan"]
 
 _ORDERS = {"nearest": 0, "linear": 1}
 
@@ -251,3 +251,34 @@ def align_to_msp(
     frame = SymmetricFrame(affine, tuple(shape), image.affine.copy(), image.spatial_shape, plane)
     array = frame.to_frame(image.array, order)
     return Image(array, affine, image.channel_names, image.source), frame
+
+
+def regrid_isotropic(image: Image, mm: float) -> Image:
+    """``image`` resampled (linear) onto an axis-aligned RAS grid of ``mm`` voxels covering the
+    same field of view, centred where the input's grid is centred."""
+    extent = np.array(image.spatial_shape) * image.spacing
+    shape = np.floor(extent / mm).astype(int)
+    centre = image.voxel_to_world((np.array(image.spatial_shape) - 1) / 2.0)[0]
+    affine = np.diag([mm, mm, mm, 1.0])
+    affine[:3, 3] = centre - mm * (shape - 1) / 2.0
+    return Image(resample_to_grid(image.array, image.affine, affine, shape), affine)
+
+
+def tilted_scan(image: Image, angles_deg: Sequence[float], shift_mm: Sequence[float]) -> Tuple[Image, np.ndarray]:
+    """What a scanner would record of a head moved by a known rigid transform.
+
+    The head is rotated about its grid centre by ``angles_deg`` (x, y, z) and shifted by
+    ``shift_mm``, then resampled onto an axis-aligned grid of the same shape and spacing centred
+    on the moved field of view, so the volume itself is tilted. Returns ``(image, world)`` with
+    ``world`` the ``(4, 4)`` RAS transform applied (the ground truth of geometry tests).
+    """
+    from .rigid import move_image, rigid_matrix
+
+    shape = np.array(image.spatial_shape)
+    centre = image.voxel_to_world((shape - 1) / 2.0)[0]
+    world = rigid_matrix(angles_deg, shift_mm, centre)
+    moved = move_image(image, world)
+    spacing = image.spacing
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = moved.voxel_to_world((shape - 1) / 2.0)[0] - spacing * (shape - 1) / 2.0
+    return Image(resample_to_grid(moved.array, moved.affine, affine, shape), affine), world
