@@ -4,7 +4,8 @@ Builds a BraTS-size case (4 x 240 x 240 x 155, 1 mm) from a glioma phantom, then
 same volume and in this process:
 
 1. MONAI ``sliding_window_inference`` with ``SwinUNETR`` on the whole volume (as a user of
-   MONAI would), and on the brain's bounding box (like for like with our cropping);
+   MONAI would: MONAI's defaults; and with ``use_flash_attention=True``, the fused attention
+   our pipeline switches on), and on the brain's bounding box (like for like with our cropping);
 2. ``segment_case``: alignment to the mid-sagittal plane, mirror-paired sliding window with an
    SA-Swin of the same feature size, ROI and overlap, mapping back and every output file.
 
@@ -100,19 +101,22 @@ def main() -> None:
     amp_dtype = torch.bfloat16 if args.amp == "bfloat16" else None
     rows = []
 
-    monai_net = SwinUNETR(in_channels=4, out_channels=3, feature_size=args.feature_size).eval()
+    monai_nets = {flash: SwinUNETR(in_channels=4, out_channels=3, feature_size=args.feature_size,
+                                   use_flash_attention=flash).eval() for flash in (False, True)}
+    monai_nets[True].load_state_dict(monai_nets[False].state_dict())
     x = torch.from_numpy((volume - volume.mean()) / (volume.std() + 1e-6))[None]
 
-    def run_monai(tensor, name):
+    def run_monai(tensor, name, flash=False):
         _reset_peak()
         start = time.perf_counter()
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_dtype is not None):
-            sliding_window_inference(tensor, roi, 1, monai_net, overlap=args.overlap, mode="gaussian")
+            sliding_window_inference(tensor, roi, 1, monai_nets[flash], overlap=args.overlap, mode="gaussian")
         rows.append((name, time.perf_counter() - start, _peak_mib()))
         print(f"  {name}: {rows[-1][1]:.1f} s, peak {rows[-1][2]:.0f} MiB", flush=True)
 
     if not args.skip_monai_full:
         run_monai(x, "MONAI SwinUNETR, whole volume")
+        run_monai(x, "MONAI SwinUNETR (use_flash_attention), whole volume", flash=True)
     box = brain_box(volume)
     run_monai(x[(slice(None), slice(None), *box)].contiguous(), "MONAI SwinUNETR, brain box")
 

@@ -71,3 +71,26 @@ def test_runs_on_cuda_with_float16():
     result, fallback = run_paired_inference(volume, PickyModel(fits=8), settings)
     assert fallback.device.type == "cuda" and result.logits.device.type == "cpu"
     torch.testing.assert_close(result.logits[0], torch.from_numpy(volume[0] - volume[0, ::-1]), atol=1e-2, rtol=1e-2)
+
+
+def test_fused_window_attention_matches_the_explicit_path_and_is_restored():
+    """MONAI's fused Swin attention gives the explicit path's logits; flags come back as they were.
+
+    64^3 gives a 32^3 token map at stage 1, larger than the 7^3 window, so shifted windows
+    and their masks are exercised.
+    """
+    from SymmetryAwareCore.inference.engine import fused_window_attention
+    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
+
+    torch.manual_seed(0)
+    net = SASwinUNETR(in_channels=2, out_channels=3, feature_size=12, use_saca=True).eval()
+    x, c = torch.randn(1, 2, 64, 64, 64), torch.randn(1, 2, 64, 64, 64)
+    flags = [m for m in net.modules() if hasattr(m, "use_flash_attention")]
+    assert len(flags) == 8 and not any(m.use_flash_attention for m in flags)  # 4 stages x 2 blocks
+    with torch.no_grad():
+        explicit = net(x, c)
+        with fused_window_attention(net) as switched:
+            assert switched == 8 and all(m.use_flash_attention for m in flags)
+            fused = net(x, c)
+    assert not any(m.use_flash_attention for m in flags)
+    torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)

@@ -125,3 +125,20 @@ def test_bundled_sample_case_is_small_complete_and_reproducible():
     rebuilt = make_subject(**SAMPLE_ARGS)
     np.testing.assert_array_equal(rebuilt.label.array, stored)
     np.testing.assert_array_equal(rebuilt.image.array[1].astype(np.int16), np.asarray(_load(paths["t1ce"]).dataobj))
+
+
+def test_prefix_names_cases_so_separate_sets_pass_the_leakage_check(tmp_path):
+    """A pretraining set beside a labelled set: same generator, other prefix, no false leak."""
+    from SymmetryAwareTraining.datalist import LeakageError, check_leakage, load_datalist
+
+    labelled = write_dataset(tmp_path / "labelled", 2, seed=1, kind="glioma", spacing=4.0, folds=2)
+    other = write_dataset(tmp_path / "pre", 2, seed=2, kind="glioma", spacing=4.0, folds=0, prefix="pre")
+    same = write_dataset(tmp_path / "same", 2, seed=2, kind="glioma", spacing=4.0, folds=0)
+    names = [e["name"] for e in json.loads(other.read_text())["training"] + json.loads(other.read_text())["validation"]]
+    assert sorted(names) == ["pre_0000", "pre_0001"] and (other.parent / "pre_0000_flair.nii.gz").is_file()
+    check_leakage(load_datalist(other), load_datalist(labelled), fold=0)
+    with pytest.raises(LeakageError):  # "case_0000" in both lists reads as the same case
+        check_leakage(load_datalist(same), load_datalist(labelled), fold=0)
+    with pytest.raises(InputError, match="prefix"):
+        write_dataset(tmp_path / "bad", 1, spacing=4.0, folds=0, prefix="../x")
+    assert not (tmp_path / "bad").exists()

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from SymmetryAwareTraining.checkpoint import load_checkpoint
 from SymmetryAwareTraining.cli import main
 from SymmetryAwareTraining.crops import paired_crop
+from SymmetryAwareCore.errors import InputError
 
 HERE = Path(__file__).resolve().parent
 ROI = (8, 8, 8)
@@ -230,3 +231,29 @@ def test_progress_line_has_loss_and_eta():
         progress.update(step, {"loss": 0.5}, lr=1e-3)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("step  5/10 loss 0.5") and "ETA" in lines[0]
+
+
+def test_segmentation_output_starts_at_the_foreground_prior(tmp_path):
+    import math
+
+    from SymmetryAwareTraining.config import RunConfig
+    from SymmetryAwareTraining.tasks import SegmentationTask
+
+    config = RunConfig()
+    config.model.kwargs = {"in_channels": 1, "out_channels": 3, "feature_size": 12, "use_saca": False}
+    model = SegmentationTask(config).build_model()
+    bias = model.out.conv.conv.bias.detach()
+    assert torch.allclose(bias, torch.full((3,), math.log(0.01 / 0.99)))
+
+    config.model.output_prior = 0.0  # off: PyTorch's own initialisation (small uniform)
+    assert SegmentationTask(config).build_model().out.conv.conv.bias.abs().max() < 1
+
+    config.model.output_prior = 0.01  # an init checkpoint with an output layer wins
+    torch.save({"model": {"out.conv.conv.bias": torch.tensor([1.0, 2.0, 3.0])}}, tmp_path / "init.pt")
+    config.model.init_checkpoint = str(tmp_path / "init.pt")
+    assert SegmentationTask(config).build_model().out.conv.conv.bias.tolist() == [1.0, 2.0, 3.0]
+
+    config.model.output_prior = 1.5
+    config.model.init_checkpoint = ""
+    with pytest.raises(InputError, match="output_prior"):
+        SegmentationTask(config).build_model()

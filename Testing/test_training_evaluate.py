@@ -124,3 +124,31 @@ def test_evaluate_refuses_missing_or_misplaced_predictions(tmp_path, capsys):
     write_nifti(Image(_labels(PRED), np.diag([1.0, 1.0, 1.0, 1.0])), tmp_path / "preds" / "part.nii.gz")
     assert main(args) == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_card_region_channels_are_in_the_training_order():
+    """The network's channel k is region REGIONS[k] in training; the card must say the same.
+
+    A card listing WT before TC makes ``segment_case`` call the whole tumour "core" (the
+    first bundled model shipped that way: TC Dice 0.28 on phantoms where it learnt 0.8).
+    """
+    import numpy as np
+
+    from SymmetryAwareCore.inference.model_source import brats_card_fields, standin_card
+    from SymmetryAwareCore.inference.postprocess import labels_from_logits
+    from SymmetryAwareTraining.config import RunConfig
+    from SymmetryAwareTraining.metrics import REGIONS, labels_to_regions
+    from SymmetryAwareTraining.tasks import SegmentationTask
+
+    assert list(brats_card_fields()["postprocessing"]["regions"]) == list(REGIONS) == ["TC", "WT", "ET"]
+    config = RunConfig()
+    config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12}
+    assert list(SegmentationTask(config).card_metadata()["postprocessing"]["regions"]) == list(REGIONS)
+
+    # Round trip: true labels -> training targets (as logits) -> the card's postprocessing -> labels.
+    truth = np.zeros((6, 6, 6), np.uint8)
+    truth[1:5, 1:5, 1:5] = 2
+    truth[2:4, 2:4, 2:4] = 1
+    truth[2, 2, 2] = 4
+    logits = np.where(np.asarray(labels_to_regions(truth)), 5.0, -5.0).astype(np.float32)
+    np.testing.assert_array_equal(labels_from_logits(logits, standin_card()), truth)

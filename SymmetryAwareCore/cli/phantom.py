@@ -31,6 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds; 0 = training/validation split")
     parser.add_argument("--healthy-fraction", type=float, default=0.2, help="share of healthy subjects (default 0.2)")
     parser.add_argument("--et-label", type=int, choices=(3, 4), default=4, help="enhancing tumour label: 4 (BraTS 2021) or 3 (2023)")
+    parser.add_argument("--prefix", default="case", help="case names <prefix>_0000... (default case); give "
+                        "datasets used together different prefixes")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     parser.set_defaults(func=run)
     return parser
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         healthy_fraction=args.healthy_fraction,
         et_label=args.et_label,
+        prefix=args.prefix,
     )
     print(path)
     return 0

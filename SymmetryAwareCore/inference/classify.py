@@ -21,6 +21,7 @@ from ..geometry.msp import estimate_msp
 from ..geometry.symmetric_frame import align_to_msp
 from ..io.case import load_case
 from .device import resolve_device
+from .engine import fused_window_attention
 from .model_source import LoadedModel
 from .pipeline import normalise_intensities
 
@@ -66,7 +67,7 @@ def classify_case(
     dev = resolve_device(device)
     network = model.network.to(dev).eval()
     x = x.to(dev)
-    with torch.inference_mode():
+    with torch.inference_mode(), fused_window_attention(network):
         logits = network(x, flip_lr(x, spatial_start=2))
     if logits.shape[-1] != len(names):
         raise InputError(f"the network gives {logits.shape[-1]} outputs, the card names {len(names)} findings")

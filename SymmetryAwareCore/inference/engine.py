@@ -8,6 +8,7 @@ runs out, retries as :func:`.device.run_with_oom_fallback` says.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
@@ -17,7 +18,7 @@ import torch
 from .device import OOMFallback, default_amp_dtype, resolve_device, run_with_oom_fallback
 from .sliding_window import PairedResult, mirror_paired_sliding_window
 
-__all__ = ["InferenceSettings", "run_paired_inference"]
+__all__ = ["InferenceSettings", "run_paired_inference", "fused_window_attention"]
 
 _AMP_CHOICES = {"auto": None, "off": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -70,6 +71,29 @@ class InferenceSettings:
         return _AMP_CHOICES[self.amp]
 
 
+@contextlib.contextmanager
+def fused_window_attention(model: torch.nn.Module):
+    """Switch MONAI's Swin window attention to its fused kernel for the duration.
+
+    MONAI's ``WindowAttention`` has a ``use_flash_attention`` flag (off by default, as in
+    MONAI's ``SwinUNETR``) that routes the attention through
+    ``torch.nn.functional.scaled_dot_product_attention`` when no gradient is taken. The
+    explicit path materialises every window's ``N x N`` scores several times (matmul, bias
+    and mask additions, softmax), which is most of the encoder's time on the CPU; the
+    fused kernel gives the same result to float rounding (tested) with the same weights.
+    The flags are restored afterwards, so a model shared with training is left as it was.
+    """
+    switched = [m for m in model.modules() if isinstance(getattr(m, "use_flash_attention", None), bool)]
+    before = [m.use_flash_attention for m in switched]
+    for m in switched:
+        m.use_flash_attention = True
+    try:
+        yield len(switched)
+    finally:
+        for m, flag in zip(switched, before):
+            m.use_flash_attention = flag
+
+
 def run_paired_inference(
     volume,
     model: torch.nn.Module,
@@ -79,8 +103,9 @@ def run_paired_inference(
 ) -> Tuple[PairedResult, OOMFallback]:
     """Segment an aligned ``(C, X, Y, Z)`` volume (X = left-right, MSP at its centre).
 
-    The model is put in eval mode for the run (its mode is restored afterwards) and moved
-    to the device of each attempt; it stays on the device of the attempt that succeeded.
+    The model is put in eval mode for the run (its mode is restored afterwards), its Swin
+    attention runs fused (:func:`fused_window_attention`), and it is moved to the device of
+    each attempt; it stays on the device of the attempt that succeeded.
 
     Returns:
         ``(result, fallback)``: the :class:`PairedResult` and where it finally ran.
@@ -106,6 +131,7 @@ def run_paired_inference(
         )
 
     try:
-        return run_with_oom_fallback(attempt, device, settings.sw_batch_size, settings.cpu_fallback, logger)
+        with fused_window_attention(model):
+            return run_with_oom_fallback(attempt, device, settings.sw_batch_size, settings.cpu_fallback, logger)
     finally:
         model.train(was_training)

@@ -77,7 +77,8 @@ def brats_card_fields() -> Dict:
     """Channels, labels and postprocessing of a BraTS-style glioma model, for its card.
 
     Label names and colours come from :func:`~SymmetryAwareCore.io.labels.brats_labels`
-    (2021 convention, enhancing tumour = 4); outputs are the nested regions WT, TC, ET.
+    (2021 convention, enhancing tumour = 4); outputs are the nested regions TC, WT, ET, one
+    sigmoid channel each in that order.
     """
     from ..io.labels import brats_labels, brats_regions
     from ..models.model_card import InputChannel, Label
@@ -93,7 +94,9 @@ def brats_card_fields() -> Dict:
         "labels": [Label(l.value, l.name, tuple(int(round(255 * c)) for c in l.color)) for l in brats_labels(2021)],
         "postprocessing": {
             "activation": "sigmoid",
-            "regions": {name: list(brats_regions(2021)[name]) for name in ("WT", "TC", "ET")},
+            # Channel order = the training order of SymmetryAwareTraining (and of MONAI's
+            # ConvertToMultiChannelBasedOnBratsClasses): TC, WT, ET.
+            "regions": {name: list(values) for name, values in brats_regions(2021).items()},
             "threshold": 0.5,
         },
     }

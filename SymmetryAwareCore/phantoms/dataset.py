@@ -14,6 +14,7 @@ its JSON, so ``make_subject(case["seed"], ...)`` rebuilds any one case alone.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,7 @@ def write_dataset(
     healthy_fraction: float = 0.2,
     et_label: int = 4,
     validation_fraction: float = 0.2,
+    prefix: str = "case",
     progress: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Generate ``cases`` phantoms into ``output_dir`` and write ``datalist.json``; return its path.
@@ -120,9 +122,14 @@ def write_dataset(
     haemorrhage); any kind mixes in healthy subjects at ``healthy_fraction`` (image-level
     labels for symmetry pretraining). ``folds >= 2`` puts every case in ``"training"``
     with a ``"fold"``; ``folds=0`` splits into ``"training"`` and ``"validation"``.
+    Cases are named ``<prefix>_0000``...: give datasets that are used together (a
+    pretraining set beside a labelled one) different prefixes, or the leakage check, which
+    matches cases by name, sees the same case in both.
     """
     output_dir = Path(output_dir)
     _validate(output_dir, cases, seed, kind, modality, float(spacing), folds, overwrite, healthy_fraction)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", prefix):
+        raise InputError(f"--prefix must be letters, digits and '-', got {prefix!r}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     output_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_cases(cases, seed, kind, modality, healthy_fraction)
@@ -133,7 +140,7 @@ def write_dataset(
     for item in plan:
         start = time.perf_counter()
         phantom = make_subject(item["seed"], item["kind"], modality, spacing, et_label=et_label)
-        name = f"case_{item['index']:04d}"
+        name = f"{prefix}_{item['index']:04d}"
         paths = write_case(phantom, output_dir, name)
         info = phantom.info
         channels = list(info["channels"])

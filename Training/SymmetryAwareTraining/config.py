@@ -72,6 +72,12 @@ class ModelConfig:
     name: str = "SASwinUNETR"
     kwargs: Dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str = ""
+    output_prior: float = 0.01
+    """Segmentation: start every region's output bias at logit(output_prior), the expected
+    share of foreground voxels (0 keeps PyTorch's near-zero initialisation). With a near-zero
+    bias every background voxel starts near p = 0.5, the soft Dice is swamped by the background and the
+    first few hundred steps go into lowering it; few-shot runs cannot spare them.
+    ``model.init_checkpoint`` overrides it when it holds an output layer."""
 
 
 @dataclass

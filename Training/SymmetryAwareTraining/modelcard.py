@@ -50,6 +50,7 @@ def write_model_card(model: nn.Module, task: Any, config: Any, stem: Path) -> Pa
             labels=[Label(value=int(v), name=str(n), color=tuple(int(x) for x in c))
                     for v, n, c in fields.get("labels", [])],
             preprocessing=fields.get("preprocessing", {}),
+            postprocessing=fields.get("postprocessing", {}),
             name=stem.parent.name,
             description=fields.get("description", ""),
             training_data=config.data.datalist,

@@ -21,9 +21,11 @@ __all__ = ["predict_regions", "regions_to_labels"]
 def predict_regions(model: nn.Module, volume: np.ndarray, roi_size: Sequence[int], overlap: float = 0.5,
                     device: Union[str, torch.device] = "cpu") -> np.ndarray:
     """``(R, X, Y, Z)`` bool regions of a normalised ``(C, X, Y, Z)`` RAS volume (X left-right)."""
+    from SymmetryAwareCore.inference.engine import fused_window_attention
     from SymmetryAwareCore.inference.sliding_window import mirror_paired_sliding_window
 
-    result = mirror_paired_sliding_window(volume, model, roi_size, overlap=overlap, device=device)
+    with fused_window_attention(model):
+        result = mirror_paired_sliding_window(volume, model, roi_size, overlap=overlap, device=device)
     return (torch.sigmoid(result.logits) > 0.5).numpy()
 
 

@@ -20,8 +20,9 @@ from .checkpoint import load_checkpoint, load_model_weights
 from .config import RunConfig
 from .data import PairedCropDataset, WholeScanDataset
 from .datalist import check_leakage, load_datalist, subset_fraction
+from .metrics import REGIONS
 
-__all__ = ["build_model", "load_init_weights", "resolve_callable", "SegmentationTask",
+__all__ = ["build_model", "load_init_weights", "resolve_callable", "set_output_prior", "SegmentationTask",
            "ClassificationTask", "PretrainTask", "task_for"]
 
 
@@ -75,6 +76,20 @@ def load_init_weights(model: nn.Module, path: str) -> None:
     if wrong:
         raise InputError(f"{len(wrong)} tensor(s) have another shape than the model's, e.g. {wrong[0]}", source)
     load_model_weights(model, state, str(source), strict=False)
+
+
+def set_output_prior(model: nn.Module, prior: float) -> None:
+    """Set the bias of the network's output convolution (``model.out``) to logit(prior)."""
+    import math
+
+    if not 0 < prior < 1:
+        raise InputError(f"model.output_prior must be in (0, 1), or 0 to leave the bias alone; got {prior}")
+    out = getattr(model, "out", None)
+    convs = [m for m in out.modules() if isinstance(m, nn.modules.conv._ConvNd)] if out is not None else []
+    if len(convs) != 1 or convs[0].bias is None:
+        raise InputError(f"model.output_prior: {type(model).__name__} has no single biased output convolution "
+                         "(model.out); set model.output_prior=0")
+    nn.init.constant_(convs[0].bias, math.log(prior / (1 - prior)))
 
 
 def _train_entries(config: RunConfig):
@@ -143,10 +158,23 @@ class SegmentationTask(_ModelTask):
     def card_metadata(self) -> Dict[str, Any]:
         from SymmetryAwareCore.io.labels import brats_labels
 
+        from SymmetryAwareCore.inference.model_source import brats_card_fields
+
         labels = [(i.value, i.name, [round(255 * c) for c in i.color]) for i in brats_labels(2021)]
-        return _card_common(self.config, "segmentation", labels=labels,
-                            extra={"regions": ["TC", "WT", "ET"], "activation": "sigmoid"},
+        card = _card_common(self.config, "segmentation", labels=labels,
+                            extra={"regions": list(REGIONS), "activation": "sigmoid"},
                             description="SA-Swin UNETR: BraTS regions TC, WT, ET as sigmoid channels")
+        card["postprocessing"] = brats_card_fields()["postprocessing"]  # channels TC, WT, ET as trained
+        return card
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.config.model.name, self.config.model.kwargs)
+        prior = self.config.model.output_prior
+        if prior:
+            set_output_prior(model, prior)
+        if self.config.model.init_checkpoint:
+            load_init_weights(model, self.config.model.init_checkpoint)
+        return model
 
     def train_dataset(self):
         d = self.config.data
@@ -154,8 +182,10 @@ class SegmentationTask(_ModelTask):
                                  pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, align=d.align)
 
     def loss(self, model, batch):
-        logits = model(batch["image"], batch["counterpart"])
-        dice, bce = self.dice(logits, batch["label"]), self.bce(logits.float(), batch["label"])
+        # Losses in float32 whatever the autocast dtype: sums over 64^3 voxels in bfloat16 lose
+        # the foreground (8 significant bits).
+        logits = model(batch["image"], batch["counterpart"]).float()
+        dice, bce = self.dice(logits, batch["label"]), self.bce(logits, batch["label"])
         return {"loss": dice + bce, "dice": dice, "bce": bce}
 
 

@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--name", default="glioma-phantom-saswin-f12")
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size (mm) the run was trained at")
+    parser.add_argument("--note", default="", help="appended to the card's training_data (e.g. how it was initialised)")
     args = parser.parse_args()
 
     from SymmetryAwareCore.inference.model_source import LoadedModel, brats_card_fields
@@ -61,8 +62,9 @@ def main() -> None:
         version=args.version,
         licence="Apache-2.0",
         training_data=(
-            f"{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {args.spacing:g}), "
+            f"{args.datalist.parent.name}/{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {args.spacing:g}), "
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
+            + (f"; {args.note}" if args.note else "")
         ),
         extra={"training_run": config, "limits": f"synthetic training data; {args.spacing:g} mm; adult-brain anatomy of MNI152 only"},
         **brats_card_fields(),
