@@ -152,3 +152,21 @@ def test_card_region_channels_are_in_the_training_order():
     truth[2, 2, 2] = 4
     logits = np.where(np.asarray(labels_to_regions(truth)), 5.0, -5.0).astype(np.float32)
     np.testing.assert_array_equal(labels_from_logits(logits, standin_card()), truth)
+
+
+def test_training_card_records_the_datalist_voxel_size(tmp_path):
+    """So that ``segment --model runs/X/model.json`` resamples new scans to the trained size."""
+    import json
+
+    from SymmetryAwareTraining.config import RunConfig
+    from SymmetryAwareTraining.tasks import SegmentationTask
+
+    config = RunConfig()
+    config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12}
+    assert "spacing" not in SegmentationTask(config).card_metadata()["preprocessing"]
+    (tmp_path / "datalist.json").write_text(json.dumps({"spacing_mm": 3.0, "channels": ["t1", "t1ce", "t2", "flair"],
+                                                        "training": [{"image": ["a.nii.gz"]}]}))
+    config.data.datalist = str(tmp_path / "datalist.json")
+    card = SegmentationTask(config).card_metadata()
+    assert card["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and card["channels"] == ["t1", "t1ce", "t2", "flair"]
+    assert card["preprocessing"]["normalisation"] == "zscore-nonzero"

@@ -102,16 +102,21 @@ def _train_entries(config: RunConfig):
     return subset_fraction(train, config.data.label_fraction, config.train.seed)
 
 
+def _datalist_field(config: RunConfig, key: str):
+    """A top-level field of the datalist JSON (``channels``, ``spacing_mm``), or None."""
+    import json
+
+    try:
+        return json.loads(Path(config.data.datalist).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _channel_names(config: RunConfig):
     """``data.channels``, else the datalist's own ``channels`` list, else ``channel0``..."""
     if config.data.channels:
         return list(config.data.channels)
-    import json
-
-    try:
-        named = json.loads(Path(config.data.datalist).read_text()).get("channels")
-    except (OSError, ValueError, AttributeError):
-        named = None
+    named = _datalist_field(config, "channels")
     count = int(config.model.kwargs.get("in_channels", 1))
     if isinstance(named, list) and len(named) == count:
         return [str(n) for n in named]
@@ -120,13 +125,19 @@ def _channel_names(config: RunConfig):
 
 def _card_common(config: RunConfig, task: str, labels=(), extra=None, description: str = "") -> Dict[str, Any]:
     d = config.data
+    preprocessing = {"orientation": "RAS", "align_to_msp": d.align, "roi_size": list(d.roi_size),
+                     "normalisation": "zscore-nonzero", "intensity": "z-score per channel over non-zero voxels"}
+    # Training keeps the files' voxel size; a datalist that states it (the phantom generator's
+    # does) lets inference resample new scans to the same size.
+    spacing = _datalist_field(config, "spacing_mm")
+    if isinstance(spacing, (int, float)) and spacing > 0:
+        preprocessing["spacing"] = [float(spacing)] * 3
     return {
         "channels": _channel_names(config),
         "modality": d.modality,
         "labels": list(labels),
         "description": description,
-        "preprocessing": {"orientation": "RAS", "align_to_msp": d.align, "roi_size": list(d.roi_size),
-                          "intensity": "z-score per channel over non-zero voxels"},
+        "preprocessing": preprocessing,
         "extra": {"task": task, **(extra or {})},
     }
 
