@@ -151,9 +151,13 @@ class _ModelTask:
 
     def build_model(self) -> nn.Module:
         model = build_model(self.config.model.name, self.config.model.kwargs)
-        if self.config.model.init_checkpoint:
+        self.initialise(model)
+        if self.config.model.init_checkpoint:  # after initialise: loaded tensors win
             load_init_weights(model, self.config.model.init_checkpoint)
         return model
+
+    def initialise(self, model: nn.Module) -> None:
+        """Task-specific initialisation of a freshly built network (none by default)."""
 
 
 class SegmentationTask(_ModelTask):
@@ -178,14 +182,9 @@ class SegmentationTask(_ModelTask):
         card["postprocessing"] = brats_card_fields()["postprocessing"]  # channels TC, WT, ET as trained
         return card
 
-    def build_model(self) -> nn.Module:
-        model = build_model(self.config.model.name, self.config.model.kwargs)
-        prior = self.config.model.output_prior
-        if prior:
-            set_output_prior(model, prior)
-        if self.config.model.init_checkpoint:
-            load_init_weights(model, self.config.model.init_checkpoint)
-        return model
+    def initialise(self, model: nn.Module) -> None:
+        if self.config.model.output_prior:
+            set_output_prior(model, self.config.model.output_prior)
 
     def train_dataset(self):
         d = self.config.data
