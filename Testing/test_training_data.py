@@ -2,7 +2,8 @@
 
 Files are written in LPS order on purpose: the datasets must bring them to RAS (left-right
 = axis X) before pairing crops. The expected values are computed here independently, with
-nibabel's ``as_closest_canonical``.
+nibabel's ``as_closest_canonical``, for an unaligned run at the files' own spacing (where
+preparation is an exact permutation).
 """
 
 from __future__ import annotations
@@ -18,10 +19,28 @@ from SymmetryAwareCore.geometry.rigid import reorient_to
 from SymmetryAwareCore.io.image import Image
 from SymmetryAwareCore.io.writers import write_nifti
 from SymmetryAwareTraining.cli import main
-from SymmetryAwareTraining.data import PairedCropDataset, WholeScanDataset, normalise
+from SymmetryAwareCore.preprocessing import Preprocessing, prepare_case
+from SymmetryAwareTraining.data import PairedCropDataset, WholeScanDataset
 from SymmetryAwareTraining.datalist import load_datalist
 
 ROI = (24, 24, 24)
+NAMES = ["t1", "flair"]
+# Unaligned at the files' own 4 mm: the frame is the RAS grid itself (no resampling).
+RAS_4MM = Preprocessing(spacing=(4, 4, 4), roi_size=(24, 24, 24), normalisation="zscore-nonzero", alignment="none")
+
+
+@pytest.fixture(autouse=True)
+def _prepared_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRYAWARE_CACHE", str(tmp_path / "prepared"))
+
+
+def _zscore(volume):
+    out = np.zeros_like(volume)
+    for c in range(volume.shape[0]):
+        inside = volume[c] != 0
+        values = volume[c][inside].astype(np.float64)
+        out[c][inside] = (values - values.mean()) / values.std()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +74,12 @@ def _canonical(path):
 
 def test_paired_crops_from_lps_files_are_ras_mirror_pairs(cases):
     entries = load_datalist(cases).sections["training"]
-    ds = PairedCropDataset(entries, ROI, seed=4, segmentation=True, pos_fraction=1.0, augment=False)
-    volume = normalise(np.stack([_canonical(p) for p in entries[1]["image"]]))
-    label = _canonical(entries[1]["label"])
+    ds = PairedCropDataset(entries, ROI, RAS_4MM, NAMES, seed=4, segmentation=True, pos_fraction=1.0, augment=False)
+    full = _zscore(np.stack([_canonical(p) for p in entries[1]["image"]]))
+    full_label = _canonical(entries[1]["label"])
+    prepared = prepare_case(entries[1]["image"], NAMES, RAS_4MM, label_path=entries[1]["label"])
+    np.testing.assert_allclose(prepared.volume, full, atol=1e-5)  # an exact permutation, then z-scores
+    volume, label = full[(slice(None),) + prepared.box], full_label[prepared.box]
     width = volume.shape[1]
     for epoch in range(3):
         sample = ds[(epoch, 1)]
@@ -78,7 +100,7 @@ def test_paired_crops_from_lps_files_are_ras_mirror_pairs(cases):
 
 def test_whole_scan_counterpart_is_the_flip(cases):
     entries = load_datalist(cases).sections["training"]
-    ds = WholeScanDataset(entries, (32, 32, 32), ["fracture", "bleed"], augment=True)
+    ds = WholeScanDataset(entries, (32, 32, 32), ["fracture", "bleed"], RAS_4MM, NAMES, augment=True)
     sample = ds[(2, 2)]
     assert sample["image"].shape == (2, 32, 32, 32)
     assert torch.equal(sample["counterpart"], sample["image"].flip(1))
@@ -111,7 +133,9 @@ def test_finetune_seg_one_step_with_sa_swin_unetr(cases, tmp_path):
     assert main(["evaluate", "--datalist", str(cases), "--fold", "1", "--model", str(out), "--output", str(report),
                  "--device", "cpu", "--overlap", "0"]) == 0
     prediction = nib.load(str(report / "predictions" / "c1.nii.gz"))
-    assert prediction.shape == (50, 59, 48) and nib.aff2axcodes(prediction.affine) == ("R", "A", "S")
+    # The deployed path: labels on the case file's own (LPS) grid, like `segment`.
+    reference = nib.load(str(load_datalist(cases).sections["training"][1]["image"][0]))
+    assert prediction.shape == reference.shape and np.allclose(prediction.affine, reference.affine, atol=1e-5)
     assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2, 4}
     rows = json.loads((report / "metrics.json").read_text())["cases"]
     assert [r["case"] for r in rows] == ["c1"] and 0.0 <= rows[0]["WT_dice"] <= 1.0
@@ -139,29 +163,31 @@ def test_finetune_cls_one_step_with_sa_swin_classifier(cases, tmp_path):
 
 
 def test_align_puts_tilted_phantoms_into_their_symmetric_frame(tmp_path):
-    """Phantoms are posed (tilted, shifted). With ``align`` the grid's left-right axis is the
-    true plane's normal and the plane runs through the array's central column, so the
-    mirror relation of the crops is the anatomical one; without it, it is not."""
+    """Phantoms are posed (tilted, shifted). Aligned preparation puts the true plane's normal
+    along the frame's left-right axis, through the array's central column, so the mirror
+    relation of the crops is the anatomical one; unaligned preparation does not."""
     pytest.importorskip("SymmetryAwareCore.phantoms.dataset")
     from SymmetryAwareCore.phantoms.dataset import write_dataset
-    from SymmetryAwareTraining.data import load_case
 
     path = write_dataset(tmp_path / "ph", cases=2, seed=3, kind="glioma", spacing=4.0, folds=2,
                          healthy_fraction=0.5, progress=lambda text: None)
+    aligned_spec = Preprocessing(spacing=(4, 4, 4), roi_size=(64, 64, 64), normalisation="zscore-nonzero")
     for entry in load_datalist(path).sections["training"]:
         truth = json.loads((path.parent / f"{entry['name']}.json").read_text())["true_plane"]
         normal, point = np.asarray(truth["normal_ras"]), np.asarray(truth["point_ras"])
 
-        def plane_error(affine, shape):
+        def plane_error(frame):
+            affine, shape = frame.affine, frame.shape
             axis = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
             angle = np.degrees(np.arccos(min(1.0, abs(float(axis @ normal)))))
             centre = affine @ np.array([(shape[0] - 1) / 2, shape[1] / 2, shape[2] / 2, 1.0])
             return angle, abs(float((centre[:3] - point) @ normal))
 
-        plain, aligned = load_case(entry, True, align=False), load_case(entry, True, align=True)
-        assert plain.frame is None and aligned.frame is not None
+        plain = prepare_case(entry["image"], ["t1", "t1ce", "t2", "flair"], aligned_spec.replace(alignment="none"),
+                             label_path=entry["label"])
+        aligned = prepare_case(entry["image"], ["t1", "t1ce", "t2", "flair"], aligned_spec, label_path=entry["label"])
         assert aligned.label.shape == aligned.volume.shape[1:]
-        angle, offset = plane_error(aligned.affine, aligned.volume.shape[1:])
+        angle, offset = plane_error(aligned.frame)
         assert angle < 4.0 and offset < 4.0, (angle, offset)
-        angle, offset = plane_error(plain.affine, plain.volume.shape[1:])
+        angle, offset = plane_error(plain.frame)
         assert angle > 4.0 or offset > 4.0  # the posed phantom really was off

@@ -143,6 +143,7 @@ def test_card_region_channels_are_in_the_training_order():
     assert list(brats_card_fields()["postprocessing"]["regions"]) == list(REGIONS) == ["TC", "WT", "ET"]
     config = RunConfig()
     config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12}
+    config.data.spacing = [3.0, 3.0, 3.0]
     assert list(SegmentationTask(config).card_metadata()["postprocessing"]["regions"]) == list(REGIONS)
 
     # Round trip: true labels -> training targets (as logits) -> the card's postprocessing -> labels.
@@ -155,18 +156,35 @@ def test_card_region_channels_are_in_the_training_order():
 
 
 def test_training_card_records_the_datalist_voxel_size(tmp_path):
-    """So that ``segment --model runs/X/model.json`` resamples new scans to the trained size."""
+    """So that ``segment --model runs/X/model.json`` resamples new scans to the trained size:
+    the spacing comes from ``data.spacing``, else the datalist, else the first case's header;
+    a card never goes without it."""
     import json
 
+    import numpy as np
+    import pytest
+
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.io.image import Image
+    from SymmetryAwareCore.io.writers import write_nifti
     from SymmetryAwareTraining.config import RunConfig
     from SymmetryAwareTraining.tasks import SegmentationTask
 
     config = RunConfig()
     config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12}
-    assert "spacing" not in SegmentationTask(config).card_metadata()["preprocessing"]
+    with pytest.raises(InputError):  # no datalist, no data.spacing: nothing to state
+        SegmentationTask(config).card_metadata()
     (tmp_path / "datalist.json").write_text(json.dumps({"spacing_mm": 3.0, "channels": ["t1", "t1ce", "t2", "flair"],
                                                         "training": [{"image": ["a.nii.gz"]}]}))
     config.data.datalist = str(tmp_path / "datalist.json")
     card = SegmentationTask(config).card_metadata()
     assert card["preprocessing"]["spacing"] == [3.0, 3.0, 3.0] and card["channels"] == ["t1", "t1ce", "t2", "flair"]
-    assert card["preprocessing"]["normalisation"] == "zscore-nonzero"
+    assert card["preprocessing"]["normalisation"] == "zscore-nonzero" and card["preprocessing"]["alignment"] == "msp"
+
+    # No spacing stated: the first case's own voxel size, in RAS order (2 x 2.5 x 3 mm).
+    write_nifti(Image(np.arange(120, dtype=np.float32).reshape(4, 5, 6), np.diag([2.0, 2.5, 3.0, 1.0])), tmp_path / "b_t1.nii.gz")
+    (tmp_path / "plain.json").write_text(json.dumps({"training": [{"image": ["b_t1.nii.gz"] * 4}]}))
+    config.data.datalist = str(tmp_path / "plain.json")
+    assert SegmentationTask(config).card_metadata()["preprocessing"]["spacing"] == [2.0, 2.5, 3.0]
+    config.data.align = False  # an unaligned run says so in its card
+    assert SegmentationTask(config).card_metadata()["preprocessing"]["alignment"] == "none"

@@ -59,6 +59,7 @@ def resample_to_grid(
     target_affine: np.ndarray,
     target_shape: Sequence[int],
     order="linear",
+    fill: float = 0.0,
 ) -> np.ndarray:
     """Resample ``array`` (on ``source_affine``) at the voxel centres of another grid.
 
@@ -67,8 +68,11 @@ def resample_to_grid(
         source_affine, target_affine: ``(4, 4)`` voxel -> RAS mm of both grids.
         target_shape: spatial shape ``(X, Y, Z)`` of the target grid.
         order: ``"nearest"`` (labels: the value of the source cell containing the target
-            voxel centre, 0 outside the source cells) or ``"linear"`` (trilinear; 0 outside
-            the source cells, edge values held within the outer half voxel).
+            voxel centre, ``fill`` outside the source cells) or ``"linear"`` (trilinear;
+            ``fill`` outside the source cells, edge values held within the outer half voxel).
+        fill: the value of target voxels outside the source field of view: 0 for labels
+            and skull-stripped MRI (their background), air (-1024 HU) for CT, where 0 HU
+            would read as brain.
     Returns:
         ``(X, Y, Z)`` or ``(C, X, Y, Z)`` on the target grid, dtype of ``array`` for
         nearest, float32 (or float64 for float64 input) for linear.
@@ -76,7 +80,7 @@ def resample_to_grid(
     k = _order(order)
     array = np.asarray(array)
     if array.ndim == 4:
-        return np.stack([resample_to_grid(a, source_affine, target_affine, target_shape, order) for a in array])
+        return np.stack([resample_to_grid(a, source_affine, target_affine, target_shape, order, fill) for a in array])
     if array.ndim != 3:
         raise ValueError(f"array must be (X, Y, Z) or (C, X, Y, Z), got shape {array.shape}")
     shape = tuple(int(s) for s in target_shape)
@@ -87,11 +91,11 @@ def resample_to_grid(
         # grid-constant gives cell semantics: a coordinate in [-0.5, n - 0.5) rounds into
         # the grid, anything beyond is outside (0). Plain "constant" would drop the outer
         # half cells.
-        return ndi.affine_transform(array, matrix, offset, output_shape=shape, order=0, mode="grid-constant", cval=0)
+        return ndi.affine_transform(array, matrix, offset, output_shape=shape, order=0, mode="grid-constant", cval=fill)
     dtype = np.float64 if array.dtype == np.float64 else np.float32
     values = ndi.affine_transform(array.astype(dtype, copy=False), matrix, offset, output_shape=shape, order=1, mode="nearest")
     inside = ndi.affine_transform(np.ones(array.shape, np.uint8), matrix, offset, output_shape=shape, order=0, mode="grid-constant", cval=0)
-    values[inside == 0] = 0
+    values[inside == 0] = fill
     return values
 
 
@@ -152,20 +156,21 @@ class SymmetricFrame:
         """``(4, 4)``: native voxel index -> aligned voxel index (continuous)."""
         return np.linalg.inv(self.affine) @ self.native_affine
 
-    def to_native(self, array: np.ndarray, order="nearest") -> np.ndarray:
+    def to_native(self, array: np.ndarray, order="nearest", fill: float = 0.0) -> np.ndarray:
         """Map an ``(W, H, D)`` or ``(C, W, H, D)`` array of the frame onto the input's grid.
 
         ``order="nearest"`` for labelmaps (guarantee 1 of the module docstring),
         ``"linear"`` for maps (probabilities, intensities). The result has the input's
-        spatial shape and belongs with its affine.
+        spatial shape and belongs with its affine; native voxels outside the frame get ``fill``.
         """
         self._check(array, self.shape, "frame")
-        return resample_to_grid(array, self.affine, self.native_affine, self.native_shape, order)
+        return resample_to_grid(array, self.affine, self.native_affine, self.native_shape, order, fill)
 
-    def to_frame(self, array: np.ndarray, order="nearest") -> np.ndarray:
-        """Map an array on the input's grid (a labelmap, another channel) into the frame."""
+    def to_frame(self, array: np.ndarray, order="nearest", fill: float = 0.0) -> np.ndarray:
+        """Map an array on the input's grid (a labelmap, another channel) into the frame;
+        frame voxels outside the input's field of view get ``fill``."""
         self._check(array, self.native_shape, "input")
-        return resample_to_grid(array, self.native_affine, self.affine, self.shape, order)
+        return resample_to_grid(array, self.native_affine, self.affine, self.shape, order, fill)
 
     def image_to_native(self, image: Image, order="nearest") -> Image:
         """An aligned-frame :class:`Image` put back on the input's grid, with the input's affine."""
@@ -203,6 +208,7 @@ def align_to_msp(
     *,
     center: Optional[Sequence[float]] = None,
     order="linear",
+    fill: float = 0.0,
 ) -> Tuple[Image, SymmetricFrame]:
     """Resample ``image`` into its symmetric frame.
 
@@ -217,6 +223,7 @@ def align_to_msp(
             the input's field-of-view centre when ``shape`` is ``None``, the head centre
             (``plane.point``) when a shape (a crop) is asked for.
         order: ``"linear"`` for images, ``"nearest"`` for labelmaps.
+        fill: value of frame voxels outside the input's field of view (air for CT).
 
     Returns:
         the aligned image (axis 0 left -> right, the MSP exactly at ``i = (W - 1) / 2``) and
@@ -249,7 +256,7 @@ def align_to_msp(
     center = default_center if center is None else np.asarray(center, np.float64)
     affine = frame_affine(plane, spacing, shape, center)
     frame = SymmetricFrame(affine, tuple(shape), image.affine.copy(), image.spatial_shape, plane)
-    array = frame.to_frame(image.array, order)
+    array = frame.to_frame(image.array, order, fill)
     return Image(array, affine, image.channel_names, image.source), frame
 
 

@@ -1,9 +1,11 @@
 """Scan-level classification (e.g. CT haemorrhage, fracture, midline shift), one probability per finding.
 
-The scan is aligned to its mid-sagittal plane, normalised as the model card says, and the
-whole aligned volume is resized to the model's ROI; its counterpart is then simply its
-left-right flip (for a whole volume the mirror box is the volume itself), exactly as the
-training package feeds classifiers (``SymmetryAwareTraining.data.WholeScanDataset``).
+The scan is prepared as the model card says (the one preparation path,
+:func:`SymmetryAwareCore.inference.pipeline.prepare_for_model`), and its brain box is
+resized to the model's ROI (:func:`SymmetryAwareCore.preprocessing.whole_scan_input`); its
+counterpart is then simply its left-right flip (the box is symmetric about the plane, so
+the mirror box is the box itself), exactly as the training package feeds classifiers
+(``SymmetryAwareTraining.data.WholeScanDataset``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ import torch
 
 from ..errors import InputError
 from ..geometry.mirror import flip_lr
-from ..geometry.msp import estimate_msp
-from ..geometry.symmetric_frame import align_to_msp
-from ..io.case import load_case
+from ..preprocessing import whole_scan_input
 from .device import resolve_device
 from .engine import fused_window_attention
 from .model_source import LoadedModel
-from .pipeline import normalise_intensities
+from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model
 
 __all__ = ["finding_names", "classify_case"]
 
@@ -53,17 +53,10 @@ def classify_case(
     card = model.card
     started = time.perf_counter()
     times = {}
-    image = load_case([Path(p) for p in paths], [c.name for c in card.channels], on_grid_mismatch="resample")
-    times["loading"] = time.perf_counter() - started
+    prepared = prepare_for_model(paths, model, SegmentOptions(msp_on_failure=msp_on_failure))
+    times.update(prepared.times)
     t = time.perf_counter()
-    plane = estimate_msp(image, on_failure=msp_on_failure)
-    spacing = card.preprocessing.get("spacing")
-    aligned, _ = align_to_msp(image, plane, spacing)
-    volume = normalise_intensities(aligned, card.preprocessing.get("normalisation", "zscore-nonzero"))
-    times["aligning"] = time.perf_counter() - t
-    t = time.perf_counter()
-    roi = tuple(int(r) for r in card.preprocessing.get("roi_size", (96, 96, 96)))
-    x = torch.nn.functional.interpolate(torch.from_numpy(volume)[None], size=roi, mode="trilinear", align_corners=False)
+    x = whole_scan_input(prepared.cropped, model_preprocessing(model).roi_size)[None]
     dev = resolve_device(device)
     network = model.network.to(dev).eval()
     x = x.to(dev)
@@ -73,13 +66,11 @@ def classify_case(
         raise InputError(f"the network gives {logits.shape[-1]} outputs, the card names {len(names)} findings")
     probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
     times["inference"] = time.perf_counter() - t
-    notes = list(model.notes)
-    if not plane.confident:
-        notes.append(f"mid-sagittal plane has low confidence: {plane.message or 'poor symmetry score'}")
+    notes = list(model.notes) + prepared.notes
     return {
         "inputs": [str(p) for p in paths],
         "probabilities": {n: float(p) for n, p in zip(names, probabilities)},
-        "msp": plane.to_dict(),
+        "msp": prepared.plane.to_dict(),
         "model": model.describe(),
         "device": str(dev),
         "notes": notes,

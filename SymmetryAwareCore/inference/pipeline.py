@@ -1,12 +1,19 @@
 """The main job, as one API function shared by the command line, Slicer and batch runs.
 
-``segment_case``: channel files -> one multi-channel image -> mid-sagittal plane ->
-symmetric frame (RAS, plane at the centre of axis 0, the model's spacing) -> intensity
-normalisation from the model card -> mirror-paired sliding-window inference -> labels,
-hemispheric attention and signed asymmetry mapped back onto the FIRST input's own grid ->
-files. All outputs of a case are written into a hidden temporary folder that is renamed
-into place at the end, so a failed case leaves nothing behind and a finished case is
-recognisable by its folder alone.
+``segment_case`` runs three parts, each usable on its own (the attention command, the
+training package's evaluation and interactive runs reuse them):
+
+1. **prepare** (:func:`prepare_for_model`, i.e. :func:`SymmetryAwareCore.preprocessing.prepare_case`
+   with the card's preprocessing): channel files -> mid-sagittal plane -> symmetric frame
+   at the card's spacing -> normalisation -> brain box;
+2. **predict** (:func:`predict_case`): mirror-paired sliding-window inference in the frame,
+   giving probabilities (and attention) on the whole frame;
+3. **back to the input grid** (:func:`outputs_on_native`): probabilities resampled linearly
+   onto the FIRST input's own grid and only then thresholded / argmaxed there, so label
+   borders are decided at the scan's resolution, not the model's; maps likewise;
+4. **write** (:func:`write_case_outputs`): files and the report into a hidden temporary
+   folder renamed into place at the end, so a failed case leaves nothing behind and a
+   finished case is recognisable by its folder alone.
 """
 
 from __future__ import annotations
@@ -26,21 +33,21 @@ import torch
 from .. import __version__
 from ..errors import InputError
 from ..geometry.markups import write_plane_markups
-from ..geometry.msp import MidSagittalPlane, estimate_msp
-from ..geometry.symmetric_frame import SymmetricFrame, align_to_msp
-from ..io.case import load_case
 from ..io.image import Image
 from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
+from ..preprocessing import PreparedCase, Preprocessing, brain_box, prepare_case
 from .engine import InferenceSettings, run_paired_inference
 from .hemispheric import signed_asymmetry
 from .model_source import LoadedModel
 from .overview import write_overview_png
-from .postprocess import foreground_from_logits, labels_from_logits
+from .postprocess import labels_from_probabilities, outside_probabilities, probabilities_from_logits
 from .report import lesion_report, write_report_json
 
-__all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "normalise_intensities", "brain_box"]
+__all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
+           "prepare_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
+           "probabilities_to_native", "write_case_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -134,59 +141,159 @@ class _Stages:
             base, share = self._offsets[self._current]
             self.progress(min(1.0, base + share * float(np.clip(fraction, 0.0, 1.0))), self._current)
 
+    def stage(self, name: str, fraction: float) -> None:
+        """Begin ``name`` if it is not the current stage, then report ``fraction`` of it."""
+        if name != self._current:
+            self.begin(name)
+        self.update(fraction)
+
     def end(self) -> None:
         if self._current is not None:
             self.times[self._current] = round(time.perf_counter() - self._start, 3)
             self._current = None
 
 
-def normalise_intensities(image: Image, method: str = "zscore-nonzero") -> np.ndarray:
-    """Per-channel intensity normalisation as the model card asks, ``(C, X, Y, Z)`` float32.
+def model_preprocessing(model: LoadedModel) -> Preprocessing:
+    """The model card's preprocessing, validated; a card that lacks it is refused (one line)."""
+    card = model.card
+    spec = Preprocessing.from_card(card.preprocessing, source=card.name or card.architecture)
+    expected = getattr(model.network, "in_channels", None)
+    given = spec.network_channels(len(card.channels))
+    if isinstance(expected, int) and expected != given:
+        raise InputError(f"model card {card.name or card.architecture}: {len(card.channels)} channels give {given} network "
+                         f"inputs after preprocessing, the network takes {expected}")
+    return spec
 
-    ``zscore-nonzero``: mean 0, standard deviation 1 over each channel's non-zero voxels
-    (skull-stripped MRI, as BraTS); zero voxels stay 0. ``ct-window``: Hounsfield units
-    clipped to [-100, 200] and scaled to [0, 1] (brain window wide enough for blood and bone
-    edges). ``none``: as is.
+
+def prepare_for_model(paths: Sequence[Path], model: LoadedModel, options: Optional["SegmentOptions"] = None,
+                      progress: Optional[Callable[[str, float], None]] = None) -> PreparedCase:
+    """Part 1: the case prepared exactly as the model's card says (as training prepared it).
+
+    ``progress(stage, fraction)``: stages ``loading`` and ``aligning``.
     """
-    array = image.array if image.array.ndim == 4 else image.array[None]
-    out = np.zeros_like(array, dtype=np.float32)
-    if method == "none":
-        return array.astype(np.float32)
-    if method == "ct-window":
-        return ((np.clip(array, -100.0, 200.0) + 100.0) / 300.0).astype(np.float32)
-    if method != "zscore-nonzero":
-        raise InputError(f"unknown normalisation {method!r} in the model card")
-    for c in range(array.shape[0]):
-        channel = array[c]
-        inside = channel != 0
-        if inside.sum() < 10:
-            raise InputError(f"channel {c} of the scan is (nearly) empty after alignment", image.source)
-        values = channel[inside]
-        std = float(values.std()) or 1.0
-        out[c][inside] = (values - float(values.mean())) / std
+    options = options or SegmentOptions()
+    extra = {} if progress is None else {"progress": progress}
+    return prepare_case(
+        [Path(p) for p in paths],
+        [c.name for c in model.card.channels],
+        model_preprocessing(model),
+        msp_on_failure=options.msp_on_failure,
+        roi_center_ras=options.roi_center_ras,
+        roi_size_mm=options.roi_size_mm,
+        **extra,
+    )
+
+
+@dataclass
+class Prediction:
+    """Part 2's result, on the whole symmetric frame.
+
+    Attributes:
+        probabilities: ``(out, W, H, D)`` float32, the card's activation applied; voxels
+            outside the brain box hold the background probabilities.
+        attention: ``(W, H, D)`` float32 hemispheric attention in ``[0, 1]``, or None.
+        settings: the inference settings used.
+        n_windows, n_encoded: windows and encoder passes.
+        device: where it finally ran; ``events``: out-of-memory fallbacks.
+    """
+
+    probabilities: np.ndarray
+    attention: Optional[np.ndarray]
+    settings: InferenceSettings
+    n_windows: int
+    n_encoded: int
+    device: str
+    events: List[str] = field(default_factory=list)
+
+
+def predict_case(
+    prepared: PreparedCase,
+    model: LoadedModel,
+    options: Optional["SegmentOptions"] = None,
+    on_window: Optional[Callable[[int, int], None]] = None,
+) -> Prediction:
+    """Part 2: mirror-paired sliding-window inference on the prepared brain box."""
+    options = options or SegmentOptions()
+    card = model.card
+    settings = InferenceSettings(
+        roi_size=tuple(model_preprocessing(model).roi_size),
+        overlap=options.overlap,
+        sw_batch_size=options.sw_batch_size,
+        device=options.device,
+        amp=options.amp,
+        tta_flip=options.tta,
+        return_attention=bool(getattr(model.network, "use_saca", False)),
+    )
+    with torch.inference_mode():
+        result, fallback = run_paired_inference(torch.from_numpy(prepared.cropped), model.network, settings, on_window, log)
+    box = prepared.box
+    full_shape = prepared.frame.shape
+    outside = outside_probabilities(card)
+    probabilities = np.empty((len(outside),) + tuple(full_shape), np.float32)
+    probabilities[:] = outside[:, None, None, None]
+    probabilities[(slice(None),) + box] = probabilities_from_logits(result.logits.numpy(), card)
+    attention = None
+    if result.attention is not None:
+        attention = np.zeros(full_shape, np.float32)
+        attention[box] = result.attention.numpy()
+    return Prediction(probabilities, attention, settings, result.n_windows, result.n_encoded, str(fallback.device),
+                      list(fallback.events))
+
+
+def probabilities_to_native(probabilities: np.ndarray, prepared: PreparedCase, card) -> np.ndarray:
+    """``(out, W, H, D)`` frame probabilities -> ``(out, X, Y, Z)`` float16 on the input's grid.
+
+    Linear, one channel at a time (the float32 working copy is one channel; the result is
+    kept in float16, ample for thresholds at 0.5); native voxels outside the frame get the
+    background probabilities.
+    """
+    outside = outside_probabilities(card)
+    out = np.empty((probabilities.shape[0],) + tuple(prepared.frame.native_shape), np.float16)
+    for c in range(probabilities.shape[0]):
+        out[c] = prepared.frame.to_native(probabilities[c], "linear", fill=float(outside[c]))
     return out
 
 
-def brain_box(volume: np.ndarray, margin: int = 4) -> Tuple[slice, slice, slice]:
-    """Bounding box of the non-zero voxels of a ``(C, X, Y, Z)`` aligned volume.
+def _foreground(probabilities: np.ndarray, card) -> np.ndarray:
+    """``(W, H, D)`` probability of any lesion label (softmax: 1 - background; regions: max)."""
+    if (card.postprocessing or {}).get("activation", "softmax") == "softmax":
+        return (1.0 - probabilities[0]).astype(np.float32)
+    return probabilities.max(axis=0).astype(np.float32)
 
-    The box is made symmetric about the centre of axis 0 (the mid-sagittal plane), so that
-    the counterpart of every window inside it is inside it too.
+
+@dataclass
+class NativeOutputs:
+    """Part 3's result: everything on the input's own grid (the first channel's).
+
+    Attributes:
+        labels: ``(X, Y, Z)`` uint8 label values of the card.
+        asymmetry: ``(X, Y, Z)`` float32 ``p(x) - p(mirror x)`` of the lesion probability.
+        attention: ``(X, Y, Z)`` float32 in ``[0, 1]``, or None.
     """
-    any_signal = np.any(volume != 0, axis=0)
-    if not any_signal.any():
-        raise InputError("the aligned scan holds no signal")
-    shape = any_signal.shape
-    slices = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(any_signal.any(axis=other))
-        lo, hi = max(0, int(idx[0]) - margin), min(shape[axis], int(idx[-1]) + 1 + margin)
-        if axis == 0:  # symmetric about the centre: [lo, W - lo)
-            lo = min(lo, shape[0] - hi)
-            hi = shape[0] - lo
-        slices.append(slice(lo, hi))
-    return tuple(slices)
+
+    labels: np.ndarray
+    asymmetry: np.ndarray
+    attention: Optional[np.ndarray] = None
+
+
+def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: LoadedModel,
+                      options: Optional["SegmentOptions"] = None) -> NativeOutputs:
+    """Part 3: probabilities and maps onto the input's grid; labels decided there."""
+    options = options or SegmentOptions()
+    card = model.card
+    spec = model_preprocessing(model)
+    labels = labels_from_probabilities(probabilities_to_native(prediction.probabilities, prepared, card), card)
+    if spec.normalisation == "zscore-nonzero":
+        # Such models only ever saw the head: voxels outside it (all channels 0) get no label.
+        scan = prepared.image.array if prepared.image.array.ndim == 4 else prepared.image.array[None]
+        labels[~np.any(scan != 0, axis=0)] = 0
+    if options.roi_center_ras is not None:
+        labels[~_roi_mask_native(prepared.native, options.roi_center_ras, options.roi_size_mm)] = 0
+    asymmetry = prepared.frame.to_native(signed_asymmetry(_foreground(prediction.probabilities, card)), "linear")
+    attention = None
+    if prediction.attention is not None:
+        attention = np.clip(prepared.frame.to_native(prediction.attention, "linear"), 0, 1)
+    return NativeOutputs(labels, asymmetry, attention)
 
 
 def _label_infos(model: LoadedModel) -> List[LabelInfo]:
@@ -196,25 +303,6 @@ def _label_infos(model: LoadedModel) -> List[LabelInfo]:
         LabelInfo(l.value, l.name, tuple(c / 255.0 for c in l.color), known.get((l.value, l.name), ""))
         for l in model.card.labels
     ]
-
-
-def _case_frame(image: Image, plane: MidSagittalPlane, spacing, options: SegmentOptions):
-    """The aligned image: the whole field of view, or the ROI and its mirror image."""
-    if options.roi_center_ras is None:
-        return align_to_msp(image, plane, spacing)
-    center = np.asarray(options.roi_center_ras, np.float64)
-    size = np.asarray(options.roi_size_mm, np.float64)
-    if center.shape != (3,) or size.shape != (3,) or np.any(size <= 0):
-        raise InputError("--roi-center and --roi-size need three numbers each (RAS mm; sizes > 0)")
-    # Width along the plane normal: the box and its mirror, i.e. twice the farthest extent.
-    distance = abs(float(plane.signed_distance(center)[0]))
-    half_width = distance + float(np.linalg.norm(size)) / 2.0
-    shape = (
-        2 * int(np.ceil(half_width / spacing[0])),
-        int(np.ceil(float(np.linalg.norm(size)) / spacing[1])),
-        int(np.ceil(float(np.linalg.norm(size)) / spacing[2])),
-    )
-    return align_to_msp(image, plane, spacing, shape, center=center)
 
 
 def _roi_mask_native(like: Image, center, size_mm) -> np.ndarray:
@@ -273,62 +361,55 @@ def segment_case(
             return CaseResult(case_id, case_dir, {}, json.loads(report_path.read_text()), skipped=True)
         raise InputError("output folder exists and holds no finished result; use --overwrite to replace it", case_dir)
 
-    card = model.card
     stages = _Stages(progress)
     started = time.perf_counter()
-    notes: List[str] = list(model.notes)
 
-    stages.begin("loading")
-    channel_names = [c.name for c in card.channels]
-    image = load_case(paths, channel_names, on_grid_mismatch="resample")
-    native = image.channel(0)  # every output lives on the first channel's grid
-
-    stages.begin("aligning")
-    plane = estimate_msp(image, on_failure=options.msp_on_failure)
-    if not plane.confident:
-        notes.append(f"mid-sagittal plane has low confidence: {plane.message or 'poor symmetry score'}")
-    spacing = np.asarray(card.preprocessing.get("spacing", (1.0, 1.0, 1.0)), np.float64)
-    aligned, frame = _case_frame(image, plane, spacing, options)
-    stages.update(0.8)
-    volume = normalise_intensities(aligned, card.preprocessing.get("normalisation", "zscore-nonzero"))
-    box = brain_box(volume)
-    cropped = np.ascontiguousarray(volume[(slice(None),) + box])
+    prepared = prepare_for_model(paths, model, options, progress=stages.stage)
 
     stages.begin("inference")
-    settings = InferenceSettings(
-        roi_size=tuple(card.preprocessing.get("roi_size", (96, 96, 96))),
-        overlap=options.overlap,
-        sw_batch_size=options.sw_batch_size,
-        device=options.device,
-        amp=options.amp,
-        tta_flip=options.tta,
-        return_attention=bool(getattr(model.network, "use_saca", False)),
-    )
 
     def on_window(done: int, total: int) -> None:
         stages.update(done / max(total, 1))
         if window_progress is not None:
             window_progress(done, total)
 
-    with torch.inference_mode():
-        result, fallback = run_paired_inference(torch.from_numpy(cropped), model.network, settings, on_window, log)
-    notes.extend(fallback.events)
-    logits = result.logits.numpy()
+    prediction = predict_case(prepared, model, options, on_window)
 
     stages.begin("writing")
-    full_shape = aligned.spatial_shape
-    labels_frame = np.zeros(full_shape, np.uint8)
-    labels_frame[box] = labels_from_logits(logits, card)
-    if card.preprocessing.get("normalisation", "zscore-nonzero") == "zscore-nonzero":
-        # Such models only ever saw the head: voxels outside it (all channels 0) get no label.
-        labels_frame[~np.any(volume != 0, axis=0)] = 0
-    probability = np.zeros(full_shape, np.float32)
-    probability[box] = foreground_from_logits(logits, card)
-    asym_frame = signed_asymmetry(probability)
-    labels_native = frame.to_native(labels_frame, "nearest").astype(np.uint8)
-    if options.roi_center_ras is not None:
-        labels_native[~_roi_mask_native(native, options.roi_center_ras, options.roi_size_mm)] = 0
+    native_outputs = outputs_on_native(prepared, prediction, model, options)
+    files, report = write_case_outputs(case_dir, case_id, paths, prepared, prediction, native_outputs, model, options,
+                                       stages, started)
+    if progress is not None:
+        progress(1.0, "done")
+    return CaseResult(case_id, case_dir, files, report)
+
+
+def write_case_outputs(
+    case_dir: Path,
+    case_id: str,
+    paths: Sequence[Path],
+    prepared: PreparedCase,
+    prediction: Prediction,
+    outputs: NativeOutputs,
+    model: LoadedModel,
+    options: SegmentOptions,
+    stages: Optional[_Stages] = None,
+    started: Optional[float] = None,
+) -> Tuple[Dict[str, Path], dict]:
+    """Part 4: every output file and the report into ``case_dir``, all or nothing.
+
+    Files go into a hidden temporary folder beside ``case_dir`` that is renamed into place
+    at the end. Returns ``(files, report)``.
+    """
+    card = model.card
+    stages = stages or _Stages(None)
+    started = time.perf_counter() if started is None else started
+    native = prepared.native
+    plane, frame, box = prepared.plane, prepared.frame, prepared.box
+    labels_native = outputs.labels
+    notes: List[str] = list(model.notes) + list(prepared.notes) + list(prediction.events)
     files: Dict[str, Path] = {}
+    output_dir = case_dir.parent
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=output_dir))
     try:
@@ -341,12 +422,10 @@ def segment_case(
             write_labelmap_nifti(labels_native, native, out("labelmap"), inputs=paths)
         if options.wants("segmentation"):
             write_seg_nrrd(labels_native, native, out("segmentation"), _label_infos(model), inputs=paths)
-        if result.attention is not None and options.wants("attention"):
-            attention_frame = np.zeros(full_shape, np.float32)
-            attention_frame[box] = result.attention.numpy()
-            write_map(np.clip(frame.to_native(attention_frame, "linear"), 0, 1), native, out("attention"), "uint8", paths)
+        if outputs.attention is not None and options.wants("attention"):
+            write_map(outputs.attention, native, out("attention"), "uint8", paths)
         if options.wants("asymmetry"):
-            write_map(frame.to_native(asym_frame, "linear"), native, out("asymmetry"), "float16", paths)
+            write_map(outputs.asymmetry, native, out("asymmetry"), "float16", paths)
         if options.wants("plane"):
             write_plane_markups(plane, out("plane"))
         names = {l.value: l.name for l in card.labels}
@@ -366,11 +445,12 @@ def segment_case(
         # "labels" is the model's label table (value, name, colour 0-1), as the Slicer module
         # reads it; the per-label volumes move to "lesions".
         report["lesions"] = report.pop("labels")
+        settings = prediction.settings
         report.update(
             {
                 "case_id": case_id,
                 "inputs": [str(p) for p in paths],
-                "channels": channel_names,
+                "channels": [c.name for c in card.channels],
                 "labels": [
                     {"value": l.value, "name": l.name, "color": [c / 255.0 for c in l.color]} for l in card.labels
                 ],
@@ -382,15 +462,17 @@ def segment_case(
                 "asymmetry_index": report["total"]["asymmetry_index"],
                 "msp": plane.to_dict(),
                 "symmetric_frame": frame.to_dict(),
+                "preprocessing": model_preprocessing(model).to_card(),
                 "model": model.describe(),
-                "device": str(fallback.device),
+                "device": prediction.device,
                 "inference": {
                     "roi_size": list(settings.roi_size),
                     "overlap": settings.overlap,
                     "tta": settings.tta_flip,
-                    "windows": result.n_windows,
-                    "encoded_crops": result.n_encoded,
+                    "windows": prediction.n_windows,
+                    "encoded_crops": prediction.n_encoded,
                     "brain_box": [[s.start, s.stop] for s in box],
+                    "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                 },
                 "maps": {
                     "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: attention mass on the mirror-position tokens",
@@ -402,7 +484,7 @@ def segment_case(
                 "zero_shot_asymmetry": None,
                 "notes": notes,
                 "software": {"symmetryaware": __version__, "torch": torch.__version__},
-                "runtime_s": {**stages.times, "total": round(time.perf_counter() - started, 3)},
+                "runtime_s": {**prepared.times, **stages.times, "total": round(time.perf_counter() - started, 3)},
             }
         )
         write_report_json(report, out("report"))
@@ -415,6 +497,4 @@ def segment_case(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    if progress is not None:
-        progress(1.0, "done")
-    return CaseResult(case_id, case_dir, files, report)
+    return files, report

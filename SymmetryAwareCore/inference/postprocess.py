@@ -21,7 +21,8 @@ import torch
 from ..errors import InputError
 from .hemispheric import foreground_probability
 
-__all__ = ["labels_from_logits", "foreground_from_logits", "region_label_order"]
+__all__ = ["labels_from_logits", "probabilities_from_logits", "labels_from_probabilities", "foreground_from_logits",
+           "region_label_order", "outside_probabilities"]
 
 
 def _post(card) -> dict:
@@ -47,25 +48,53 @@ def region_label_order(regions: Dict[str, Sequence[int]]) -> List[tuple]:
     return order
 
 
-def labels_from_logits(logits: np.ndarray, card) -> np.ndarray:
-    """``(out, X, Y, Z)`` logits -> ``(X, Y, Z)`` uint8 label values of the card."""
+def probabilities_from_logits(logits, card) -> np.ndarray:
+    """``(out, X, Y, Z)`` logits -> float32 probabilities as the card's activation says
+    (softmax over channels, or a sigmoid per region channel)."""
     post = _post(card)
     t = torch.as_tensor(logits).float()
     if post["activation"] == "softmax":
-        values = np.array([0] + [l.value for l in card.labels], dtype=np.uint8)
-        if t.shape[0] != len(values):
-            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(values) - 1} labels + background")
-        return values[t.argmax(0).numpy()]
+        if t.shape[0] != len(card.labels) + 1:
+            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(card.labels)} labels + background")
+        return torch.softmax(t, 0).numpy()
     if post["activation"] == "sigmoid":
-        regions = post["regions"]
-        if t.shape[0] != len(regions):
-            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(regions)} regions")
-        active = torch.sigmoid(t).numpy() >= float(post.get("threshold", 0.5))
-        out = np.zeros(t.shape[1:], np.uint8)
-        for channel, value in region_label_order(regions):  # largest first, smaller ones overwrite
-            out[active[channel]] = value
+        if t.shape[0] != len(post["regions"]):
+            raise InputError(f"the network gives {t.shape[0]} channels, the card names {len(post['regions'])} regions")
+        return torch.sigmoid(t).numpy()
+    raise InputError(f"unknown activation {post['activation']!r} in the model card")
+
+
+def outside_probabilities(card) -> np.ndarray:
+    """``(out,)`` the probabilities of a voxel the network never saw: background."""
+    post = _post(card)
+    if post["activation"] == "softmax":
+        return np.array([1.0] + [0.0] * len(card.labels), np.float32)
+    return np.zeros(len(post["regions"]), np.float32)
+
+
+def labels_from_probabilities(probabilities: np.ndarray, card) -> np.ndarray:
+    """``(out, X, Y, Z)`` probabilities (any grid) -> ``(X, Y, Z)`` uint8 label values of the card.
+
+    Applied on the input's own grid after the probabilities were resampled there (linear),
+    so label borders are decided at the input's resolution, not the model's.
+    """
+    post = _post(card)
+    p = np.asarray(probabilities)
+    if post["activation"] == "softmax":
+        values = np.array([0] + [l.value for l in card.labels], dtype=np.uint8)
+        return values[np.argmax(p, axis=0)]
+    if post["activation"] == "sigmoid":
+        threshold = float(post.get("threshold", 0.5))
+        out = np.zeros(p.shape[1:], np.uint8)
+        for channel, value in region_label_order(post["regions"]):  # largest first, smaller ones overwrite
+            out[p[channel] >= threshold] = value
         return out
     raise InputError(f"unknown activation {post['activation']!r} in the model card")
+
+
+def labels_from_logits(logits: np.ndarray, card) -> np.ndarray:
+    """``(out, X, Y, Z)`` logits -> ``(X, Y, Z)`` uint8 label values of the card (same grid)."""
+    return labels_from_probabilities(probabilities_from_logits(logits, card), card)
 
 
 def foreground_from_logits(logits: np.ndarray, card) -> np.ndarray:

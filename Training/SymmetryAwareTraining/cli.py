@@ -127,31 +127,33 @@ def _find_prediction(folder: Path, case: str) -> Path:
 def _predict_fold(evaluation, model_path: str, folder: Path, overlap: float, device: str) -> None:
     """Segment each evaluation case with the trained model; write ``folder/<case>.nii.gz``.
 
-    The case is prepared as in training (the card's ``align``); predictions made in the
-    symmetric frame go back to the file's own grid, RAS-only ones are written on the RAS grid.
+    The deployed path, not a training-side copy of it: the case is prepared from the card
+    (:func:`SymmetryAwareCore.inference.pipeline.prepare_for_model`), predicted by the
+    mirror-paired sliding window, and its probabilities are brought back to the file's
+    own grid and thresholded there, exactly as ``symmetryaware segment`` does.
     """
-    from SymmetryAwareCore.inference.device import resolve_device
-    from SymmetryAwareCore.io.image import Image
-    from SymmetryAwareCore.io.writers import write_nifti
+    from SymmetryAwareCore.inference.model_source import LoadedModel
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions, outputs_on_native, predict_case, prepare_for_model
+    from SymmetryAwareCore.io.writers import write_labelmap_nifti
+    from SymmetryAwareCore.models.model_card import load_model
 
-    from .data import load_case, normalise
+    from .data import entry_paths
     from .datalist import case_id
-    from .modelcard import read_trained_model
-    from .predict import predict_regions, regions_to_labels
 
-    dev = resolve_device(device)
-    model, extra = read_trained_model(model_path, dev)
-    if extra.get("regions") != ["TC", "WT", "ET"]:
+    path = Path(model_path)
+    path = path / "model.json" if path.is_dir() else path
+    if not path.is_file():
+        raise InputError("model card not found", path)
+    network, card = load_model(path)
+    if (card.postprocessing or {}).get("activation") != "sigmoid" or list((card.postprocessing or {}).get("regions", {})) != ["TC", "WT", "ET"]:
         raise InputError("is not a TC/WT/ET segmentation model", model_path)
-    roi = extra["preprocessing"].get("roi_size") or [96, 96, 96]
+    model = LoadedModel(network.eval(), card, str(path))
+    options = SegmentOptions(device=device, overlap=overlap, overview=False)
     for entry in evaluation:
-        case = load_case(entry, with_label=False, align=bool(extra["preprocessing"].get("align_to_msp")))
-        labels = regions_to_labels(predict_regions(model, normalise(case.volume), roi, overlap, dev))
-        if case.frame is not None:
-            image = Image(case.frame.to_native(labels, "nearest").astype(np.uint8), case.frame.native_affine)
-        else:
-            image = Image(labels, case.affine)
-        write_nifti(image, folder / f"{case_id(entry)}.nii.gz", dtype=np.uint8)
+        paths, _ = entry_paths(entry)
+        prepared = prepare_for_model(paths, model, options)
+        outputs = outputs_on_native(prepared, predict_case(prepared, model, options), model, options)
+        write_labelmap_nifti(outputs.labels, prepared.native, folder / f"{case_id(entry)}.nii.gz")
 
 
 def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[str], output: str,

@@ -58,9 +58,22 @@ class DataConfig:
     channels: List[str] = field(default_factory=list)
     """Input channel names for the model card (default: the datalist's ``channels``)."""
     modality: str = "mri"
-    align: bool = False
-    """Estimate each case's mid-sagittal plane and resample into its symmetric frame (for
-    scans not aligned beforehand, e.g. the tilted phantoms); False: files are aligned."""
+    align: bool = True
+    """Prepare each case in its symmetric frame (mid-sagittal plane estimated, the method's
+    premise). False is an ablation: mirror pairs follow the image axes, and the model card
+    records ``alignment: none`` so inference prepares scans the same way."""
+    spacing: List[float] = field(default_factory=list)
+    """Frame voxel size in mm (LR, AP, IS); empty: the datalist's ``spacing_mm``, else the
+    first training case's own voxel size. Recorded in the model card."""
+    normalisation: str = ""
+    """``zscore-nonzero`` / ``ct-windows`` / ``none``; empty: ``ct-windows`` for CT, else
+    ``zscore-nonzero``."""
+    ct_windows: List[List[float]] = field(default_factory=list)
+    """HU windows for ``ct-windows`` (one network channel each); empty: brain, blood, bone."""
+    anti_alias: bool = True
+    """Gaussian pre-filter when the frame is coarser than a scan."""
+    cache_dir: str = ""
+    """Where prepared cases are kept; empty: ``$SYMMETRYAWARE_CACHE`` or ``~/.cache/symmetryaware/prepared``."""
     findings: List[str] = field(default_factory=list)
     """Classification: the entry ``findings`` keys to predict, one logit each."""
 

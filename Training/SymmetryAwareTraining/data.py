@@ -1,9 +1,13 @@
 """Datasets of mirror-paired samples read from datalist entries.
 
-Images are read with :mod:`SymmetryAwareCore.io.readers` and either reoriented to RAS (an
-exact permutation; the files must already be aligned to their mid-sagittal plane) or, with
-``data.align``, resampled into their symmetric frame; either way array axis X is left-right
-and the plane is at its centre.
+Every case is prepared by the core's one preparation path
+(:func:`SymmetryAwareCore.preprocessing.prepare_case` with the run's
+:class:`~SymmetryAwareCore.preprocessing.Preprocessing`, the block its model card will
+carry): aligned to its mid-sagittal plane in the symmetric frame at the card's spacing,
+anti-aliased, normalised, cut to the brain box. Prepared cases are kept on disk
+(:class:`~SymmetryAwareCore.preprocessing.cache.PreparedStore`, content-addressed,
+memory-mapped), so alignment costs once per case, not once per epoch or per worker; the
+arrays are the ones inference computes for the same files and card (tested).
 Each sample is a dict of ``image`` and ``counterpart`` ``(C, *roi_size)`` float32 plus the
 task's targets. ``__getitem__`` takes ``(epoch, index)``: all randomness of a sample comes
 from ``numpy.random.default_rng([seed, epoch, index])`` (see :mod:`.engine`).
@@ -11,7 +15,7 @@ from ``numpy.random.default_rng([seed, epoch, index])`` (see :mod:`.engine`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,94 +24,49 @@ from torch.utils.data import Dataset
 
 from SymmetryAwareCore.errors import InputError
 from SymmetryAwareCore.geometry.mirror import flip_lr
-from SymmetryAwareCore.geometry.orientation import to_ras
-from SymmetryAwareCore.io.image import Image
-from SymmetryAwareCore.io.readers import read_image, read_labelmap
+from SymmetryAwareCore.preprocessing import Preprocessing, whole_scan_input
+from SymmetryAwareCore.preprocessing.cache import PreparedStore
 
 from .crops import paired_crop
 from .datalist import case_id, finding_value, status_of
 from .metrics import labels_to_regions
 
-__all__ = ["LoadedCase", "load_case", "normalise", "PairedCropDataset", "WholeScanDataset"]
+__all__ = ["entry_paths", "PreparedCases", "PairedCropDataset", "WholeScanDataset"]
 
 
-def normalise(volume: np.ndarray) -> np.ndarray:
-    """Per-channel z-score over the non-zero voxels (the head), background left at 0."""
-    out = np.zeros_like(volume, dtype=np.float32)
-    for c in range(volume.shape[0]):
-        mask = volume[c] != 0
-        if mask.sum() < 2:
-            continue
-        values = volume[c][mask]
-        out[c][mask] = (values - values.mean()) / max(float(values.std()), 1e-6)
-    return out
-
-
-@dataclass
-class LoadedCase:
-    """One case ready for pairing: arrays on a grid whose axis X is left-right.
-
-    Attributes:
-        volume: ``(C, X, Y, Z)`` float32.
-        label: ``(X, Y, Z)`` integer labels on the same grid, or None.
-        affine: voxel -> RAS of that grid.
-        frame: the :class:`~SymmetryAwareCore.geometry.symmetric_frame.SymmetricFrame` when
-            the case was aligned to its estimated mid-sagittal plane (``frame.to_native`` puts
-            results back on the file's grid); None when it was only reoriented to RAS.
-    """
-
-    volume: np.ndarray
-    label: Optional[np.ndarray]
-    affine: np.ndarray
-    frame: Any = None
-
-
-def load_case(entry: Dict[str, Any], with_label: bool, align: bool = False) -> LoadedCase:
-    """Read one datalist entry (one file per channel, all on one grid).
-
-    ``align=False`` only reorients to RAS (an exact permutation): the files must already be
-    aligned to their mid-sagittal plane. ``align=True`` estimates the plane on the first
-    channel (:func:`~SymmetryAwareCore.geometry.msp.estimate_msp`) and resamples the case into
-    its symmetric frame (linear for images, nearest for the label), keeping the voxel size.
-    """
+def entry_paths(entry: Dict[str, Any]):
+    """``(channel paths, label path or None)`` of a datalist entry."""
     paths = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-    images = [read_image(p) for p in paths]
-    for path, image in zip(paths[1:], images[1:]):
-        if not image.same_grid(images[0]):
-            raise InputError(f"not on the grid of the case's first image {paths[0]}", path)
-    stacked = Image(np.stack([i.array for i in images]).astype(np.float32), images[0].affine, source=str(paths[0]))
-    label_image = None
-    if with_label:
-        if not entry.get("label"):
-            raise InputError(f"case {case_id(entry)} has no 'label'")
-        label_image = read_labelmap(entry["label"])
-        if not label_image.same_grid(images[0]):
-            raise InputError(f"label is not on the grid of {paths[0]}", entry["label"])
-    if align:
-        from SymmetryAwareCore.geometry.msp import estimate_msp
-        from SymmetryAwareCore.geometry.symmetric_frame import align_to_msp
-
-        plane = estimate_msp(images[0], on_failure="error")
-        aligned, frame = align_to_msp(stacked, plane, spacing=None)
-        label = None if label_image is None else frame.to_frame(label_image.array, "nearest")
-        return LoadedCase(aligned.array.astype(np.float32), label, aligned.affine, frame)
-    ras, _ = to_ras(stacked)
-    label = None if label_image is None else to_ras(label_image)[0].array
-    return LoadedCase(ras.array.astype(np.float32), label, ras.affine, None)
+    return [Path(p) for p in paths], (Path(entry["label"]) if entry.get("label") else None)
 
 
-class _CaseCache:
-    def __init__(self, entries: Sequence[Dict[str, Any]], with_label: bool, cache: bool, align: bool):
-        self.entries, self.with_label, self.cache, self.align = list(entries), with_label, cache, align
-        self._store: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
+class PreparedCases:
+    """Prepared brain boxes of a list of entries: ``(volume (C', w, h, d), label or None)``.
+
+    ``cache``: also keep the memory-mapped arrays' handles in this process (the disk store
+    is always used; the page cache is shared between workers).
+    """
+
+    def __init__(self, entries: Sequence[Dict[str, Any]], with_label: bool, spec: Preprocessing,
+                 channel_names: Sequence[str], cache: bool = True, cache_dir: Optional[str] = None):
+        self.entries, self.with_label, self.cache = list(entries), with_label, cache
+        self.spec, self.channel_names = spec, list(channel_names)
+        self.store = PreparedStore(Path(cache_dir) if cache_dir else None)
+        self._held: Dict[int, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
 
     def __call__(self, index: int):
-        if index in self._store:
-            return self._store[index]
-        case = load_case(self.entries[index], self.with_label, self.align)
-        item = (normalise(case.volume), case.label)
+        if index in self._held:
+            return self._held[index]
+        entry = self.entries[index]
+        paths, label_path = entry_paths(entry)
+        if len(paths) != len(self.channel_names):
+            raise InputError(f"case {case_id(entry)} has {len(paths)} images, the model takes {len(self.channel_names)} channels")
+        if self.with_label and label_path is None:
+            raise InputError(f"case {case_id(entry)} has no 'label'")
+        volume, label, _ = self.store.get(paths, self.channel_names, self.spec, label_path if self.with_label else None)
+        item = (volume, label)
         if self.cache:
-            self._store[index] = item
+            self._held[index] = item
         return item
 
 
@@ -124,16 +83,16 @@ class PairedCropDataset(Dataset):
     padded, possibly left-right flipped volume) and ``flip_lr``.
     """
 
-    def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], seed: int = 0,
-                 segmentation: bool = False, pos_fraction: float = 0.5, augment: bool = True, cache: bool = True,
-                 align: bool = False):
+    def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], spec: Preprocessing,
+                 channel_names: Sequence[str], seed: int = 0, segmentation: bool = False, pos_fraction: float = 0.5,
+                 augment: bool = True, cache: bool = True, cache_dir: Optional[str] = None):
         if not entries:
             raise InputError("no training cases")
         self.entries = list(entries)
         self.roi_size = tuple(int(r) for r in roi_size)
         self.seed, self.segmentation = seed, segmentation
         self.pos_fraction, self.augment = pos_fraction, augment
-        self.load = _CaseCache(self.entries, segmentation, cache, align)
+        self.load = PreparedCases(self.entries, segmentation, spec, channel_names, cache, cache_dir)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -142,7 +101,8 @@ class PairedCropDataset(Dataset):
         epoch, index = _key(key)
         rng = np.random.default_rng([self.seed, epoch, index])
         volume, label = self.load(index)
-        sample = paired_crop(volume, self.roi_size, rng, label=label,
+        sample = paired_crop(np.asarray(volume, np.float32), self.roi_size, rng,
+                             label=None if label is None else np.asarray(label),
                              pos_fraction=self.pos_fraction if self.segmentation else 0.0, augment=self.augment)
         entry = self.entries[index]
         out: Dict[str, Any] = {
@@ -161,14 +121,17 @@ class PairedCropDataset(Dataset):
 class WholeScanDataset(Dataset):
     """Whole scans resized to ``roi_size``, paired with their left-right flip (classification).
 
-    Resizing commutes with the left-right flip, so the flip stays the exact counterpart.
+    The brain box is resized by :func:`SymmetryAwareCore.preprocessing.whole_scan_input`, as
+    ``classify`` does; resizing commutes with the left-right flip, so the flip stays the exact
+    counterpart.
     Sample keys: ``image``, ``counterpart``, ``target`` ``(F,)`` float, one 0/1 per name of
     ``findings`` (see :func:`.datalist.finding_value`); ``case``.
     With ``augment``, flips along Y/Z and the left-right flip of the whole scan are drawn.
     """
 
     def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], findings: Sequence[str],
-                 seed: int = 0, augment: bool = True, cache: bool = True, align: bool = False):
+                 spec: Preprocessing, channel_names: Sequence[str], seed: int = 0, augment: bool = True,
+                 cache: bool = True, cache_dir: Optional[str] = None):
         if not entries:
             raise InputError("no cases")
         self.entries, self.findings = list(entries), list(findings)
@@ -178,7 +141,7 @@ class WholeScanDataset(Dataset):
                 raise InputError(f"case {case_id(entry)} lacks findings {', '.join(missing)}")
         self.roi_size = tuple(int(r) for r in roi_size)
         self.seed, self.augment = seed, augment
-        self.load = _CaseCache(self.entries, False, cache, align)
+        self.load = PreparedCases(self.entries, False, spec, channel_names, cache, cache_dir)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -187,8 +150,7 @@ class WholeScanDataset(Dataset):
         epoch, index = _key(key)
         rng = np.random.default_rng([self.seed, epoch, index])
         volume, _ = self.load(index)
-        image = torch.nn.functional.interpolate(torch.from_numpy(volume)[None], size=self.roi_size,
-                                                mode="trilinear", align_corners=False)[0]
+        image = whole_scan_input(np.asarray(volume, np.float32), self.roi_size)
         if self.augment:
             for axis in (1, 2, 3):
                 if rng.random() < 0.5:

@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+import numpy as np
 import torch.nn as nn
 
 from SymmetryAwareCore.errors import InputError
@@ -123,18 +124,63 @@ def _channel_names(config: RunConfig):
     return [f"channel{i}" for i in range(count)]
 
 
-def _card_common(config: RunConfig, task: str, labels=(), extra=None, description: str = "") -> Dict[str, Any]:
+def run_preprocessing(config: RunConfig):
+    """The run's :class:`~SymmetryAwareCore.preprocessing.Preprocessing`: what its model card
+    will record and what every training case is prepared with (one definition, the core's).
+
+    Spacing comes from ``data.spacing``, else the datalist's ``spacing_mm``, else the first
+    case's own voxel size (RAS order, from its header), so a card always states it.
+    """
+    from SymmetryAwareCore.preprocessing import Preprocessing
+    from SymmetryAwareCore.preprocessing.spec import windows_or_default
+
     d = config.data
-    preprocessing = {"orientation": "RAS", "align_to_msp": d.align, "roi_size": list(d.roi_size),
-                     "normalisation": "zscore-nonzero", "intensity": "z-score per channel over non-zero voxels"}
-    # Training keeps the files' voxel size; a datalist that states it (the phantom generator's
-    # does) lets inference resample new scans to the same size.
-    spacing = _datalist_field(config, "spacing_mm")
-    if isinstance(spacing, (int, float)) and spacing > 0:
-        preprocessing["spacing"] = [float(spacing)] * 3
+    spacing = list(d.spacing)
+    if not spacing:
+        stated = _datalist_field(config, "spacing_mm")
+        if isinstance(stated, (int, float)) and stated > 0:
+            spacing = [float(stated)] * 3
+        elif isinstance(stated, list) and len(stated) == 3:
+            spacing = [float(v) for v in stated]
+    if not spacing:
+        spacing = _first_case_spacing(config)
+    is_ct = d.modality.lower() == "ct"
+    normalisation = d.normalisation or ("ct-windows" if is_ct else "zscore-nonzero")
+    windows = windows_or_default(d.ct_windows) if normalisation == "ct-windows" else ()
+    spec = Preprocessing(spacing=spacing, roi_size=d.roi_size, normalisation=normalisation, ct_windows=windows,
+                         alignment="msp" if d.align else "none", anti_alias=d.anti_alias)
+    channels = len(_channel_names(config))
+    expected = config.model.kwargs.get("in_channels")
+    if expected is not None and int(expected) != spec.network_channels(channels):
+        raise InputError(f"model.kwargs.in_channels is {expected}, but {channels} channel(s) with normalisation "
+                         f"{normalisation} give {spec.network_channels(channels)} network inputs")
+    return spec
+
+
+def _first_case_spacing(config: RunConfig):
+    from SymmetryAwareCore.geometry.orientation import to_ras
+    from SymmetryAwareCore.io.image import Image
+    from SymmetryAwareCore.io.readers import read_image
+
+    from .data import entry_paths
+
+    datalist = load_datalist(config.data.datalist)
+    entries = datalist.all_entries()
+    if not entries:
+        raise InputError("the datalist holds no cases", config.data.datalist)
+    first = read_image(entry_paths(entries[0])[0][0])
+    ras, _ = to_ras(Image(np.zeros((1, 1, 1), np.uint8), first.affine))
+    return [round(float(v), 3) for v in np.linalg.norm(ras.affine[:3, :3], axis=0)]
+
+
+def _card_common(config: RunConfig, task: str, labels=(), extra=None, description: str = "") -> Dict[str, Any]:
+    spec = run_preprocessing(config)
+    preprocessing = {**spec.to_card(), "orientation": "RAS"}
+    if spec.alignment == "none":
+        preprocessing["note"] = "trained UNALIGNED (data.align=false): mirror pairs follow the image axes"
     return {
         "channels": _channel_names(config),
-        "modality": d.modality,
+        "modality": config.data.modality,
         "labels": list(labels),
         "description": description,
         "preprocessing": preprocessing,
@@ -188,8 +234,9 @@ class SegmentationTask(_ModelTask):
 
     def train_dataset(self):
         d = self.config.data
-        return PairedCropDataset(_train_entries(self.config), d.roi_size, self.config.train.seed, segmentation=True,
-                                 pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, align=d.align)
+        return PairedCropDataset(_train_entries(self.config), d.roi_size, run_preprocessing(self.config),
+                                 _channel_names(self.config), self.config.train.seed, segmentation=True,
+                                 pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, cache_dir=d.cache_dir)
 
     def loss(self, model, batch):
         # Losses in float32 whatever the autocast dtype: sums over 64^3 voxels in bfloat16 lose
@@ -216,8 +263,9 @@ class ClassificationTask(_ModelTask):
 
     def train_dataset(self):
         d = self.config.data
-        return WholeScanDataset(_train_entries(self.config), d.roi_size, d.findings, self.config.train.seed,
-                                augment=d.augment, cache=d.cache, align=d.align)
+        return WholeScanDataset(_train_entries(self.config), d.roi_size, d.findings, run_preprocessing(self.config),
+                                _channel_names(self.config), self.config.train.seed, augment=d.augment, cache=d.cache,
+                                cache_dir=d.cache_dir)
 
     def loss(self, model, batch):
         logits = model(batch["image"], batch["counterpart"])
@@ -261,8 +309,9 @@ class PretrainTask(_ModelTask):
     def train_dataset(self):
         d = self.config.data
         entries = load_datalist(d.datalist).all_entries()
-        return PairedCropDataset(entries, d.roi_size, self.config.train.seed, segmentation=False,
-                                 augment=d.augment, cache=d.cache, align=d.align)
+        return PairedCropDataset(entries, d.roi_size, run_preprocessing(self.config), _channel_names(self.config),
+                                 self.config.train.seed, segmentation=False, augment=d.augment, cache=d.cache,
+                                 cache_dir=d.cache_dir)
 
     def loss(self, model, batch):
         import torch
