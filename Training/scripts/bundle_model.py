@@ -36,19 +36,21 @@ def main() -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--name", default="glioma-phantom-saswin-f12")
     parser.add_argument("--version", default="0.1.0")
-    parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size (mm) the run was trained at")
+    parser.add_argument("--training-data", default="", help="the card's training_data text (default: one phantom set)")
     parser.add_argument("--note", default="", help="appended to the card's training_data (e.g. how it was initialised)")
     args = parser.parse_args()
 
     from SymmetryAwareCore.inference.model_source import LoadedModel, brats_card_fields
     from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
     from SymmetryAwareCore.models.model_card import ModelCard, load_model, save_model
+    from SymmetryAwareCore.preprocessing import Preprocessing
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.metrics import labels_to_regions, segmentation_metrics, summarise
 
     network, run_card = load_model(args.run / "model.json")
     config = run_card.extra.get("training", {}).get("config", {})
     steps = config.get("train", {}).get("steps")
+    spacing = Preprocessing.from_card(run_card.preprocessing, source=str(args.run)).spacing[0]
     card = ModelCard(
         name=args.name,
         description=(
@@ -57,16 +59,17 @@ def main() -> None:
             "brain phantoms only (MNI152 anatomy with simulated gliomas, random poses, bias and noise). "
             "NOT FOR CLINICAL USE: it has never seen a real tumour, and its figures below are on phantoms."
         ),
-        preprocessing={"spacing": [args.spacing] * 3, "roi_size": run_card.extra.get("roi_size", config.get("data", {}).get("roi_size", [64, 64, 64])),
-                       "normalisation": "zscore-nonzero", "alignment": "mid-sagittal plane, symmetric frame"},
+        # The run's own block, as training wrote it: the bundled model is prepared at
+        # inference exactly as it was trained (refused here if the run's card lacks it).
+        preprocessing=Preprocessing.from_card(run_card.preprocessing, source=str(args.run)).to_card(),
         version=args.version,
         licence="Apache-2.0",
-        training_data=(
-            f"{args.datalist.parent.name}/{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {args.spacing:g}), "
+        training_data=args.training_data or (
+            f"{args.datalist.parent.name}/{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {spacing:g}), "
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
             + (f"; {args.note}" if args.note else "")
         ),
-        extra={"training_run": config, "limits": f"synthetic training data; {args.spacing:g} mm; adult-brain anatomy of MNI152 only"},
+        extra={"training_run": config, "limits": f"synthetic training data; {spacing:g} mm; adult-brain anatomy of MNI152 only"},
         **brats_card_fields(),
     )
     # Shipping size: float16 weights, and the Swin blocks' relative-position index tables
@@ -93,8 +96,8 @@ def main() -> None:
         pred = np.asarray(nib.load(str(result.files["labelmap"])).dataobj)
         truth_img = nib.load(str(root / entry["label"]))
         truth = np.asarray(truth_img.dataobj)
-        spacing = np.linalg.norm(truth_img.affine[:3, :3], axis=0)
-        metrics = segmentation_metrics(labels_to_regions(pred), labels_to_regions(truth), spacing)
+        voxel = np.linalg.norm(truth_img.affine[:3, :3], axis=0)
+        metrics = segmentation_metrics(labels_to_regions(pred), labels_to_regions(truth), voxel)
         per_case[case] = metrics
         print(f"{case}: {metrics} ({time.perf_counter() - start:.1f} s)", flush=True)
     summary = summarise(per_case)
