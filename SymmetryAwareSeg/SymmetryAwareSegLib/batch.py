@@ -190,11 +190,14 @@ class BatchRun:
             time.sleep(interval)
         return self.summaries
 
-    def cancel(self) -> None:
-        """Stop after the running case ends (its child is cancelled now); never blocks."""
+    def cancel(self, grace_s: float = 3.0) -> None:
+        """Stop after the running case ends (its child is cancelled now); never blocks.
+
+        ``grace_s=0`` kills the running child at once (the module is closing).
+        """
         self.cancelled = True
         if self._child is not None:
-            self._child.cancel()
+            self._child.cancel(grace_s=grace_s)
 
     # -- cases --------------------------------------------------------------------------------
     def _emit(self, case_id: str, text: str) -> None:
