@@ -254,7 +254,9 @@ class RunOptions:
             elif value is None:
                 continue
             elif f.metadata["kind"] == "triple":
-                args += [flag, ",".join(f"{v:g}" for v in value)]
+                # "--flag=value": a value like "-30,12,20" (a left-hemisphere point) would
+                # otherwise be read by argparse as an option of its own.
+                args.append(f"{flag}=" + ",".join(f"{v:g}" for v in value))
             elif isinstance(value, float):
                 args += [flag, f"{value:g}"]
             else:
@@ -341,8 +343,18 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+_NEGATIVE_NUMBERS = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?(,\s*[-+]?\d*\.?\d+([eE][-+]?\d+)?)*$")
+
+
 def add_run_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every :class:`RunOptions` field to ``parser``; values are checked as they parse."""
+    """Add every :class:`RunOptions` field to ``parser``; values are checked as they parse.
+
+    ``--roi-center -30,12,20`` (a point in the left hemisphere) must parse: argparse reads
+    a value starting with "-" as an option unless it looks like a negative number, so the
+    parser's notion of a negative number is widened to comma-separated numbers.
+    """
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = _NEGATIVE_NUMBERS
     for f in dataclasses.fields(RunOptions):
         meta = f.metadata
         names = [n for n in (meta["short"], meta["flag"]) if n]

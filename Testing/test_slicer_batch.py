@@ -142,7 +142,7 @@ def test_command_is_the_contracts_and_parses_back_to_the_same_options():
     assert command[:6] == ["py", "-m", "SymmetryAwareCore", "segment", "a_t1.nii.gz", "a_flair.nii.gz"]
     joined = " ".join(command)
     for piece in ("--output-dir /out", "--case-id a", "--model m", "--device cuda", "--overlap 0.5", "--tta",
-                  "--roi-center 1,-2.5,3", "--roi-size 40,40,30", "--progress machine"):
+                  "--roi-center=1,-2.5,3", "--roi-size=40,40,30", "--progress machine"):
         assert piece in joined
     parser = argparse.ArgumentParser()
     parser.add_argument("rest", nargs="*")
