@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 __all__ = ["ModelCard", "read_model_card", "find_models", "channel_assignment_text", "import_model", "sha256_of"]
 

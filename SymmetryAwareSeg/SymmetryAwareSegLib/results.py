@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import vtk
 
 import slicer
-
-from SymmetryAwareCore.contract import OUTPUT_FILES
 
 from .command import CaseResult
 from .nodes import (
