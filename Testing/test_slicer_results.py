@@ -351,3 +351,42 @@ def test_show_3d_builds_surfaces_and_hides_them(tmp_path, oblique_t1, scene_logi
     assert seg.GetDisplayNode().GetVisibility3D()
     logic.show_3d(seg, False)
     assert not seg.GetDisplayNode().GetVisibility3D()
+
+
+def test_run_summary_names_the_device_and_an_out_of_memory_fallback():
+    from SymmetryAwareSegLib.results import run_summary
+
+    report = {"device": "cpu", "runtime_s": {"total": 51.6}, "notes": [
+        "out of memory on cuda:0 with sw_batch_size=1; retrying on cpu with sw_batch_size=1",
+        "mid-sagittal plane has low confidence: poor symmetry score"]}
+    text = run_summary(report).splitlines()
+    assert text[0] == "Device used: cpu"
+    assert text[1].startswith("Out-of-memory fallback: out of memory on cuda:0")
+    assert text[2] == "Notes: mid-sagittal plane has low confidence: poor symmetry score"
+    assert text[3] == "Run time: 51.6 s"
+    assert run_summary({}) == ""
+
+
+def test_dicom_source_files_are_gathered_from_the_dicom_database(tmp_path):
+    from SymmetryAwareSegLib.command import dicom_source_folder
+
+    files = {}
+    for index, uid in enumerate(("1.2.3.1", "1.2.3.2", "1.2.3.3")):
+        path = tmp_path / "db" / f"f{index}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"DICM" + bytes([index]))
+        files[uid] = str(path)
+
+    class Database:  # the part of ctkDICOMDatabase the module uses
+        def fileForInstance(self, uid):  # noqa: N802 - Slicer's name
+            return files.get(uid, "")
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "from dicom")
+    assert dicom_source_folder(volume, tmp_path / "a", Database()) is None  # not loaded from DICOM
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    folder = dicom_source_folder(volume, tmp_path / "b", Database())
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == sorted(Path(f).read_bytes() for f in files.values())
+    volume.SetAttribute("DICOM.instanceUIDs", "1.2.3.1 9.9.9")
+    assert dicom_source_folder(volume, tmp_path / "c", Database()) is None  # a file the database lacks
+    assert dicom_source_folder(volume, tmp_path / "d", None) is None  # no database (headless)

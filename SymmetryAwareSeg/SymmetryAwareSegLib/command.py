@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,7 +30,7 @@ from .models import ModelCard
 from .nodes import safe_file_name
 from .process import ProgressEvent, Runner
 
-__all__ = ["CaseResult", "CommandMixin", "build_segment_command", "default_child_env"]
+__all__ = ["CaseResult", "CommandMixin", "build_segment_command", "default_child_env", "dicom_source_folder"]
 
 
 @dataclass
@@ -84,6 +85,29 @@ def default_child_env() -> Dict[str, str]:
     root = str(Path(SymmetryAwareCore.__file__).resolve().parent.parent)
     existing = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": root + (os.pathsep + existing if existing else "")}
+
+
+def dicom_source_folder(volume_node, folder: Path, database) -> Optional[Path]:
+    """The DICOM files a volume was loaded from, linked (or copied) into ``folder``.
+
+    ``database``: Slicer's ``slicer.dicomDatabase`` (``fileForInstance(uid)``). Returns None
+    when the volume did not come from the DICOM database (no ``DICOM.instanceUIDs``
+    attribute, as Slicer's DICOM scalar volume plugin sets it) or a file is missing.
+    """
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids or database is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, uid in enumerate(uids):
+        source = database.fileForInstance(uid)
+        if not source:
+            return None
+        target = folder / f"{index:05d}.dcm"
+        try:
+            os.link(source, target)
+        except OSError:  # another drive, or no hard links: copy
+            shutil.copyfile(source, target)
+    return folder
 
 
 class CommandMixin:

@@ -40,7 +40,14 @@ from .nodes import (
 )
 from .tables import laterality_of, roi_geometry, roi_mask
 
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless (slicer-core) or a Slicer without translations
+    def _(text: str) -> str:
+        return text
+
 __all__ = [
+    "run_summary",
     "LoadedResults",
     "ResultsMixin",
     "terminology_by_value",
@@ -113,6 +120,25 @@ def with_laterality(entry: str, side: Optional[str]) -> str:
         fields[5] = _BRAIN
         fields[6] = _SIDES[side]
     return "~".join(fields)
+
+
+def run_summary(report: dict) -> str:
+    """What the radiologist should know about a finished run: device, fallbacks, notes."""
+    lines = []
+    device = report.get("device")
+    if device:
+        lines.append(_("Device used: {device}").format(device=device))
+    notes = [str(n) for n in report.get("notes") or []]
+    fallbacks = [n for n in notes if "out of memory" in n.lower() or "out-of-memory" in n.lower() or "fallback" in n.lower()]
+    if fallbacks:
+        lines.append(_("Out-of-memory fallback: {what}").format(what="; ".join(fallbacks)))
+    others = [n for n in notes if n not in fallbacks]
+    if others:
+        lines.append(_("Notes: {notes}").format(notes="; ".join(others)))
+    runtime = (report.get("runtime_s") or {}).get("total")
+    if runtime is not None:
+        lines.append(_("Run time: {seconds:.1f} s").format(seconds=float(runtime)))
+    return "\n".join(lines)
 
 
 @dataclass

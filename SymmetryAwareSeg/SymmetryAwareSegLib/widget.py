@@ -21,9 +21,11 @@ import slicer
 from SymmetryAwareCore.contract import OptionError
 
 from .install import DependencyError, ensure_dependencies
+from .command import dicom_source_folder
 from .models import ModelCard, channel_assignment_text, find_models, import_model, read_model_card
 from .parameters import MAX_INPUTS, run_options
 from .process import ProcessCancelled, ProcessFailed
+from .results import run_summary
 
 try:
     from slicer.i18n import tr as _
@@ -31,7 +33,7 @@ except ImportError:  # headless or a Slicer without translations: strings stay a
     def _(text: str) -> str:
         return text
 
-__all__ = ["SymmetryAwareSegPanel", "model_folders", "user_model_folder", "refine_in_segment_editor", "run_summary"]
+__all__ = ["SymmetryAwareSegPanel", "model_folders", "user_model_folder", "refine_in_segment_editor"]
 
 POLL_MS = 200
 
@@ -54,25 +56,6 @@ def model_folders() -> List[Path]:
     return folders
 
 
-def run_summary(report: dict) -> str:
-    """What the radiologist should know about a finished run: device, fallbacks, notes."""
-    lines = []
-    device = report.get("device")
-    if device:
-        lines.append(_("Device used: {device}").format(device=device))
-    notes = [str(n) for n in report.get("notes") or []]
-    fallbacks = [n for n in notes if "out of memory" in n.lower() or "out-of-memory" in n.lower() or "fallback" in n.lower()]
-    if fallbacks:
-        lines.append(_("Out-of-memory fallback: {what}").format(what="; ".join(fallbacks)))
-    others = [n for n in notes if n not in fallbacks]
-    if others:
-        lines.append(_("Notes: {notes}").format(notes="; ".join(others)))
-    runtime = (report.get("runtime_s") or {}).get("total")
-    if runtime is not None:
-        lines.append(_("Run time: {seconds:.1f} s").format(seconds=float(runtime)))
-    return "\n".join(lines)
-
-
 def refine_in_segment_editor(segmentation_node, source_volume) -> None:
     """Open the Segment Editor on ``segmentation_node`` with ``source_volume`` as its source."""
     slicer.util.selectModule("SegmentEditor")
@@ -82,28 +65,6 @@ def refine_in_segment_editor(segmentation_node, source_volume) -> None:
         editor.setSourceVolumeNode(source_volume)
     else:  # before Slicer 5.3 the source volume was called the master volume
         editor.setMasterVolumeNode(source_volume)
-
-
-def dicom_source_folder(volume_node, folder: Path) -> Optional[Path]:
-    """The DICOM files a volume was loaded from, linked (or copied) into ``folder``; None if
-    the volume did not come from the DICOM database."""
-    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
-    database = getattr(slicer, "dicomDatabase", None)
-    if not uids or database is None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, uid in enumerate(uids):
-        source = database.fileForInstance(uid)
-        if not source:
-            return None
-        target = folder / f"{index:05d}.dcm"
-        try:
-            os.link(source, target)
-        except OSError:  # another drive, or no hard links: copy
-            import shutil
-
-            shutil.copyfile(source, target)
-    return folder
 
 
 class SymmetryAwareSegPanel:
@@ -259,7 +220,8 @@ class SymmetryAwareSegPanel:
         inputs = self.logic.export_inputs(ordered, work / "inputs")
         if p.dicomSeg:
             # The core references the series it reads: give it the first volume's DICOM files.
-            source = dicom_source_folder(ordered[0], work / "dicom" / inputs[0].name.split(".")[0])
+            source = dicom_source_folder(ordered[0], work / "dicom" / inputs[0].name.split(".")[0],
+                                         getattr(slicer, "dicomDatabase", None))
             if source is None:
                 raise ValueError(_("DICOM SEG needs the first input to be loaded from the DICOM database"))
             inputs[0] = source
