@@ -174,7 +174,15 @@ class SymmetryAwareSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_fresh_scene_holds_the_plane()
         self.test_load_results_on_sample()
+
+    def test_fresh_scene_holds_the_plane(self):
+        """The batch's per-case scenes: in Slicer 5.8 only the application scene knows markups."""
+        from SymmetryAwareSegLib.nodes import new_scene
+
+        plane = new_scene().AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "plane")
+        self.assertIsNotNone(plane, "a fresh scene cannot create a markups plane")
 
     def test_load_results_on_sample(self):
         import json
