@@ -116,3 +116,12 @@ def test_pipeline_re_exports_the_contracts_output_names():
     from SymmetryAwareCore.inference import pipeline
 
     assert pipeline.OUTPUT_FILES is contract.OUTPUT_FILES
+
+
+def test_pipeline_defaults_do_not_drift_from_the_contract():
+    """SegmentOptions (the Python API) keeps its own dataclass; its defaults must be the contract's."""
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions
+
+    api = SegmentOptions()
+    assert (api.device, api.overlap, api.sw_batch_size, api.tta, api.amp, api.msp_on_failure) == tuple(
+        RunOptions.default(name) for name in ("device", "overlap", "sw_batch", "tta", "amp", "msp_fallback"))
