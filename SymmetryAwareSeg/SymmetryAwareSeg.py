@@ -17,26 +17,38 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # a Slicer without the translation helpers: strings stay as written
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+from SymmetryAwareCore.contract import OUTPUT_FILES
 from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic as _CoreLogic
 from SymmetryAwareSegLib.parameters import SymmetryAwareSegParameters
 
 SAMPLE_CATEGORY = "SymmetryAwareSeg"
+DOCUMENTATION_URL = "https://github.com/SymmetryAwareSeg/SymmetryAwareSeg/blob/main/docs/slicer.md"
 
 
 class SymmetryAwareSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SymmetryAwareSeg"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("SymmetryAwareSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["SymmetryAwareSeg developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Brain lesion segmentation and hemispheric asymmetry maps with a symmetry-aware Swin "
             "transformer (SA-Swin). Select 1 to 4 MRI or CT volumes (matched to the model's channels "
             "by name), a model and Apply. The head is aligned to its mid-sagittal plane automatically; "
             "the plane, an attention map and per-hemisphere volumes are shown with the segmentation."
-        )
-        self.parent.acknowledgementText = (
+        ) + " " + _('See the <a href="{url}">module documentation</a>.').format(url=DOCUMENTATION_URL)
+        self.parent.acknowledgementText = _(
             "Method: Ma et al., 'Symmetry Awareness Encoded Deep Learning Framework for Brain Imaging "
             "Analysis', MICCAI 2024. Research use only; not for clinical decisions."
         )
@@ -71,7 +83,7 @@ def registerSampleData():
         fileNames=[p.name for p in images],
         nodeNames=[p.name[: -len(".nii.gz")] for p in images],
         thumbnailFileName=icon,
-        loadFileType=["VolumeFile"] * len(images),
+        loadFileTypes=["VolumeFile"] * len(images),
     )
 
 
@@ -139,12 +151,16 @@ class SymmetryAwareSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.panel.update_state()
 
 
-class SymmetryAwareSegLogic(ScriptedLoadableModuleLogic, _CoreLogic):
-    """The library logic on Slicer's scene, with the module's parameter node."""
+class SymmetryAwareSegLogic(_CoreLogic, ScriptedLoadableModuleLogic):
+    """The library logic on Slicer's scene, with the module's parameter node.
+
+    The library logic comes first in the bases: ScriptedLoadableModuleLogic.__init__ calls
+    ``super().__init__()``, which then reaches ``object``, so each base initialises once.
+    """
 
     def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
         _CoreLogic.__init__(self, scene=slicer.mrmlScene)
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return SymmetryAwareSegParameters(super().getParameterNode())
@@ -158,7 +174,15 @@ class SymmetryAwareSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_fresh_scene_holds_the_plane()
         self.test_load_results_on_sample()
+
+    def test_fresh_scene_holds_the_plane(self):
+        """The batch's per-case scenes: in Slicer 5.8 only the application scene knows markups."""
+        from SymmetryAwareSegLib.nodes import new_scene
+
+        plane = new_scene().AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "plane")
+        self.assertIsNotNone(plane, "a fresh scene cannot create a markups plane")
 
     def test_load_results_on_sample(self):
         import json
@@ -178,13 +202,13 @@ class SymmetryAwareSegTest(ScriptedLoadableModuleTest):
             case = Path(folder) / "sample"
             case.mkdir()
             # The bundled ground truth stands in for a model output: same grid, same labels.
-            (case / "segmentation.nii.gz").write_bytes(labels[0].read_bytes())
+            (case / OUTPUT_FILES["labelmap"]).write_bytes(labels[0].read_bytes())
             report = {"labels": [
                 {"value": 1, "name": "necrotic core", "color": [0.8, 0.2, 0.2]},
                 {"value": 2, "name": "oedema", "color": [0.2, 0.8, 0.2]},
                 {"value": 4, "name": "enhancing tumour", "color": [1.0, 0.9, 0.1]},
             ]}
-            (case / "report.json").write_text(json.dumps(report))
+            (case / OUTPUT_FILES["report"]).write_text(json.dumps(report))
             loaded = logic.load_results(case, reference)
         segmentation = loaded.segmentation.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), 3)

@@ -22,7 +22,8 @@ MODULE = ROOT / "SymmetryAwareSeg"
 sys.path.insert(0, str(MODULE))
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is needed to import the parameter wrapper")
-from SymmetryAwareSegLib import install, parameters  # noqa: E402
+from SymmetryAwareCore import contract  # noqa: E402
+from SymmetryAwareSegLib import parameters  # noqa: E402
 
 UI = MODULE / "Resources" / "UI" / "SymmetryAwareSeg.ui"
 
@@ -150,20 +151,87 @@ def test_library_imports_without_qt_in_a_fresh_interpreter():
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import SymmetryAwareSegLib.logic, SymmetryAwareSegLib.process, SymmetryAwareSegLib.models,"
-        " SymmetryAwareSegLib.parameters, SymmetryAwareSegLib.install;"
-        "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'torch') if m in sys.modules];"
+        " SymmetryAwareSegLib.parameters, SymmetryAwareSegLib.install, SymmetryAwareSegLib.batch,"
+        " SymmetryAwareSegLib.results, SymmetryAwareSegLib.tables, SymmetryAwareSegLib.command;"
+        "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'torch', 'monai', 'nibabel', 'scipy', 'nilearn') if m in sys.modules];"
         "assert not bad, bad"
     )
     done = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_missing_requirements_never_asks_for_slicers_own_packages():
-    versions = {"torch": "2.13.0", "monai": "1.6.1", "nibabel": "5.2.0", "scipy": "1.9.0"}
-    missing = install.missing_requirements(version_of=versions.get)
-    assert "scipy>=1.10" in missing  # too old
-    assert not any(r.startswith(("torch", "monai", "nibabel")) for r in missing)
-    assert not any(r.lower().startswith(p.lower()) for r in missing for p in install.PROTECTED)
-    assert install.missing_requirements(version_of={}.get)[0] == install.TORCH_REQUIREMENT
-    # A newer CUDA torch from the PyTorch extension is kept, not replaced.
-    assert not any(r.startswith("torch") for r in install.missing_requirements(version_of={"torch": "2.14.1+cu126"}.get))
+def _library_sources():
+    return [MODULE / "SymmetryAwareSeg.py", MODULE / "Scripts" / "batch.py", *sorted((MODULE / "SymmetryAwareSegLib").glob("*.py"))]
+
+
+def test_slicer_side_defines_no_case_ids_output_names_or_channel_rule_of_its_own():
+    """One contract: those rules live in SymmetryAwareCore.contract and are imported, never copied."""
+    output_names = set(contract.OUTPUT_FILES.values()) | {contract.DICOM_SEG_FILE}
+    for path in _library_sources():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert not node.name.startswith(("case_id_from", "assign_channels", "match_channels")), f"{path.name}: {node.name}"
+            if isinstance(node, ast.Assign):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                assert not names & {"OUTPUT_FILES", "IMAGE_SUFFIXES", "DEVICE_CHOICES"}, f"{path.name}: {names}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value not in output_names, f"{path.name} spells the output file {node.value!r}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+                flags = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                own = {"--overlap", "--device", "--model", "--tta", "--sw-batch", "--roi-center", "--roi-size", "--dicom-seg"}
+                assert not own & set(flags), f"{path.name} redefines run option {flags}"
+
+
+def test_parameter_defaults_and_ranges_come_from_the_contract():
+    hints = parameters.PARAMETER_TYPES
+    (_, low, high), = [e for e in typing.get_args(hints["overlap"])[1:] if e[0] == "WithinRange"]
+    assert (low, high) == contract.RunOptions.range("overlap")
+    wrapper_defaults = {"overlap": 0.25, "device": "auto", "tta": False, "dicomSeg": False}
+    source = (MODULE / "SymmetryAwareSegLib" / "parameters.py").read_text()
+    for name in wrapper_defaults:
+        assert re.search(rf"{name}:.*= RunOptions.default\(", source), f"{name} default not from the contract"
+    (_, choices), = [e for e in typing.get_args(hints["device"])[1:] if e[0] == "Choice"]
+    assert tuple(choices) == contract.RunOptions.choices("device")
+
+
+def test_module_metadata_is_translatable_links_its_documentation_and_uses_current_api():
+    source = (MODULE / "SymmetryAwareSeg.py").read_text()
+    assert "from slicer.i18n import tr as _" in source and "self.parent.title = _(" in source
+    assert "self.parent.helpText = _(" in source and "DOCUMENTATION_URL" in source and "<a href=" in source
+    assert "loadFileTypes=" in source and "loadFileType=" not in source
+    widget = (MODULE / "SymmetryAwareSegLib" / "widget.py").read_text()
+    assert "errorDisplay(_(" in widget
+
+
+def test_module_logic_initialises_each_base_once(monkeypatch):
+    """ScriptedLoadableModuleLogic.__init__ calls super().__init__(): the library logic must not run twice."""
+    import importlib
+    import types
+
+    from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic as LibraryLogic
+
+    class ScriptedLoadableModuleLogic:  # as in Slicer's ScriptedLoadableModule.py
+        def __init__(self, parent=None):
+            super().__init__()
+            self.moduleName = type(self).__name__[:-5]
+
+    fake = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+        setattr(fake, name, type(name, (), {}))
+    fake.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", fake)
+    monkeypatch.setattr(slicer, "ScriptedLoadableModule", fake, raising=False)
+    monkeypatch.setattr(slicer.util, "VTKObservationMixin", type("VTKObservationMixin", (), {}), raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    calls = []
+    original = LibraryLogic.__init__
+    monkeypatch.setattr(LibraryLogic, "__init__", lambda self, *a, **k: (calls.append(k), original(self, *a, **k))[1])
+    sys.modules.pop("SymmetryAwareSeg", None)
+    module = importlib.import_module("SymmetryAwareSeg")
+    try:
+        logic = module.SymmetryAwareSegLogic()
+    finally:
+        sys.modules.pop("SymmetryAwareSeg", None)
+    assert len(calls) == 1 and calls[0]["scene"] is slicer.mrmlScene
+    assert logic.moduleName == "SymmetryAwareSeg" and logic.scene is slicer.mrmlScene

@@ -19,7 +19,9 @@ from SymmetryAwareSegLib.process import (  # noqa: E402
     ChildProcess,
     ProcessCancelled,
     ProcessFailed,
+    child_environment,
     parse_progress_line,
+    popen_platform_options,
 )
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process-group checks use /proc")
@@ -111,15 +113,15 @@ def test_cancel_kills_the_child_and_its_own_child(tmp_path):
 
     started = time.monotonic()
     child.cancel(grace_s=2.0)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 0.5, "cancel must not block the GUI"
+    with pytest.raises(ProcessCancelled):
+        child.wait(timeout=10)
     assert not alive(child.pid)
     for _ in range(100):  # the orphaned worker may take a moment to be reaped
         if not alive(grandchild):
             break
         time.sleep(0.05)
     assert not alive(grandchild), "cancel left the child's own child running"
-    with pytest.raises(ProcessCancelled):
-        child.wait(timeout=10)
     child.cancel()  # a second cancel is harmless
 
 
@@ -136,6 +138,34 @@ def test_cancel_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
     deadline = time.monotonic() + 30
     while not ready.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    started = time.monotonic()
     child.cancel(grace_s=0.5)
+    assert time.monotonic() - started < 0.5, "cancel must not wait for the grace period"
+    assert alive(child.pid), "SIGTERM is ignored: only the later kill can end it"
+    with pytest.raises(ProcessCancelled):
+        child.wait(timeout=10)  # the poll loop sends SIGKILL once the grace period is over
     assert not alive(child.pid)
     assert child.returncode is not None and child.returncode != 0
+
+
+def test_child_speaks_utf8_and_windows_children_get_no_console():
+    env = child_environment({"EXTRA": "1"}, base={"PATH": "/bin", "PYTHONIOENCODING": "cp1252"})
+    assert env["PYTHONIOENCODING"] == "utf-8" and env["EXTRA"] == "1" and env["PATH"] == "/bin"
+    flags = popen_platform_options("nt")["creationflags"]
+    assert flags & 0x08000000, "CREATE_NO_WINDOW: closing a console window would kill the job"
+    assert flags & 0x00000200, "CREATE_NEW_PROCESS_GROUP: cancel ends the whole tree"
+    assert popen_platform_options("posix") == {"start_new_session": True}
+
+
+def test_non_ascii_output_arrives_intact(tmp_path):
+    child_py = script(tmp_path, """
+        import os, sys
+        print(os.environ["PYTHONIOENCODING"], "Öl, ß, 脳 (brain)")
+        print("Fehler: Datei übersprungen", file=sys.stderr)
+        sys.exit(3)
+    """)
+    child = ChildProcess([sys.executable, str(child_py)], env={"PYTHONIOENCODING": "latin-1"}).start()
+    with pytest.raises(ProcessFailed) as info:
+        child.wait(timeout=30)
+    assert ("stdout", "utf-8 Öl, ß, 脳 (brain)") in child.log
+    assert str(info.value) == "Fehler: Datei übersprungen"

@@ -23,15 +23,12 @@ from SymmetryAwareCore.geometry.rigid import move_image, reorient_to, rigid_matr
 
 # Imported as Slicer imports it: the module folder on the path, the Lib package top-level.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SymmetryAwareSeg"))
-from SymmetryAwareSegLib.logic import (  # noqa: E402
+from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic, hemisphere_volumes_ml, roi_mask, voxel_centres_ras  # noqa: E402
+from SymmetryAwareSegLib.nodes import (  # noqa: E402
     LABEL_VALUE_TAG,
-    SymmetryAwareSegLogic,
-    _array_from_volume,
-    _ijk_to_ras,
-    _segment_tag,
-    hemisphere_volumes_ml,
-    roi_mask,
-    voxel_centres_ras,
+    array_from_volume as _array_from_volume,
+    ijk_to_ras as _ijk_to_ras,
+    segment_tag as _segment_tag,
 )
 
 LABELS = [
@@ -105,7 +102,7 @@ def labels_in_ras(logic, segmentation, reference):
 def test_results_load_on_input_geometry_with_names_colours_maps_plane(tmp_path, oblique_t1, scene_logic):
     path, affine, shape = oblique_t1
     scene, logic = scene_logic
-    reference = logic._read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
     study = hierarchy.CreateStudyItem(patient, "study")
@@ -179,7 +176,7 @@ def test_results_load_on_input_geometry_with_names_colours_maps_plane(tmp_path, 
 def test_saved_seg_nrrd_reads_back_in_slicerio_with_same_geometry(tmp_path, oblique_t1, scene_logic):
     path, affine, shape = oblique_t1
     scene, logic = scene_logic
-    reference = logic._read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
     loaded = logic.load_results(write_case(tmp_path / "case01_t1", affine, shape), reference)
     out = logic.save_segmentation(loaded.segmentation, tmp_path / "saved" / "case01.seg.nrrd")
     assert out.is_file() and not list(out.parent.glob(".*tmp*"))
@@ -205,7 +202,7 @@ def test_saved_seg_nrrd_reads_back_in_slicerio_with_same_geometry(tmp_path, obli
 def test_roi_mode_replaces_only_inside_the_roi(tmp_path, oblique_t1, scene_logic):
     path, affine, shape = oblique_t1
     scene, logic = scene_logic
-    reference = logic._read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
     first = logic.load_results(write_case(tmp_path / "a" / "case01_t1", affine, shape), reference)
 
     def second_rule(ras):
@@ -295,7 +292,7 @@ def test_plane_written_by_the_core_loads_as_the_same_plane(tmp_path, scene_logic
 def test_label_values_missing_from_the_report_are_kept(tmp_path, oblique_t1, scene_logic):
     path, affine, shape = oblique_t1
     scene, logic = scene_logic
-    reference = logic._read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
     case = write_case(tmp_path / "case01_t1", affine, shape)
     report = json.loads((case / "report.json").read_text())
     report["labels"] = [l for l in report["labels"] if l["value"] != 4]
@@ -306,3 +303,90 @@ def test_label_values_missing_from_the_report_are_kept(tmp_path, oblique_t1, sce
     names = [loaded.segmentation.GetSegmentation().GetNthSegment(i).GetName()
              for i in range(loaded.segmentation.GetSegmentation().GetNumberOfSegments())]
     assert names == ["necrotic core", "oedema", "unused label", "Label 4"]
+
+
+def test_segments_get_standard_terminology_and_laterality_from_the_plane(tmp_path, oblique_t1, scene_logic):
+    """Codes come from the core's .seg.nrrd; the side from where each segment lies about the plane."""
+    from SymmetryAwareCore.io.image import Image
+    from SymmetryAwareCore.io.labels import LabelInfo, brats_labels
+    from SymmetryAwareCore.io.writers import write_seg_nrrd
+    from SymmetryAwareSegLib.results import TERMINOLOGY_TAG
+
+    path, affine, shape = oblique_t1
+    scene, logic = scene_logic
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    case = write_case(tmp_path / "out" / "case01_t1", affine, shape)
+    labels = rule_labels(nib_centres(affine, shape))
+    infos = list(brats_labels(2021)) + [LabelInfo(3, "unused label", (0.2, 0.2, 0.9))]
+    write_seg_nrrd(labels, Image(labels.astype(np.float32), affine), case / "segmentation.seg.nrrd", infos)
+    loaded = logic.load_results(case, reference, show_attention=False)
+
+    segmentation = loaded.segmentation.GetSegmentation()
+    entries = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        entries[int(_segment_tag(segment, LABEL_VALUE_TAG))] = _segment_tag(segment, TERMINOLOGY_TAG)
+    fields = {value: entry.split("~") for value, entry in entries.items()}
+    assert all(len(f) == 7 for f in fields.values())
+    # The sphere (value 1) lies at x = -18 mm: left; the slab (4) at x = 16..24: right;
+    # the box (2) spans x = -5..13 across the plane x = 0: bilateral; the unused label: no side.
+    assert fields[1][2] == "SCT^6574001^Necrosis" and fields[1][5:] == ["SCT^12738006^Brain", "SCT^7771000^Left"]
+    assert fields[4][2] == "NCIt^C113842^Enhancing Lesion" and fields[4][6] == "SCT^24028007^Right"
+    assert fields[2][2] == "SCT^79654002^Edema" and fields[2][6] == "SCT^51440002^Right and left"
+    assert fields[3][2] == "SCT^52988006^Lesion" and fields[3][6] == "^^"  # no code known, empty: generic, no side
+    table = loaded.table.GetTable()
+    sides = {table.GetValue(r, 1).ToInt(): table.GetValue(r, 5).ToString() for r in range(table.GetNumberOfRows())}
+    assert sides == {1: "left", 2: "bilateral", 3: "", 4: "right"}
+
+
+def test_show_3d_builds_surfaces_and_hides_them(tmp_path, oblique_t1, scene_logic):
+    path, affine, shape = oblique_t1
+    scene, logic = scene_logic
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    loaded = logic.load_results(write_case(tmp_path / "c", affine, shape), reference, show_attention=False)
+    seg = loaded.segmentation
+    logic.show_3d(seg, True)
+    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    assert seg.GetSegmentation().ContainsRepresentation(surface)
+    assert seg.GetDisplayNode().GetVisibility3D()
+    logic.show_3d(seg, False)
+    assert not seg.GetDisplayNode().GetVisibility3D()
+
+
+def test_run_summary_names_the_device_and_an_out_of_memory_fallback():
+    from SymmetryAwareSegLib.results import run_summary
+
+    report = {"device": "cpu", "runtime_s": {"total": 51.6}, "notes": [
+        "out of memory on cuda:0 with sw_batch_size=1; retrying on cpu with sw_batch_size=1",
+        "mid-sagittal plane has low confidence: poor symmetry score"]}
+    text = run_summary(report).splitlines()
+    assert text[0] == "Device used: cpu"
+    assert text[1].startswith("Out-of-memory fallback: out of memory on cuda:0")
+    assert text[2] == "Notes: mid-sagittal plane has low confidence: poor symmetry score"
+    assert text[3] == "Run time: 51.6 s"
+    assert run_summary({}) == ""
+
+
+def test_dicom_source_files_are_gathered_from_the_dicom_database(tmp_path):
+    from SymmetryAwareSegLib.command import dicom_source_folder
+
+    files = {}
+    for index, uid in enumerate(("1.2.3.1", "1.2.3.2", "1.2.3.3")):
+        path = tmp_path / "db" / f"f{index}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"DICM" + bytes([index]))
+        files[uid] = str(path)
+
+    class Database:  # the part of ctkDICOMDatabase the module uses
+        def fileForInstance(self, uid):  # noqa: N802 - Slicer's name
+            return files.get(uid, "")
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "from dicom")
+    assert dicom_source_folder(volume, tmp_path / "a", Database()) is None  # not loaded from DICOM
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(files))
+    folder = dicom_source_folder(volume, tmp_path / "b", Database())
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == sorted(Path(f).read_bytes() for f in files.values())
+    volume.SetAttribute("DICOM.instanceUIDs", "1.2.3.1 9.9.9")
+    assert dicom_source_folder(volume, tmp_path / "c", Database()) is None  # a file the database lacks
+    assert dicom_source_folder(volume, tmp_path / "d", None) is None  # no database (headless)

@@ -16,9 +16,10 @@ import torch
 slicer = pytest.importorskip("slicer", reason="slicer-core is needed for the Slicer logic tests")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SymmetryAwareSeg"))
-from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic  # noqa: E402
+from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic, new_scene  # noqa: E402
 from SymmetryAwareSegLib.models import read_model_card  # noqa: E402
 
+from SymmetryAwareCore.contract import RunOptions  # noqa: E402
 from SymmetryAwareCore.inference.model_source import standin_card  # noqa: E402
 from SymmetryAwareCore.models.model_card import save_model  # noqa: E402
 from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR  # noqa: E402
@@ -45,15 +46,15 @@ def _ijk_to_ras(node) -> np.ndarray:
 def test_logic_runs_the_real_core_and_loads_results(tmp_path, card_path):
     import nibabel as nib
 
-    scene = slicer.vtkMRMLScene()
-    logic = SymmetryAwareSegLogic(scene=scene, python=sys.executable)
+    logic = SymmetryAwareSegLogic(scene=new_scene(), python=sys.executable)
     paths = sample_case_paths()
-    nodes = [logic._read_volume(paths[c], "vtkMRMLScalarVolumeNode", f"sample_glioma_{c}") for c in ("flair", "t2", "t1ce", "t1")]
+    nodes = [logic.read_volume(paths[c], "vtkMRMLScalarVolumeNode", f"sample_glioma_{c}") for c in ("flair", "t2", "t1ce", "t1")]
     ordered = logic.assign_volumes(read_model_card(card_path), nodes)
     assert [n.GetName() for n in ordered] == ["sample_glioma_t1", "sample_glioma_t1ce", "sample_glioma_t2", "sample_glioma_flair"]
     inputs = logic.export_inputs(ordered, tmp_path / "inputs")
     events = []
-    result = logic.run_case(inputs, tmp_path / "out", on_event=events.append, model=str(card_path), device="cpu", timeout=300)
+    options = RunOptions(model=str(card_path), device="cpu")
+    result = logic.run_case(inputs, tmp_path / "out", options, on_event=events.append, timeout=300)
     progress = [e.value for e in events if e.kind == "progress"]
     assert progress and progress[-1] == 1.0 and progress == sorted(progress)
     loaded = logic.load_results(result, ordered[0])
@@ -65,3 +66,8 @@ def test_logic_runs_the_real_core_and_loads_results(tmp_path, card_path):
     np.testing.assert_allclose(written.affine, _ijk_to_ras(ordered[0]), atol=1e-4)
     assert loaded.plane is not None
     assert loaded.attention is not None and loaded.asymmetry is not None
+    # The segments carry the core's terminology codes (read from its .seg.nrrd).
+    from SymmetryAwareSegLib.nodes import segment_tag
+    from SymmetryAwareSegLib.results import TERMINOLOGY_TAG
+
+    assert "SCT^6574001^Necrosis" in segment_tag(segmentation.GetNthSegment(0), TERMINOLOGY_TAG)

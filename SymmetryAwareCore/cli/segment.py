@@ -7,8 +7,9 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
+from ..contract import RunOptions, add_run_option_arguments
 from ..errors import InputError
 from .progress import ProgressPrinter, format_seconds
 
@@ -22,30 +23,6 @@ EXAMPLE = """examples:
 Per case, <output-dir>/<case_id>/ receives segmentation.nii.gz and segmentation.seg.nrrd
 (on the first input's grid), attention.nii.gz, asymmetry.nii.gz, msp.mrk.json,
 overview.png and report.json. Finished cases are skipped unless --overwrite."""
-
-
-def _triple(text: str) -> List[float]:
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 10,-5,20, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 10,-5,20, got {text!r}")
-    return values
-
-
-def _overlap(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -67,18 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="channel files of one case, a folder, or a CSV of cases")
     parser.add_argument("--sample", action="store_true", help="run on the bundled sample case (a glioma phantom)")
     parser.add_argument("-o", "--output-dir", required=True, type=Path, help="folder for the results (one sub-folder per case)")
-    parser.add_argument("-m", "--model", default="default", help="model name (see `symmetryaware models list`) or card path")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--overlap", type=_overlap, default=0.25, help="sliding-window overlap (default 0.25)")
-    parser.add_argument("--sw-batch", type=_positive_int, default=2, help="windows per forward pass (default 2)")
-    parser.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
-    parser.add_argument("--amp", default="auto", choices=("auto", "off", "float16", "bfloat16"), help="mixed precision")
-    parser.add_argument("--roi-center", type=_triple, metavar="R,A,S", help="run on a box around this RAS point (mm)")
-    parser.add_argument("--roi-size", type=_triple, metavar="X,Y,Z", help="size of that box in mm")
-    parser.add_argument(
-        "--msp-fallback", choices=("error", "axes"), default="error",
-        help="when no mid-sagittal plane can be found: refuse the case (default) or use the image axes",
-    )
+    # Every run option (model, device, overlap, ROI...) comes from the one definition the
+    # Slicer module also builds its command line from.
+    add_run_option_arguments(parser)
     parser.add_argument("--case-id", help="name of the output folder (one case only)")
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
@@ -97,11 +65,14 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     ``model`` is an already loaded model (default: ``args.model``)."""
     from ..inference.cases import ChannelSpec, discover_cases
     from ..inference.model_source import resolve_model
+    from ..contract import OptionError
     from ..inference.pipeline import SegmentOptions, segment_case
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if (args.roi_center is None) != (args.roi_size is None):
-        raise InputError("--roi-center and --roi-size go together")
+    try:
+        run_options = RunOptions.from_namespace(args)
+    except OptionError as error:
+        raise InputError(str(error)) from None
     inputs = list(args.inputs)
     if args.sample:
         if inputs:
@@ -115,15 +86,17 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(inputs, channels, case_id=args.case_id)
+    if run_options.dicom_seg:
+        _check_dicom_seg(cases, outputs)
     options = SegmentOptions(
-        device=args.device,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch,
-        tta=args.tta,
-        amp=args.amp,
-        msp_on_failure=args.msp_fallback,
-        roi_center_ras=args.roi_center,
-        roi_size_mm=args.roi_size,
+        device=run_options.device,
+        overlap=run_options.overlap,
+        sw_batch_size=run_options.sw_batch,
+        tta=run_options.tta,
+        amp=run_options.amp,
+        msp_on_failure=run_options.msp_fallback,
+        roi_center_ras=run_options.roi_center,
+        roi_size_mm=run_options.roi_size,
         overview=not args.no_overview,
         overwrite=args.overwrite,
         outputs=tuple(outputs) if outputs else None,
@@ -152,12 +125,52 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
             logging.exception("case %s failed", case.case_id)
             rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), f"{type(error).__name__}: {error}"))
             continue
+        if run_options.dicom_seg:
+            try:
+                _write_dicom_seg(result, case.paths[0], model)
+            except InputError as error:
+                if len(cases) == 1:
+                    raise
+                printer.message(f"{case.case_id}: error: {error}")
+                rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), str(error)))
+                continue
         printer.detail = ""
         volume = result.report.get("total", {}).get("volume_ml", 0.0)
         status = "skipped (done)" if result.skipped else "ok"
         rows.append((case.case_id, status, f"{volume:.2f}", format_seconds(time.perf_counter() - start), str(result.output_dir)))
     _print_summary(rows)
     return 0 if all(r[1] != "failed" for r in rows) else 1
+
+
+def _check_dicom_seg(cases, outputs) -> None:
+    """``--dicom-seg`` is refused before any heavy work when it cannot be honoured."""
+    from ..io.dicom_seg import highdicom_available
+
+    if outputs and "labelmap" not in outputs:
+        raise InputError("--dicom-seg needs the segmentation, which this command does not write")
+    if not highdicom_available():
+        raise InputError("--dicom-seg needs highdicom: pip install 'symmetryawareseg[dicom]'")
+    for case in cases:
+        if not Path(case.paths[0]).is_dir():
+            raise InputError("--dicom-seg needs a DICOM series folder as the first channel (the SEG references it)", case.paths[0])
+
+
+def _write_dicom_seg(result, source_folder: Path, model) -> Path:
+    """``<case>/segmentation.dcm`` from the case's label map, referencing ``source_folder``'s series."""
+    import nibabel as nib
+    import numpy as np
+
+    from ..contract import DICOM_SEG_FILE, OUTPUT_FILES
+    from ..inference.pipeline import _label_infos as label_infos  # the .seg.nrrd's labels, same terminology
+    from ..io.dicom_seg import write_dicom_seg
+
+    labelmap = nib.load(str(result.output_dir / OUTPUT_FILES["labelmap"]))  # also for a finished (skipped) case
+    labels = np.asarray(labelmap.dataobj).astype(np.uint16)
+    card = model.card
+    return write_dicom_seg(
+        labels, labelmap.affine, source_folder, result.output_dir / DICOM_SEG_FILE, label_infos(model),
+        algorithm=getattr(card, "name", "") or "SymmetryAwareSeg", algorithm_version=str(getattr(card, "version", "") or ""),
+    )
 
 
 def _print_summary(rows: Sequence[tuple]) -> None:

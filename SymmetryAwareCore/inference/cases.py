@@ -10,17 +10,14 @@ used and the caller is told so.
 from __future__ import annotations
 
 import csv
-import fnmatch
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
+from ..contract import IMAGE_SUFFIXES, ChannelMatchError, case_id_from_files, case_id_from_path, match_channels
 from ..errors import InputError
 
 __all__ = ["Case", "ChannelSpec", "discover_cases", "assign_channels", "case_id_from_path", "case_id_from_files"]
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass(frozen=True)
@@ -40,23 +37,6 @@ class Case:
     notes: List[str] = field(default_factory=list)
 
 
-def case_id_from_path(path: Path) -> str:
-    """File name without its image extensions (``sub-01_t1.nii.gz`` -> ``sub-01_t1``)."""
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def case_id_from_files(paths: Sequence[Path]) -> str:
-    """A case name for several channel files: their common name prefix (``BraTS_001_t1.nii.gz``,
-    ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``), else the first file's name."""
-    names = [case_id_from_path(Path(p)) for p in paths]
-    prefix = os.path.commonprefix(names).rstrip("_-. ")
-    return prefix if len(names) > 1 and prefix else names[0]
-
-
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
 
@@ -71,7 +51,7 @@ def _is_dicom_folder(path: Path) -> bool:
 
 
 def assign_channels(paths: Sequence[Path], channels: Sequence[ChannelSpec], where: str = "") -> tuple[List[Path], List[str]]:
-    """Order ``paths`` as the model's ``channels`` expect.
+    """Order ``paths`` as the model's ``channels`` expect (the rule: :func:`..contract.match_channels`).
 
     Returns:
         the paths in channel order and notes for the user (e.g. "order taken as given").
@@ -79,45 +59,11 @@ def assign_channels(paths: Sequence[Path], channels: Sequence[ChannelSpec], wher
         InputError: wrong number of files, or patterns that match ambiguously or not at all.
     """
     paths = [Path(p) for p in paths]
-    names = [c.name for c in channels]
-    if len(paths) != len(channels):
-        raise InputError(
-            f"the model expects {len(channels)} channel(s) ({', '.join(names)}), got {len(paths)} file(s)", where or None
-        )
-    if len(channels) == 1:
-        return paths, []
-    matches: Dict[int, List[int]] = {}
-    for pi, p in enumerate(paths):
-        lowered = p.name.lower()
-        matches[pi] = [
-            ci for ci, c in enumerate(channels) if any(fnmatch.fnmatch(lowered, pat.lower()) for pat in c.patterns)
-        ]
-    if not any(matches.values()):
-        return paths, [f"no file name matches the channel patterns; order taken as given: {', '.join(names)}"]
-    # Resolve one-to-one: a file matching several channels keeps the one no other file claims.
-    assigned: Dict[int, int] = {}
-    pending = dict(matches)
-    changed = True
-    while pending and changed:
-        changed = False
-        for pi, cands in list(pending.items()):
-            free = [c for c in cands if c not in assigned.values()]
-            if len(free) == 1:
-                assigned[pi] = free[0]
-                del pending[pi]
-                changed = True
-    if pending or len(set(assigned.values())) != len(channels):
-        detail = "; ".join(
-            f"{p.name} -> {', '.join(names[c] for c in matches[i]) or 'no channel'}" for i, p in enumerate(paths)
-        )
-        raise InputError(f"cannot match files to the model's channels ({', '.join(names)}): {detail}", where or None)
-    ordered = [None] * len(channels)
-    for pi, ci in assigned.items():
-        ordered[ci] = paths[pi]
-    notes = []
-    if ordered != paths:
-        notes.append("channels reordered by file name: " + ", ".join(f"{n}={p.name}" for n, p in zip(names, ordered)))
-    return ordered, notes
+    try:
+        order, notes = match_channels([p.name for p in paths], [(c.name, tuple(c.patterns)) for c in channels])
+    except ChannelMatchError as error:
+        raise InputError(str(error), where or None) from None
+    return [paths[i] for i in order], notes
 
 
 def _case_from_files(case_id: str, files: Sequence[Path], channels: Sequence[ChannelSpec], where: str) -> Case:

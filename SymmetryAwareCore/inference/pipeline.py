@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..contract import OUTPUT_FILES  # re-exported here for compatibility; defined in the contract
 from ..errors import InputError
 from ..geometry.markups import write_plane_markups
 from ..io.image import Image
@@ -50,17 +51,6 @@ __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brai
            "probabilities_to_native", "write_case_outputs"]
 
 log = logging.getLogger(__name__)
-
-# File names inside <output_dir>/<case_id>/ (the contract the Slicer module reads).
-OUTPUT_FILES = {
-    "labelmap": "segmentation.nii.gz",
-    "segmentation": "segmentation.seg.nrrd",
-    "attention": "attention.nii.gz",
-    "asymmetry": "asymmetry.nii.gz",
-    "plane": "msp.mrk.json",
-    "report": "report.json",
-    "overview": "overview.png",
-}
 
 # Share of the progress bar per stage (inference dominates).
 _STAGES = (("loading", 0.03), ("aligning", 0.12), ("inference", 0.75), ("writing", 0.10))

@@ -30,7 +30,10 @@ SUPPORT_MARGIN_MM = 12.0
 
 def template_path(name: str) -> Path:
     """Path of one nilearn MNI152 2009a symmetric file: ``name`` in ``t1``, ``gm``, ``wm``."""
-    import nilearn.datasets
+    try:
+        import nilearn.datasets  # only the phantom generator needs it (an optional extra)
+    except ImportError:
+        raise ImportError("the phantom generator needs nilearn: pip install 'symmetryawareseg[phantoms]'") from None
 
     return Path(nilearn.datasets.__file__).parent / "data" / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
 

@@ -12,12 +12,13 @@ Also runs with a plain Python that has ``slicer-core`` (headless MRML) and the c
 A case is a sub-folder of ``--input`` holding its channel images, or one image at the top
 level. Per case, ``<output>/<case>/`` receives the core's files plus ``<case>.seg.nrrd``,
 the attention/asymmetry maps as ``.nrrd`` and a ``<case>.mrb`` scene. ``summary.json``
-lists every case (with its error, if any). Exit code: 0 all cases done, 1 some failed,
+lists every case (with its error, if any). Run options (``--model``, ``--device``,
+``--overlap``, ``--tta``, ``--dicom-seg``...) are the core's own (``SymmetryAwareCore.contract``).
+Exit code: 0 all cases done, 1 some failed,
 2 bad arguments or missing dependencies.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,13 +28,13 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def parse_args(argv):
+    from SymmetryAwareCore.contract import add_run_option_arguments
+
     parser = argparse.ArgumentParser(prog="SymmetryAwareSeg batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="folder of cases")
     parser.add_argument("--output", required=True, help="folder for the results")
-    parser.add_argument("--model", default="", help="model name or model card path")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--tta", action="store_true")
+    # Model, device, overlap...: the same definition (defaults, ranges) as the core's command.
+    add_run_option_arguments(parser)
     parser.add_argument("--no-bundle", action="store_true", help="do not save a .mrb per case")
     parser.add_argument("--install", action="store_true", help="install missing dependencies without asking (Slicer only)")
     parser.add_argument("--core-module", default="SymmetryAwareCore", help=argparse.SUPPRESS)
@@ -44,35 +45,42 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import slicer
 
+    from SymmetryAwareCore.contract import RunOptions
     from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic
+    from SymmetryAwareSegLib.nodes import new_scene
 
     in_slicer = hasattr(slicer, "app")
     if in_slicer:
-        from SymmetryAwareSegLib.install import ensure_dependencies, missing_requirements
+        from SymmetryAwareSegLib.install import DependencyError, detect_environment, ensure_dependencies, plan_install
 
-        if missing_requirements() and not (args.install and ensure_dependencies(ask=False)):
+        features = ["dicom"] if args.dicom_seg else []
+        try:
+            ready = plan_install(detect_environment(), features).nothing_to_do or (
+                args.install and ensure_dependencies(ask=False, features=features)
+            )
+        except DependencyError as error:
+            print(f"SymmetryAwareSeg batch: error: {error}\n{error.detail}", file=sys.stderr)
+            return 2
+        if not ready:
             print("missing dependencies: run once with --install, or install them from the module panel", file=sys.stderr)
             return 2
-    scene = slicer.mrmlScene if in_slicer else slicer.vtkMRMLScene()
-    logic = SymmetryAwareSegLogic(scene=scene, core_module=args.core_module)
+    # Each case gets a fresh scene of its own (with the markups classes Slicer 5.8 lacks there).
+    logic = SymmetryAwareSegLogic(scene=new_scene(), core_module=args.core_module)
 
     def report(case, event):
         if event.kind == "progress":
             print(f"{case}: {event.value:.0%}", flush=True)
-        elif event.kind == "stage":
+        elif event.kind in ("stage", "case"):
             print(f"{case}: {event.text}", flush=True)
 
     try:
         summaries = logic.batch(
-            args.input, args.output, model=args.model, device=args.device, overlap=args.overlap,
-            tta=args.tta, save_bundle=not args.no_bundle, on_event=report,
+            args.input, args.output, RunOptions.from_namespace(args), save_bundle=not args.no_bundle, on_event=report,
         )
     except ValueError as error:
         print(f"SymmetryAwareSeg batch: error: {error}", file=sys.stderr)
         return 2
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "summary.json").write_text(json.dumps(summaries, indent=2))
     failed = [s for s in summaries if "error" in s]
     for summary in failed:
         print(f"{summary['case']}: FAILED: {summary['error']}", file=sys.stderr)

@@ -1,9 +1,16 @@
 """Library of the SymmetryAwareSeg Slicer module: one concept per file.
 
-- ``parameters``: the typed parameter node wrapper bound to the .ui.
-- ``models``: model cards (input channels, labels) and channel assignment by node name.
+- ``parameters``: the typed parameter node wrapper bound to the .ui (defaults and ranges
+  from the core's contract, ``SymmetryAwareCore.contract``).
+- ``models``: model cards (channels, licence, training data) and offline import.
 - ``process``: the child process running the core command line (progress, cancel).
-- ``logic``: MRML nodes in and out; no widgets. Imports without Qt.
-- ``install``: dependency check and installation after consent.
+- ``logic``: the logic, made of ``command`` (volumes out, the contract's command line,
+  the child), ``results`` (files into the scene: segments with terminology and laterality,
+  maps, plane, 3D), ``tables`` (volumes per hemisphere) and ``batch`` (folders, in the
+  background); ``nodes`` holds the small MRML/VTK helpers they share. Imports without Qt.
+- ``install``: dependency decisions per Slicer version, installation after consent.
 - ``widget``: the panel (Qt; imported only inside Slicer).
+
+Rules shared with the command line (run options, case ids, output file names, channel
+assignment) are never written here: they are imported from ``SymmetryAwareCore.contract``.
 """

@@ -1,23 +1,24 @@
 """Model cards as the module sees them: names, input channels, offline import.
 
 A model card is the JSON file beside a model's ``.safetensors`` weights (written by the
-core's training code). The module reads only what it needs to build a command line:
-``channels: [{"name": "t1", "patterns": ["*t1.*", "*t1_*"]}, ...]`` (the inputs the
-network expects, in order, with filename patterns) and, when present, ``title``,
-``modality`` and ``sha256`` (of the weights file). Nothing here imports torch or Qt.
+core's training code). The module reads what it needs to build a command line and to tell
+the user what the model is: ``channels: [{"name": "t1", "patterns": ["*t1.*", "*t1_*"]}, ...]``
+(the inputs the network expects, in order, with filename patterns) and, when present,
+``title``, ``modality``, ``licence``, ``training_data``, ``version`` and ``sha256`` (of the
+weights file). Channel assignment is the core's rule (``SymmetryAwareCore.contract``).
+Nothing here imports torch or Qt.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
-__all__ = ["ModelCard", "read_model_card", "find_models", "assign_channels", "import_model", "sha256_of"]
+__all__ = ["ModelCard", "read_model_card", "find_models", "channel_assignment_text", "import_model", "sha256_of"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,36 @@ class ModelCard:
     @property
     def channel_names(self) -> Tuple[str, ...]:
         return tuple(name for name, _ in self.channels)
+
+    @property
+    def licence(self) -> str:
+        return str(self.raw.get("licence") or self.raw.get("license") or "")
+
+    @property
+    def training_data(self) -> str:
+        return str(self.raw.get("training_data", ""))
+
+    @property
+    def version(self) -> str:
+        return str(self.raw.get("version", ""))
+
+    @property
+    def measured_times(self) -> Dict:
+        """``{"cpu_s": ..., "gpu_s": ...}`` when the card records measured run times."""
+        times = self.raw.get("measured_times") or self.raw.get("timing") or {}
+        return dict(times) if isinstance(times, dict) else {}
+
+    def describe(self) -> str:
+        """A few lines for the panel: modality, channels, licence, training data, times."""
+        lines = [f"{self.title or self.name} {self.version}".strip()]
+        lines.append(f"Modality: {self.modality or 'not stated'}; channels: {', '.join(self.channel_names)}")
+        lines.append(f"Licence: {self.licence or 'not stated'}")
+        if self.training_data:
+            data = self.training_data if len(self.training_data) <= 240 else self.training_data[:237] + "..."
+            lines.append(f"Training data: {data}")
+        if self.measured_times:
+            lines.append("Measured: " + ", ".join(f"{k} {v}" for k, v in self.measured_times.items()))
+        return "\n".join(lines)
 
 
 def read_model_card(path: Union[str, Path]) -> ModelCard:
@@ -88,41 +119,20 @@ def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
     return list(cards.values())
 
 
-def _normalise(name: str) -> str:
-    # Node names often lack the extension the patterns were written for ("BraTS_t1" vs
-    # "BraTS_t1.nii.gz"); matching both the name and name + "." lets "*t1.*" match.
-    return name.lower()
+def channel_assignment_text(card: ModelCard, names: Sequence[str]) -> str:
+    """How ``names`` (node names) would feed the model's channels, or why they cannot.
 
-
-def assign_channels(card_channels: Sequence[Tuple[str, Sequence[str]]], names: Sequence[str]) -> List[Optional[int]]:
-    """Assign input names (Slicer node names or file names) to a model's channels.
-
-    Args:
-        card_channels: ``(channel_name, patterns)`` in the model's input order.
-        names: the candidate names.
-
-    Returns:
-        For each channel, the index in ``names`` of the assigned input, or ``None``.
-        Each name is used at most once; a channel whose patterns match several names
-        takes the first unused one. Matching ignores case, and a name without an
-        extension also matches a pattern that expects one (``"*t1.*"`` matches ``"case_t1"``).
+    The rule is the core's :func:`SymmetryAwareCore.contract.match_channels`, so the panel
+    shows exactly what the command line will do.
     """
-    used = set()
-    result: List[Optional[int]] = []
-    for _channel, patterns in card_channels:
-        chosen = None
-        for index, name in enumerate(names):
-            if index in used:
-                continue
-            low = _normalise(name)
-            candidates = (low, low + ".", low + "_")
-            if any(fnmatch.fnmatchcase(c, p.lower()) for p in patterns for c in candidates):
-                chosen = index
-                break
-        if chosen is not None:
-            used.add(chosen)
-        result.append(chosen)
-    return result
+    from SymmetryAwareCore.contract import ChannelMatchError, match_channels
+
+    try:
+        order, notes = match_channels(list(names), card.channels)
+    except ChannelMatchError as error:
+        return f"Channels: {error}"
+    text = "Channels: " + ", ".join(f"{channel} \u2190 {names[i]}" for channel, i in zip(card.channel_names, order))
+    return text + ("" if not notes or "reordered" in notes[0] else f" ({notes[0]})")
 
 
 def sha256_of(path: Union[str, Path], chunk: int = 1 << 20) -> str:

@@ -13,6 +13,10 @@ from typing import Annotated, Optional, get_type_hints
 
 import slicer
 
+# The one definition of run options (defaults, ranges, choices), shared with the command
+# line the panel starts: shipped beside the module, torch-free.
+from SymmetryAwareCore.contract import RunOptions
+
 try:
     from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 except ImportError:  # headless slicer-core or an old Slicer: keep the annotations only
@@ -28,10 +32,10 @@ except ImportError:  # headless slicer-core or an old Slicer: keep the annotatio
         return ("Default", value)
 
 
-__all__ = ["SymmetryAwareSegParameters", "PARAMETER_NAMES", "PARAMETER_TYPES", "DEVICES", "MAX_INPUTS"]
+__all__ = ["SymmetryAwareSegParameters", "PARAMETER_NAMES", "PARAMETER_TYPES", "DEVICES", "MAX_INPUTS", "run_options"]
 
-DEVICES = ("auto", "cpu", "cuda")
-"""Values of ``--device`` of the core command."""
+DEVICES = RunOptions.choices("device")
+"""Values of ``--device`` of the core command (the contract's choices)."""
 
 MAX_INPUTS = 4
 """The panel takes 1 to 4 input volumes (BraTS-style MRI has four channels)."""
@@ -48,13 +52,14 @@ class SymmetryAwareSegParameters:
         inputVolume1..4: input MRI or CT volumes (channel order follows the model card).
         model: model name from the list, or a path to a model card / weights file.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
-        overlap: sliding-window overlap, 0 to 0.9.
+        overlap: sliding-window overlap (range and default: the contract's ``RunOptions``).
         tta: average with the left-right flipped prediction (test-time augmentation).
         useRoi: segment only inside ``roiNode`` and keep the rest of the segmentation.
         roiNode: the region of interest (markups ROI, RAS).
         outputSegmentation: the segmentation node written by Apply.
         showAttention: show the hemispheric attention map over the first input.
         opacity: opacity of the segmentation and attention overlays, 0 to 1.
+        dicomSeg: also write a DICOM SEG referencing the first input's DICOM series.
     """
 
     inputVolume1: Optional[ScalarVolume]
@@ -62,14 +67,15 @@ class SymmetryAwareSegParameters:
     inputVolume3: Optional[ScalarVolume]
     inputVolume4: Optional[ScalarVolume]
     model: str = ""
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.25
-    tta: bool = False
+    device: Annotated[str, Choice(list(DEVICES))] = RunOptions.default("device")
+    overlap: Annotated[float, WithinRange(*RunOptions.range("overlap"))] = RunOptions.default("overlap")
+    tta: bool = RunOptions.default("tta")
     useRoi: bool = False
     roiNode: Optional[RoiNode]
     outputSegmentation: Optional[SegmentationNode]
     showAttention: bool = True
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    dicomSeg: bool = RunOptions.default("dicom_seg")
 
 
 PARAMETER_TYPES = get_type_hints(SymmetryAwareSegParameters, include_extras=True)
@@ -80,3 +86,16 @@ PARAMETER_NAMES = tuple(SymmetryAwareSegParameters.__annotations__)
 
 if parameterNodeWrapper is not None:
     SymmetryAwareSegParameters = parameterNodeWrapper(SymmetryAwareSegParameters)
+
+
+def run_options(parameters, roi_center=None, roi_size=None) -> RunOptions:
+    """The panel's state as the contract's run options (validated: ``OptionError``)."""
+    return RunOptions(
+        model=str(parameters.model).strip() or RunOptions.default("model"),
+        device=str(parameters.device),
+        overlap=float(parameters.overlap),
+        tta=bool(parameters.tta),
+        roi_center=None if roi_center is None else tuple(float(v) for v in roi_center),
+        roi_size=None if roi_size is None else tuple(float(v) for v in roi_size),
+        dicom_seg=bool(parameters.dicomSeg),
+    )

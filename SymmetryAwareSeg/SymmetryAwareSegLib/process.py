@@ -9,8 +9,15 @@ machine progress protocol of ``symmetryaware segment --progress machine``: lines
 The child is started in a new session (its own process group), so Cancel can end the
 child and everything it started (data loader workers, a PythonSlicer launcher's real
 Python) with one ``os.killpg``. psutil, when present, also catches descendants that left
-the group. Nothing here imports Qt: the widget polls :meth:`ChildProcess.poll` from a
-timer, batch code calls :meth:`ChildProcess.wait`.
+the group. On Windows the child gets no console window (``CREATE_NO_WINDOW``; closing such
+a window would kill the job) and its own process group; ``taskkill /T`` ends the tree.
+Both sides speak UTF-8 (``PYTHONIOENCODING``), whatever the Windows code page.
+
+Cancel never blocks the caller: it sends the first signal and returns; the kill after the
+grace period is sent by the next :meth:`ChildProcess.poll` (the panel's timer) or by
+:meth:`ChildProcess.wait`. Nothing here imports Qt: the widget polls from a timer, batch
+code calls :meth:`ChildProcess.wait`. Drivers depend on the :class:`Runner` protocol only,
+so tests pass a fake.
 """
 
 from __future__ import annotations
@@ -24,9 +31,28 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["ProgressEvent", "parse_progress_line", "ChildProcess", "ProcessFailed", "ProcessCancelled", "python_executable"]
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover - Python < 3.8 is not supported by Slicer 5.8+ anyway
+    Protocol = object
+
+__all__ = [
+    "ProgressEvent",
+    "parse_progress_line",
+    "Runner",
+    "ChildProcess",
+    "ProcessFailed",
+    "ProcessCancelled",
+    "python_executable",
+    "child_environment",
+    "popen_platform_options",
+]
+
+# Windows process creation flags (the constants exist in subprocess on Windows only).
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
 
 _PROGRESS = re.compile(r"^\s*<filter-progress>\s*([-+0-9.eE]+)\s*</filter-progress>\s*$")
 _STAGE = re.compile(r"^\s*<filter-stage>(.*?)</filter-stage>\s*$")
@@ -81,6 +107,47 @@ class ProcessCancelled(RuntimeError):
     """The run was cancelled by the user."""
 
 
+class Runner(Protocol):
+    """What the logic needs of a running child (``ChildProcess``; tests pass fakes)."""
+
+    progress: float
+    stage: str
+    log: List[Tuple[str, str]]
+
+    def start(self) -> "Runner": ...
+
+    def poll(self) -> List[ProgressEvent]: ...
+
+    def finished(self) -> bool: ...
+
+    def check(self) -> int: ...
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> int: ...
+
+    def cancel(self, grace_s: float = 3.0) -> None: ...
+
+
+def child_environment(extra: Optional[Mapping[str, str]] = None, base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The child's environment: ``base`` (this process's) plus ``extra``, speaking UTF-8.
+
+    ``PYTHONIOENCODING`` makes the child write UTF-8 (a Windows console default would be
+    cp1252), which is how its output is decoded here; ``PYTHONUNBUFFERED`` makes progress
+    lines arrive as they are printed, not at exit.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(extra or {})
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def popen_platform_options(os_name: str = os.name) -> Dict[str, object]:
+    """``subprocess.Popen`` keywords that give the child its own process group, no window."""
+    if os_name == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
 class ChildProcess:
     """A child process whose stdout/stderr are parsed into :class:`ProgressEvent` s.
 
@@ -111,32 +178,25 @@ class ChildProcess:
         self.log: List[Tuple[str, str]] = []
         self.cancelled = False
         self._popen: Optional[subprocess.Popen] = None
+        self._kill_at: Optional[float] = None  # when a cancelled child still running gets SIGKILL
+        self._victims: list = []
         self._queue: "queue.Queue[Optional[ProgressEvent]]" = queue.Queue()
         self._threads: List[threading.Thread] = []
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> "ChildProcess":
-        env = dict(os.environ)
-        env.update(self.env)
-        # Unbuffered, so progress lines arrive as they are printed, not at exit.
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True
         self._popen = subprocess.Popen(
             self.command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             cwd=self.cwd,
-            env=env,
+            env=child_environment(self.env),
             text=True,
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            **kwargs,
+            **popen_platform_options(),
         )
         for stream_name, stream in (("stdout", self._popen.stdout), ("stderr", self._popen.stderr)):
             thread = threading.Thread(target=self._read, args=(stream, stream_name), daemon=True)
@@ -161,7 +221,11 @@ class ChildProcess:
         stream.close()
 
     def poll(self) -> List[ProgressEvent]:
-        """Deliver the events that arrived since the last call; never blocks."""
+        """Deliver the events that arrived since the last call; never blocks.
+
+        After :meth:`cancel`, also sends the final kill once the grace period is over.
+        """
+        self._escalate()
         events = []
         while True:
             try:
@@ -223,24 +287,42 @@ class ChildProcess:
 
     # -- cancel -----------------------------------------------------------------------
     def cancel(self, grace_s: float = 3.0) -> None:
-        """End the child and all its descendants: SIGTERM, then SIGKILL after ``grace_s``.
+        """End the child and all its descendants without blocking the caller.
 
-        Safe to call twice or after the child has ended.
+        Sends SIGTERM to the child's process group now (Windows: ``taskkill /T /F``, which
+        has no gentler form for a windowless child) and returns; the SIGKILL after
+        ``grace_s`` seconds is sent by the next :meth:`poll` or :meth:`wait` if anything is
+        still running. ``grace_s=0`` kills at once. Safe to call twice or after the end.
         """
         if self._popen is None:
             return
+        first = not self.cancelled
         self.cancelled = True
-        victims = _descendants(self._popen.pid)
-        if self._popen.poll() is None or victims:
-            _signal_tree(self._popen, victims, signal.SIGTERM)
+        if first:
+            self._victims = _descendants(self._popen.pid)
+        if self._popen.poll() is None or self._victims:
+            if grace_s <= 0:
+                _signal_tree(self._popen, self._victims, getattr(signal, "SIGKILL", signal.SIGTERM))
+                self._kill_at = None
+                return
+            if first:
+                _signal_tree(self._popen, self._victims, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            while self._popen.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            _signal_tree(self._popen, victims, getattr(signal, "SIGKILL", signal.SIGTERM))
-        try:
-            self._popen.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+            self._kill_at = deadline if self._kill_at is None else min(self._kill_at, deadline)
+
+    def _escalate(self) -> None:
+        if self._kill_at is None or time.monotonic() < self._kill_at:
+            return
+        self._kill_at = None
+        if self._popen.poll() is None or any(_running(v) for v in self._victims):
+            _signal_tree(self._popen, self._victims, getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _running(proc) -> bool:
+    try:
+        return proc.is_running()
+    except Exception:  # psutil.Error: gone
+        return False
 
 
 def _descendants(pid: int) -> list:
@@ -257,8 +339,16 @@ def _descendants(pid: int) -> list:
 
 def _signal_tree(popen: subprocess.Popen, victims: list, sig: int) -> None:
     if os.name == "nt":
-        # No process groups to signal on Windows: taskkill /T walks the tree.
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(popen.pid)], capture_output=True, check=False)
+        # No process groups to signal on Windows: taskkill /T walks the tree. Started, not
+        # waited for (the GUI must not block), and without a console window of its own.
+        try:
+            subprocess.Popen(
+                ["taskkill", "/F", "/T", "/PID", str(popen.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                creationflags=CREATE_NO_WINDOW,
+            )
+        except OSError:
+            popen.kill()
     else:
         try:
             # The child leads its own session, so its group id is its pid; the group

@@ -1,8 +1,10 @@
 """The SymmetryAwareSeg panel: binds the .ui to the parameters and drives the logic.
 
 Inside Slicer only (imports qt/ctk). The ScriptedLoadableModuleWidget of
-``SymmetryAwareSeg.py`` loads the .ui and hands it here. Runs never block Slicer: the core
-runs in a child process and a QTimer polls its progress; Apply becomes Cancel meanwhile.
+``SymmetryAwareSeg.py`` loads the .ui and hands it here. Nothing blocks Slicer: a single run
+and a batch both run as child processes polled by one QTimer; Apply (or Run batch) becomes
+Cancel meanwhile, and Cancel returns at once. Every failure, dependency installation
+included, ends in a dialog with the details, never in a console traceback.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ from typing import List, Optional
 import qt
 import slicer
 
-from .install import ensure_dependencies
-from .models import ModelCard, assign_channels, find_models, import_model, read_model_card
-from .parameters import MAX_INPUTS
-from .process import ProcessCancelled, ProcessFailed
+from SymmetryAwareCore.contract import OptionError
 
-__all__ = ["SymmetryAwareSegPanel", "model_folders", "user_model_folder"]
+from .install import DependencyError, ensure_dependencies
+from .command import dicom_source_folder
+from .models import ModelCard, channel_assignment_text, find_models, import_model, read_model_card
+from .parameters import MAX_INPUTS, run_options
+from .process import ProcessCancelled, ProcessFailed
+from .results import run_summary
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # headless or a Slicer without translations: strings stay as written
+    def _(text: str) -> str:
+        return text
+
+__all__ = ["SymmetryAwareSegPanel", "model_folders", "user_model_folder", "refine_in_segment_editor"]
 
 POLL_MS = 200
 
@@ -44,6 +56,17 @@ def model_folders() -> List[Path]:
     return folders
 
 
+def refine_in_segment_editor(segmentation_node, source_volume) -> None:
+    """Open the Segment Editor on ``segmentation_node`` with ``source_volume`` as its source."""
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    editor.setSegmentationNode(segmentation_node)
+    if hasattr(editor, "setSourceVolumeNode"):
+        editor.setSourceVolumeNode(source_volume)
+    else:  # before Slicer 5.3 the source volume was called the master volume
+        editor.setMasterVolumeNode(source_volume)
+
+
 class SymmetryAwareSegPanel:
     """Connects widgets, parameter node and logic. ``ui`` holds the .ui's child widgets."""
 
@@ -53,7 +76,9 @@ class SymmetryAwareSegPanel:
         self.parameters = parameters_getter  # callable returning the wrapped parameter node
         self.models: List[ModelCard] = []
         self._child = None
+        self._batch = None
         self._pending = None  # (case result, reference volume, roi) of the running case
+        self._last = None  # (segmentation node, reference volume) of the last loaded result
         self._work_dir: Optional[tempfile.TemporaryDirectory] = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
@@ -69,8 +94,10 @@ class SymmetryAwareSegPanel:
         ui.modelSelector.currentIndexChanged.connect(self.on_model_selected)
         ui.importModelButton.clicked.connect(self.on_import_model)
         ui.mirrorPointButton.clicked.connect(self.on_mirror_point)
-        ui.batchButton.clicked.connect(self.on_batch)
+        ui.batchButton.clicked.connect(self.on_batch_or_cancel)
         ui.opacitySlider.valueChanged.connect(self.on_opacity)
+        ui.show3DButton.toggled.connect(self.on_show_3d)
+        ui.refineButton.clicked.connect(self.on_refine)
         for index in range(1, MAX_INPUTS + 1):
             getattr(ui, f"inputVolume{index}Selector").currentNodeChanged.connect(lambda _node: self.update_state())
         ui.modelLineEdit.textChanged.connect(lambda _text: self.update_state())
@@ -104,29 +131,46 @@ class SymmetryAwareSegPanel:
         return None
 
     def update_state(self) -> None:
-        """Channel assignment text and button states (called on every relevant change)."""
+        """Channel assignment, model card summary and button states (on every relevant change)."""
         nodes = [n for n in self.input_nodes() if n is not None]
         card = self.current_card()
         if not nodes:
-            self.ui.channelLabel.text = "Channels: select input volumes."
+            self.ui.channelLabel.text = _("Channels: select input volumes.")
         elif card is None:
-            self.ui.channelLabel.text = "Channels: in the order of the inputs (no model card selected)."
+            self.ui.channelLabel.text = _("Channels: in the order of the inputs (no model card selected).")
         else:
-            picks = assign_channels(card.channels, [n.GetName() for n in nodes])
-            parts = [f"{name} \u2190 {nodes[p].GetName() if p is not None else 'MISSING'}" for (name, _), p in zip(card.channels, picks)]
-            self.ui.channelLabel.text = "Channels: " + ", ".join(parts)
+            self.ui.channelLabel.text = channel_assignment_text(card, [n.GetName() for n in nodes])
+        self.ui.modelInfoLabel.text = card.describe() if card is not None else _("Model: none selected.")
         running = self._child is not None
-        self.ui.applyButton.enabled = running or bool(nodes)
-        self.ui.applyButton.text = "Cancel" if running else "Apply"
-        self.ui.batchButton.enabled = not running
+        batching = self._batch is not None
+        self.ui.applyButton.enabled = running or (bool(nodes) and not batching)
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.batchButton.enabled = batching or not running
+        self.ui.batchButton.text = _("Cancel batch") if batching else _("Run batch")
         has_plane = self._last_plane() is not None
         points = self.ui.pointsSelector.currentNode()
         self.ui.mirrorPointButton.enabled = has_plane and points is not None and points.GetNumberOfControlPoints() > 0
+        has_result = self._last is not None and self._last[0].GetScene() is not None
+        self.ui.show3DButton.enabled = has_result
+        self.ui.refineButton.enabled = has_result
 
     def _last_plane(self):
         nodes = slicer.util.getNodesByClass("vtkMRMLMarkupsPlaneNode")
         planes = [n for n in nodes if n.GetName().endswith("mid-sagittal plane")]
         return planes[-1] if planes else None
+
+    def _dependencies_ready(self, features=()) -> bool:
+        """Ask and install; every failure (pip's CalledProcessError included) in a dialog."""
+        try:
+            return ensure_dependencies(ask=True, features=features)
+        except DependencyError as error:
+            slicer.util.errorDisplay(
+                _("SymmetryAwareSeg cannot run yet:") + f"\n\n{error}", detailedText=error.detail or str(error)
+            )
+        except Exception as error:  # an installer bug must still end in a dialog
+            logging.exception("SymmetryAwareSeg: dependency installation failed")
+            slicer.util.errorDisplay(_("Installing dependencies failed: {error}").format(error=error), detailedText=repr(error))
+        return False
 
     # -- actions --------------------------------------------------------------------------
     def on_model_selected(self, index: int) -> None:
@@ -134,13 +178,13 @@ class SymmetryAwareSegPanel:
             self.ui.modelLineEdit.text = str(self.models[index].path)
 
     def on_import_model(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(None, "Import a SymmetryAwareSeg model card", "", "Model card (*.json)")
+        path = qt.QFileDialog.getOpenFileName(None, _("Import a SymmetryAwareSeg model card"), "", "Model card (*.json)")
         if not path:
             return
         try:
             card = import_model(path, user_model_folder())
         except ValueError as error:
-            slicer.util.errorDisplay(f"Model not imported: {error}")
+            slicer.util.errorDisplay(_("Model not imported: {error}").format(error=error))
             return
         self.refresh_models()
         self.ui.modelLineEdit.text = str(card.path)
@@ -155,42 +199,59 @@ class SymmetryAwareSegPanel:
 
     def on_apply_or_cancel(self) -> None:
         if self._child is not None:
-            self.ui.statusLabel.text = "Cancelling..."
-            self._child.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._child.cancel()  # returns at once; the timer sees the child end
             return
         try:
             self._start()
-        except (ValueError, RuntimeError) as error:
-            slicer.util.errorDisplay(f"Cannot start: {error}")
+        except (ValueError, RuntimeError, OSError) as error:
+            slicer.util.errorDisplay(_("Cannot start: {error}").format(error=error))
             self._finish()
 
     def _start(self) -> None:
-        if not ensure_dependencies(ask=True):
-            return
         p = self.parameters()
+        if not self._dependencies_ready(["dicom"] if p.dicomSeg else []):
+            return
         nodes = [n for n in self.input_nodes() if n is not None]
         card = self.current_card()
         ordered = self.logic.assign_volumes(card, nodes) if card is not None else nodes
         self._work_dir = tempfile.TemporaryDirectory(prefix="SymmetryAwareSeg_")
-        inputs = self.logic.export_inputs(ordered, Path(self._work_dir.name) / "inputs")
-        options = dict(model=p.model.strip(), device=p.device, overlap=float(p.overlap), tta=bool(p.tta))
+        work = Path(self._work_dir.name)
+        inputs = self.logic.export_inputs(ordered, work / "inputs")
+        if p.dicomSeg:
+            # The core references the series it reads: give it the first volume's DICOM files.
+            source = dicom_source_folder(ordered[0], work / "dicom" / inputs[0].name.split(".")[0],
+                                         getattr(slicer, "dicomDatabase", None))
+            if source is None:
+                raise ValueError(_("DICOM SEG needs the first input to be loaded from the DICOM database"))
+            inputs[0] = source
         roi = p.roiNode if p.useRoi else None
+        center = size = None
         if p.useRoi:
             if roi is None:
-                raise ValueError("ROI mode needs a region of interest")
-            from .logic import roi_geometry
+                raise ValueError(_("ROI mode needs a region of interest"))
+            from .tables import roi_geometry
 
             center, size, _axes = roi_geometry(roi)
-            options.update(roi_center=tuple(center), roi_size=tuple(size))
-        self._child, result = self.logic.start_case(inputs, Path(self._work_dir.name) / "outputs", **options)
+        try:
+            options = run_options(p, center, size)
+        except OptionError as error:
+            raise ValueError(str(error)) from None
+        self._child, result = self.logic.start_case(inputs, work / "outputs", options)
         self._pending = (result, ordered[0], roi)
+        self._show_progress(_("Starting..."))
+
+    def _show_progress(self, text: str) -> None:
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
-        self.ui.statusLabel.text = "Starting..."
+        self.ui.statusLabel.text = text
         self._timer.start()
         self.update_state()
 
     def _poll(self) -> None:
+        if self._batch is not None:
+            self._poll_batch()
+            return
         child = self._child
         if child is None:
             self._timer.stop()
@@ -208,15 +269,16 @@ class SymmetryAwareSegPanel:
         try:
             child.check()
             self._load()
-            self.ui.statusLabel.text = "Done."
+            self.ui.statusLabel.text = _("Done.")
         except ProcessCancelled:
-            self.ui.statusLabel.text = "Cancelled."
+            self.ui.statusLabel.text = _("Cancelled.")
         except ProcessFailed as error:
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"Segmentation failed: {error}", detailedText="\n".join(t for _, t in child.log[-200:]))
-        except (ValueError, RuntimeError) as error:
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"Could not load the results: {error}")
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
+                                     detailedText="\n".join(t for _s, t in child.log[-200:]))
+        except (ValueError, RuntimeError, OSError) as error:
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("Could not load the results: {error}").format(error=error))
         finally:
             self._finish()
 
@@ -232,7 +294,26 @@ class SymmetryAwareSegPanel:
             show_attention=bool(p.showAttention),
         )
         p.outputSegmentation = loaded.segmentation
+        self._last = (loaded.segmentation, reference)
         self.ui.resultsTableView.setMRMLTableNode(loaded.table)
+        self.ui.runInfoLabel.text = run_summary(loaded.report)
+        if result.path("dicom_seg").is_file():
+            self._import_dicom_seg(result.path("dicom_seg"))
+
+    def _import_dicom_seg(self, path: Path) -> None:
+        """Add the written DICOM SEG to Slicer's DICOM database, beside its source study."""
+        try:
+            from DICOMLib import DICOMUtils
+
+            keep = Path(slicer.dicomDatabase.databaseDirectory) / "SymmetryAwareSeg"
+            keep.mkdir(parents=True, exist_ok=True)
+            target = keep / f"{path.parent.name}_{path.name}"
+            target.write_bytes(path.read_bytes())  # the work folder is deleted after the run
+            DICOMUtils.importDicom(str(keep))
+            self.ui.runInfoLabel.text += "\n" + _("DICOM SEG added to the DICOM database: {path}").format(path=target)
+        except Exception as error:  # the segmentation is loaded anyway; say why the SEG is not in the database
+            logging.exception("SymmetryAwareSeg: DICOM SEG import failed")
+            slicer.util.warningDisplay(_("The DICOM SEG was written but not imported: {error}").format(error=error))
 
     def _finish(self) -> None:
         self._child = None
@@ -243,33 +324,71 @@ class SymmetryAwareSegPanel:
         self.ui.progressBar.setVisible(False)
         self.update_state()
 
+    def on_show_3d(self, checked: bool) -> None:
+        if self._last is not None:
+            self.logic.show_3d(self._last[0], bool(checked))
+
+    def on_refine(self) -> None:
+        if self._last is not None:
+            refine_in_segment_editor(*self._last)
+
     def on_mirror_point(self) -> None:
         points = self.ui.pointsSelector.currentNode()
         plane = self._last_plane()
         if points is None or plane is None or points.GetNumberOfControlPoints() == 0:
             return
-        self.logic.mirror_point(points, points.GetNumberOfControlPoints() - 1, plane)
+        try:
+            self.logic.mirror_point(points, points.GetNumberOfControlPoints() - 1, plane)
+        except (RuntimeError, ValueError) as error:
+            slicer.util.errorDisplay(_("Cannot mirror the point: {error}").format(error=error))
         self.update_state()
 
-    def on_batch(self) -> None:
+    # -- batch ----------------------------------------------------------------------------
+    def on_batch_or_cancel(self) -> None:
+        if self._batch is not None:
+            self.ui.statusLabel.text = _("Cancelling the batch...")
+            self._batch.cancel()  # returns at once; the running case ends, no other starts
+            return
         source, target = self.ui.batchInputPath.currentPath, self.ui.batchOutputPath.currentPath
         if not source or not target:
-            slicer.util.errorDisplay("Choose an input and an output folder.")
-            return
-        if not ensure_dependencies(ask=True):
+            slicer.util.errorDisplay(_("Choose an input and an output folder."))
             return
         p = self.parameters()
-        self.ui.statusLabel.text = "Batch running (Slicer is busy; see the log)..."
-        slicer.app.processEvents()
-        with slicer.util.WaitCursor():
-            summaries = self.logic.batch(source, target, model=p.model.strip(), device=p.device, overlap=float(p.overlap), tta=bool(p.tta))
-        failed = [s for s in summaries if "error" in s]
-        self.ui.statusLabel.text = f"Batch: {len(summaries) - len(failed)} case(s) done, {len(failed)} failed."
+        if not self._dependencies_ready(["dicom"] if p.dicomSeg else []):
+            return
+        try:
+            self._batch = self.logic.start_batch(source, target, run_options(p))
+        except (ValueError, OptionError, OSError) as error:
+            slicer.util.errorDisplay(_("Cannot start the batch: {error}").format(error=error))
+            self._batch = None
+            return
+        self._show_progress(_("Batch: starting..."))
+
+    def _poll_batch(self) -> None:
+        batch = self._batch
+        running = batch.poll()
+        self.ui.progressBar.setValue(int(round(batch.progress * 100)))
+        if running:
+            done = len(batch.summaries)
+            self.ui.statusLabel.text = _("Batch: case {n} of {total} ({case})").format(
+                n=min(done + 1, len(batch.cases)), total=len(batch.cases), case=batch.current_case)
+            return
+        self._timer.stop()
+        failed = [s for s in batch.summaries if "error" in s]
+        self.ui.statusLabel.text = _("Batch: {ok} case(s) done, {failed} not done; summary.json in the output folder.").format(
+            ok=len(batch.summaries) - len(failed), failed=len(failed))
         for summary in failed:
             logging.error("SymmetryAwareSeg batch: %s: %s", summary["case"], summary["error"])
+        self._batch = None
+        self.ui.progressBar.setVisible(False)
+        self.update_state()
 
     def cleanup(self) -> None:
+        # Module closing: kill at once (no timer will poll the escalation any more).
         if self._child is not None:
-            self._child.cancel()
+            self._child.cancel(grace_s=0)
+        if self._batch is not None:
+            self._batch.cancel(grace_s=0)
         self._timer.stop()
+        self._batch = None
         self._finish()

@@ -1,0 +1,399 @@
+"""The contract between the ``symmetryaware segment`` command and the programs that drive it.
+
+The Slicer module, the headless batch script and the command line all import this module,
+so each rule below is written once:
+
+- :class:`RunOptions`: every option of a segmentation run, with its default, range or
+  choices and help text (in the dataclass fields' metadata). The command line's arguments
+  are generated from it (:func:`add_run_option_arguments`), a driver turns options into
+  argv with :meth:`RunOptions.as_arg_list` / :func:`segment_command`, and the command
+  parses that argv back with the same definition (:meth:`RunOptions.from_namespace`).
+- :data:`OUTPUT_FILES`: the names of the files a finished case folder holds.
+- :func:`case_id_from_path`, :func:`case_id_from_files`: how a case is named.
+- :func:`match_channels`: how input names (file names or Slicer node names) are assigned
+  to a model's channels by the model card's filename patterns.
+
+Pure standard library: no torch, numpy, Slicer or Qt, so it imports in Slicer's own
+Python (which may be 3.9) before any dependency is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "OUTPUT_FILES",
+    "DICOM_SEG_FILE",
+    "IMAGE_SUFFIXES",
+    "DEVICE_CHOICES",
+    "PROGRESS_PROTOCOL",
+    "RunOptions",
+    "OptionError",
+    "ChannelMatchError",
+    "option_field",
+    "add_run_option_arguments",
+    "segment_command",
+    "case_id_from_path",
+    "case_id_from_files",
+    "match_channels",
+]
+
+# ---------------------------------------------------------------------------------------
+# Output files
+# ---------------------------------------------------------------------------------------
+OUTPUT_FILES: Dict[str, str] = {
+    "labelmap": "segmentation.nii.gz",
+    "segmentation": "segmentation.seg.nrrd",
+    "attention": "attention.nii.gz",
+    "asymmetry": "asymmetry.nii.gz",
+    "plane": "msp.mrk.json",
+    "report": "report.json",
+    "overview": "overview.png",
+}
+"""File names inside ``<output_dir>/<case_id>/``, by key (every run writes these)."""
+
+DICOM_SEG_FILE = "segmentation.dcm"
+"""The DICOM Segmentation object written with ``--dicom-seg`` (DICOM inputs only)."""
+
+PROGRESS_PROTOCOL = ("<filter-progress>", "</filter-progress>", "<filter-stage>", "</filter-stage>")
+"""Tags of ``--progress machine`` lines (Slicer's CLI convention): fraction 0..1, stage name."""
+
+# ---------------------------------------------------------------------------------------
+# Case ids
+# ---------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""Image files the command reads (besides DICOM folders); longest first where they overlap."""
+
+
+def case_id_from_path(path: Union[str, Path]) -> str:
+    """File name without its image extension (``sub-01_t1.nii.gz`` -> ``sub-01_t1``).
+
+    A folder (a DICOM series) or an unknown extension keeps its whole name.
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def case_id_from_files(paths: Sequence[Union[str, Path]]) -> str:
+    """A case name for several channel files: their common name prefix.
+
+    ``BraTS_001_t1.nii.gz``, ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``; one file, or no
+    common prefix: the first file's :func:`case_id_from_path`.
+    """
+    if not paths:
+        raise ValueError("no input paths")
+    names = [case_id_from_path(p) for p in paths]
+    prefix = os.path.commonprefix(names).rstrip("_-. ")
+    return prefix if len(names) > 1 and prefix else names[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Channels
+# ---------------------------------------------------------------------------------------
+class ChannelMatchError(ValueError):
+    """Inputs cannot be assigned to the model's channels (count, ambiguity)."""
+
+
+def _name_variants(name: str) -> Tuple[str, ...]:
+    # Slicer node names lack the extension the patterns were written for ("case_t1" vs
+    # "case_t1.nii.gz"); trying name + "." and name + "_" lets "*_t1.*" match both.
+    low = name.lower()
+    return (low, low + ".", low + "_")
+
+
+def match_channels(
+    names: Sequence[str],
+    channels: Sequence[Tuple[str, Sequence[str]]],
+) -> Tuple[List[int], List[str]]:
+    """Assign input names to a model's channels by the model card's filename patterns.
+
+    Args:
+        names: file names (``case_t1ce.nii.gz``) or Slicer node names (``case_t1ce``).
+        channels: ``(channel_name, patterns)`` in the model's input order.
+
+    Returns:
+        ``(order, notes)``: ``order[c]`` is the index in ``names`` of channel ``c``'s input;
+        ``notes`` say when the given order was kept or changed.
+
+    Raises:
+        ChannelMatchError: wrong number of inputs, or patterns that match ambiguously or
+            leave a channel without an input.
+
+    Matching ignores case. A name may match several channels; it keeps the one no other
+    name claims. When no name matches any pattern, the given order is used (and said).
+    """
+    channel_names = [c[0] for c in channels]
+    if len(names) != len(channels):
+        raise ChannelMatchError(
+            f"the model expects {len(channels)} channel(s) ({', '.join(channel_names)}), got {len(names)} input(s)"
+        )
+    order = list(range(len(names)))
+    if len(channels) == 1:
+        return order, []
+    matches: Dict[int, List[int]] = {}
+    for ni, name in enumerate(names):
+        variants = _name_variants(name)
+        matches[ni] = [
+            ci
+            for ci, (_, patterns) in enumerate(channels)
+            if any(fnmatch.fnmatchcase(v, p.lower()) for p in patterns for v in variants)
+        ]
+    if not any(matches.values()):
+        return order, [f"no input name matches the channel patterns; order taken as given: {', '.join(channel_names)}"]
+    assigned: Dict[int, int] = {}
+    pending = dict(matches)
+    changed = True
+    while pending and changed:
+        changed = False
+        for ni, candidates in list(pending.items()):
+            free = [c for c in candidates if c not in assigned.values()]
+            if len(free) == 1:
+                assigned[ni] = free[0]
+                del pending[ni]
+                changed = True
+    if pending or len(set(assigned.values())) != len(channels):
+        detail = "; ".join(
+            f"{name} -> {', '.join(channel_names[c] for c in matches[i]) or 'no channel'}" for i, name in enumerate(names)
+        )
+        raise ChannelMatchError(f"cannot match inputs to the model's channels ({', '.join(channel_names)}): {detail}")
+    order = [0] * len(channels)
+    for ni, ci in assigned.items():
+        order[ci] = ni
+    notes = []
+    if order != list(range(len(names))):
+        notes.append("channels reordered by name: " + ", ".join(f"{c}={names[i]}" for c, i in zip(channel_names, order)))
+    return order, notes
+
+
+# ---------------------------------------------------------------------------------------
+# Run options
+# ---------------------------------------------------------------------------------------
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+"""Devices a user picks from; ``cuda:N`` is accepted too (one GPU of several)."""
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class OptionError(ValueError):
+    """A run option out of its range or choices; the message names the option."""
+
+
+def option_field(default: Any, flag: str, help: str, *, minimum=None, maximum=None, choices=None, short: str = "", kind: str = ""):
+    """A :class:`RunOptions` field: its default and how it appears on the command line.
+
+    ``kind`` is ``"triple"`` for three comma-separated numbers (RAS mm); otherwise the
+    type follows the default (``bool`` fields are switches).
+    """
+    meta = {"flag": flag, "help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "short": short, "kind": kind}
+    return field(default=default, metadata=meta)
+
+
+def _parse_triple(text: Union[str, Sequence[float]]) -> Tuple[float, float, float]:
+    if isinstance(text, str):
+        try:
+            values = tuple(float(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            raise OptionError(f"expected three numbers like 10,-5,20, got {text!r}") from None
+    else:
+        values = tuple(float(v) for v in text)
+    if len(values) != 3:
+        raise OptionError(f"expected three numbers like 10,-5,20, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of one segmentation run: the one definition of defaults, ranges and flags.
+
+    Instances are validated on creation (:class:`OptionError`). ``roi_center`` (RAS mm)
+    and ``roi_size`` (mm) go together. ``device`` is one of :data:`DEVICE_CHOICES` or
+    ``cuda:N``.
+    """
+
+    model: str = option_field("default", "--model", "model name (see `symmetryaware models list`) or card path", short="-m")
+    device: str = option_field("auto", "--device", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps", choices=DEVICE_CHOICES)
+    overlap: float = option_field(0.25, "--overlap", "sliding-window overlap", minimum=0.0, maximum=0.9)
+    sw_batch: int = option_field(2, "--sw-batch", "windows per forward pass (halved on GPU out-of-memory)", minimum=1, maximum=64)
+    tta: bool = option_field(False, "--tta", "left-right flip test-time augmentation")
+    amp: str = option_field("auto", "--amp", "mixed precision", choices=("auto", "off", "float16", "bfloat16"))
+    msp_fallback: str = option_field(
+        "error", "--msp-fallback",
+        "when no mid-sagittal plane can be found: refuse the case (error) or use the image axes (axes)",
+        choices=("error", "axes"),
+    )
+    roi_center: Optional[Tuple[float, float, float]] = option_field(None, "--roi-center", "run on a box around this RAS point (mm), R,A,S", kind="triple")
+    roi_size: Optional[Tuple[float, float, float]] = option_field(None, "--roi-size", "size of that box in mm, X,Y,Z", kind="triple", minimum=0.0)
+    dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+        if (self.roi_center is None) != (self.roi_size is None):
+            raise OptionError("--roi-center and --roi-size go together")
+
+    # -- command line -------------------------------------------------------------------
+    def as_arg_list(self) -> List[str]:
+        """This run's options as ``symmetryaware segment`` arguments (every option explicit)."""
+        args: List[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            flag = f.metadata["flag"]
+            if isinstance(f.default, bool):
+                if value:
+                    args.append(flag)
+            elif value is None:
+                continue
+            elif f.metadata["kind"] == "triple":
+                # "--flag=value": a value like "-30,12,20" (a left-hemisphere point) would
+                # otherwise be read by argparse as an option of its own.
+                args.append(f"{flag}=" + ",".join(f"{v:g}" for v in value))
+            elif isinstance(value, float):
+                args += [flag, f"{value:g}"]
+            else:
+                args += [flag, str(value)]
+        return args
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace) -> "RunOptions":
+        """The options an :func:`add_run_option_arguments` parser has parsed."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+
+    def replace(self, **changes) -> "RunOptions":
+        return dataclasses.replace(self, **changes)
+
+    # -- introspection (drivers build their widgets from these) ----------------------------
+    @classmethod
+    def default(cls, name: str) -> Any:
+        return _field(name).default
+
+    @classmethod
+    def range(cls, name: str) -> Tuple[Any, Any]:
+        meta = _field(name).metadata
+        return meta["minimum"], meta["maximum"]
+
+    @classmethod
+    def choices(cls, name: str) -> Tuple[str, ...]:
+        return tuple(_field(name).metadata["choices"] or ())
+
+
+def _field(name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(RunOptions):
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` converted to the field's type and checked against its range/choices."""
+    meta = f.metadata
+    flag = meta["flag"]
+    if value is None:
+        if f.default is None:
+            return None
+        raise OptionError(f"{flag} needs a value")
+    if meta["kind"] == "triple":
+        try:
+            values = _parse_triple(value)
+        except OptionError as error:
+            raise OptionError(f"{flag}: {error}") from None
+        if meta["minimum"] is not None and any(v <= meta["minimum"] for v in values):
+            raise OptionError(f"{flag}: sizes must be positive, got {','.join(f'{v:g}' for v in values)}")
+        return values
+    if isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise OptionError(f"{flag} is a switch (true/false), got {value!r}")
+        return value
+    if isinstance(f.default, int):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise OptionError(f"{flag} must be a whole number, got {value!r}") from None
+        if isinstance(value, float) and number != value:
+            raise OptionError(f"{flag} must be a whole number, got {value!r}")
+        value = number
+    elif isinstance(f.default, float):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise OptionError(f"{flag} must be a number, got {value!r}") from None
+        if value != value:
+            raise OptionError(f"{flag} must be a number, got NaN")
+    else:
+        value = str(value).strip()
+    low, high = meta["minimum"], meta["maximum"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise OptionError(f"{flag} must be in [{low:g}, {high:g}], got {value:g}")
+    if f.name == "device":
+        if not _DEVICE.match(value):
+            raise OptionError(f"{flag} must be one of {', '.join(DEVICE_CHOICES)} or cuda:N, got {value!r}")
+    elif meta["choices"] and value not in meta["choices"]:
+        raise OptionError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if f.name == "model" and not value:
+        raise OptionError(f"{flag} must not be empty")
+    return value
+
+
+_NEGATIVE_NUMBERS = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?(,\s*[-+]?\d*\.?\d+([eE][-+]?\d+)?)*$")
+
+
+def add_run_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every :class:`RunOptions` field to ``parser``; values are checked as they parse.
+
+    ``--roi-center -30,12,20`` (a point in the left hemisphere) must parse: argparse reads
+    a value starting with "-" as an option unless it looks like a negative number, so the
+    parser's notion of a negative number is widened to comma-separated numbers.
+    """
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = _NEGATIVE_NUMBERS
+    for f in dataclasses.fields(RunOptions):
+        meta = f.metadata
+        names = [n for n in (meta["short"], meta["flag"]) if n]
+        help_text = meta["help"]
+        if isinstance(f.default, bool):
+            parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
+            continue
+
+        def convert(text: str, _field: dataclasses.Field = f) -> Any:
+            try:
+                return _checked(_field, text)
+            except OptionError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+
+        if f.default is not None:
+            help_text += f" (default {f.default})"
+        metavar = "R,A,S" if f.name == "roi_center" else "X,Y,Z" if f.name == "roi_size" else None
+        parser.add_argument(*names, dest=f.name, type=convert, default=f.default, metavar=metavar, help=help_text)
+
+
+def segment_command(
+    python: str,
+    inputs: Sequence[Union[str, Path]],
+    output_dir: Union[str, Path],
+    options: RunOptions,
+    case_id: Optional[str] = None,
+    core_module: str = "SymmetryAwareCore",
+    progress: str = "machine",
+) -> List[str]:
+    """Argument vector of ``python -m SymmetryAwareCore segment`` for one case.
+
+    ``case_id`` defaults to :func:`case_id_from_files` of the inputs, and is always passed,
+    so the caller knows the result folder ``output_dir/case_id`` before the run ends.
+    """
+    if not inputs:
+        raise ValueError("at least one input image is needed")
+    case_id = case_id or case_id_from_files(inputs)
+    return [
+        str(python), "-m", core_module, "segment", *[str(p) for p in inputs],
+        "--output-dir", str(output_dir), "--case-id", case_id,
+        *options.as_arg_list(), "--progress", progress,
+    ]
