@@ -1,4 +1,4 @@
-"""The ``symmetryaware-train`` command: pretrain, finetune-seg, finetune-cls, evaluate.
+"""The ``symmetryaware-train`` command: datalist, pretrain, finetune-seg, finetune-cls, evaluate.
 
 Training commands take ``--config run.yaml``, any number of ``--set section.key=value``
 overrides (YAML values: ``--set data.roi_size=[64,64,64]``) and a few shortcut flags. Start
@@ -41,6 +41,8 @@ _FLAGS = {
     "precision": "train.precision",
     "device": "train.device",
     "init_checkpoint": "model.init_checkpoint",
+    "allow_partial": "model.init_allow_partial",
+    "validate_every": "validation.every",
 }
 
 
@@ -57,13 +59,29 @@ def _train_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
     p.add_argument("--device", help="train.device: auto, cpu or cuda")
-    p.add_argument("--init-checkpoint", help="model.init_checkpoint (.pt or .safetensors)")
+    p.add_argument("--init-checkpoint", help="model.init_checkpoint (.pt, .pth or .safetensors)")
+    p.add_argument("--allow-partial", action="store_true", default=None,
+                   help="model.init_allow_partial: load an init checkpoint that lacks encoder or SACA tensors "
+                        "(prints what loaded)")
+    p.add_argument("--validate-every", type=int, help="validation.every: steps between validations (0: none)")
     p.set_defaults(func=run_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symmetryaware-train", description="Train and evaluate SA-Swin models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    d = sub.add_parser("datalist", help="check a BraTS 2021/2023, MSD Task01 or case-folder dataset and write a "
+                       "datalist with folds", description="Check every case of SOURCE (channels present, one grid, "
+                       "label values) and write a MONAI datalist with seeded, stratified folds (or the folds of "
+                       "--fold-file). Skipped cases are listed with their reasons in the list's 'import' block.")
+    d.add_argument("source", help="dataset folder (BraTS case folders, MSD Task01_BrainTumour, or case sub-folders)")
+    d.add_argument("--output", required=True, help="the datalist JSON to write (converted files go beside it)")
+    d.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    d.add_argument("--fold-file", help="JSON list of lists of case names (or mapping name -> list): list k is fold k")
+    d.add_argument("--layout", default="auto", choices=["auto", "brats2021", "brats2023", "msd", "folders"])
+    d.add_argument("--overwrite", action="store_true", help="replace an existing datalist file")
+    d.set_defaults(func=run_datalist)
     for name, text in TRAIN_COMMANDS.items():
         _train_parser(sub, name, text)
     e = sub.add_parser("evaluate", help="Dice/HD95 per region or AUC per finding on an evaluation fold",
@@ -99,6 +117,18 @@ def resolve_config(args: argparse.Namespace):
             # The saved stop point was a rehearsal of a kill; resuming must not stop there again.
             base.train.stop_after_steps = 0
     return load_config(args.config, overrides, base=base)
+
+
+def run_datalist(args: argparse.Namespace) -> int:
+    from .importers import build_datalist
+
+    result = build_datalist(args.source, args.output, folds=args.folds, seed=args.seed, fold_file=args.fold_file,
+                            layout=args.layout, overwrite=args.overwrite)
+    print(f"symmetryaware-train datalist: {result.cases} case(s) of layout {result.layout} in {result.folds} folds "
+          f"written to {result.output}; {len(result.skipped)} skipped", file=sys.stderr)
+    for item in result.skipped:
+        print(f"  skipped {item['case']}: {item['reason']}", file=sys.stderr)
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
