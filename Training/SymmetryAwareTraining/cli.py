@@ -132,11 +132,13 @@ def run_datalist(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .config import check_config
     from .distributed import init_distributed, shutdown_distributed
     from .engine import train
     from .tasks import task_for
 
     config = resolve_config(args)
+    check_config(config)  # one-line errors before any process group, model or data
     env = init_distributed(config.train.device)
     try:
         task = task_for(args.command, config)
