@@ -189,7 +189,8 @@ def _predict_fold(evaluation, model_path: str, folder: Path, overlap: float, dev
 def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[str], output: str,
                           enhancing_label: Optional[int] = None, model: Optional[str] = None,
                           overlap: float = 0.5, device: str = "auto") -> Dict[str, Path]:
-    """Dice and HD95 of TC, WT, ET for each case of the evaluation fold; writes CSV + JSON.
+    """Dice, HD95 and lesion-wise Dice/HD95 of TC, WT, ET for each case of the evaluation fold
+    (BraTS conventions for empty masks, see :mod:`.metrics`); writes CSV + JSON.
 
     Predictions are read from ``predictions`` (label maps ``<case>.nii.gz``), or first made by
     the trained ``model`` into ``<output>/predictions``.
@@ -198,7 +199,7 @@ def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[s
     from SymmetryAwareCore.io.readers import read_labelmap
 
     from .datalist import case_id, load_datalist
-    from .metrics import REGIONS, labels_to_regions, segmentation_metrics, summarise, write_report
+    from .metrics import REGIONS, case_metrics, labels_to_regions, summarise, write_report
 
     _, evaluation = load_datalist(datalist_path).split(fold)
     if model:
@@ -218,14 +219,14 @@ def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[s
         pred, _ = to_ras(read_labelmap(path))
         if not pred.same_grid(truth):
             raise InputError(f"not on the grid of the reference label {entry['label']}", path)
-        metrics = segmentation_metrics(labels_to_regions(pred.array.astype(np.int64), enhancing_label),
-                                       labels_to_regions(truth.array.astype(np.int64), enhancing_label),
-                                       spacing=truth.spacing)
+        metrics = case_metrics(labels_to_regions(pred.array.astype(np.int64), enhancing_label),
+                               labels_to_regions(truth.array.astype(np.int64), enhancing_label),
+                               spacing=truth.spacing)
         per_case[case] = metrics
         row: Dict[str, object] = {"case": case}
         for region in REGIONS:
-            row[f"{region}_dice"] = metrics[region]["dice"]
-            row[f"{region}_hd95"] = metrics[region]["hd95"]
+            for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
+                row[f"{region}_{metric}"] = metrics[region][metric]
         rows.append(row)
     return write_report(output, rows, summarise(per_case))
 

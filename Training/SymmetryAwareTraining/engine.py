@@ -211,7 +211,7 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
     if resume_from is not None:
         # On the CPU: RNG states must be CPU byte tensors; load_state_dict moves the rest.
         if resume is True and resume_from == last:
-            state, resume_from = load_latest(ckpt_dir)
+            state, resume_from = load_latest(ckpt_dir, log=None if env.is_main else (lambda _: None))
         else:
             state = load_checkpoint(resume_from, map_location="cpu")
         tracker.load_state_dict(state.get("validation") or {})
