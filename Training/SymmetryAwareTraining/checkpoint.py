@@ -21,7 +21,7 @@ import torch.nn as nn
 from SymmetryAwareCore.errors import InputError
 from SymmetryAwareCore.io.atomic import atomic_path
 
-__all__ = ["save_checkpoint", "save_rotating", "load_checkpoint", "load_latest", "unwrap", "load_model_weights",
+__all__ = ["save_checkpoint", "save_rotating", "load_checkpoint", "load_latest", "unwrap",
            "LAST_NAME", "PREVIOUS_NAME", "BEST_NAME"]
 
 LAST_NAME = "last.pt"
@@ -84,21 +84,3 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if not isinstance(state, dict) or "model" not in state:
         raise InputError("not a training checkpoint (no 'model' entry)", path)
     return state
-
-
-def load_model_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str = "", strict: bool = True) -> None:
-    """Load ``state`` into ``model``, stripping a ``module.`` prefix; mismatches are an error.
-
-    Loading is strict by default: the authors' code loaded with ``strict=False`` and missed the
-    ``module.`` prefix, so pretrained weights could silently not load. With ``strict=False``
-    (fine-tuning from a pretrained encoder) at least one tensor must match, and the missing
-    ones are named in the error if none does.
-    """
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=strict)
-    if not strict:
-        own = set(model.state_dict())
-        loaded = own & set(state)
-        if not loaded:
-            raise InputError("no tensor of the checkpoint matches the model (wrong architecture?)", source or None)
-    return result

@@ -159,31 +159,27 @@ def _find_prediction(folder: Path, case: str) -> Path:
 def _predict_fold(evaluation, model_path: str, folder: Path, overlap: float, device: str) -> None:
     """Segment each evaluation case with the trained model; write ``folder/<case>.nii.gz``.
 
-    The case is prepared as in training (the card's ``align``); predictions made in the
-    symmetric frame go back to the file's own grid, RAS-only ones are written on the RAS grid.
+    The same path as validation during training (:func:`.validation.segment_entry`): the case
+    is prepared as in training (the card's ``align``), segmented mirror-paired, and written on
+    the file's own grid (aligned cases) or its RAS grid.
     """
     from SymmetryAwareCore.inference.device import resolve_device
     from SymmetryAwareCore.io.image import Image
     from SymmetryAwareCore.io.writers import write_nifti
 
-    from .data import load_case, normalise
     from .datalist import case_id
     from .modelcard import read_trained_model
-    from .predict import predict_regions, regions_to_labels
+    from .validation import segment_entry
 
     dev = resolve_device(device)
     model, extra = read_trained_model(model_path, dev)
     if extra.get("regions") != ["TC", "WT", "ET"]:
         raise InputError("is not a TC/WT/ET segmentation model", model_path)
     roi = extra["preprocessing"].get("roi_size") or [96, 96, 96]
+    align = bool(extra["preprocessing"].get("align_to_msp"))
     for entry in evaluation:
-        case = load_case(entry, with_label=False, align=bool(extra["preprocessing"].get("align_to_msp")))
-        labels = regions_to_labels(predict_regions(model, normalise(case.volume), roi, overlap, dev))
-        if case.frame is not None:
-            image = Image(case.frame.to_native(labels, "nearest").astype(np.uint8), case.frame.native_affine)
-        else:
-            image = Image(labels, case.affine)
-        write_nifti(image, folder / f"{case_id(entry)}.nii.gz", dtype=np.uint8)
+        case = segment_entry(model, entry, roi, align, overlap, device=str(dev), with_label=False)
+        write_nifti(Image(case.labels, case.affine), folder / f"{case_id(entry)}.nii.gz", dtype=np.uint8)
 
 
 def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[str], output: str,

@@ -28,7 +28,8 @@ import torch.nn as nn
 from .distributed import DistEnv, gather_objects
 from .metrics import REGIONS, case_metrics, labels_to_regions, summarise
 
-__all__ = ["ValidationResult", "BestTracker", "predict_case", "validate_segmentation", "flat_summary"]
+__all__ = ["ValidationResult", "SegmentedCase", "BestTracker", "segment_entry", "predict_case", "validate_segmentation",
+           "flat_summary"]
 
 _AMP = {"fp32": "off", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -68,16 +69,33 @@ def flat_summary(per_case: Dict[str, Dict[str, Dict[str, float]]]) -> Dict[str, 
     return out
 
 
-def predict_case(model: nn.Module, entry: Dict[str, Any], roi_size: Sequence[int], align: bool,
-                 overlap: float = 0.25, sw_batch_size: int = 1, device: str = "cpu",
-                 precision: str = "fp32") -> Tuple[np.ndarray, np.ndarray, Tuple[float, ...]]:
-    """One case as deployment segments it, and its reference.
+@dataclass
+class SegmentedCase:
+    """A case segmented as deployment does it.
 
-    Returns ``(predicted regions, true regions, spacing)``: ``(3, X, Y, Z)`` bool TC, WT, ET
-    on the label file's grid when ``align`` (probabilities resampled linearly from the
-    symmetric frame, then thresholded there), else on the RAS grid of the files (an exact
-    permutation of the file's grid); ``spacing`` in mm along those axes.
+    Attributes:
+        labels: ``(X, Y, Z)`` uint8 project labels (1 necrotic core, 2 oedema, 4 enhancing).
+        affine: voxel -> RAS of the grid of ``labels``: the first channel file's own grid when
+            the case was aligned (probabilities resampled linearly from the symmetric frame,
+            then thresholded there), else its RAS grid (an exact permutation of the file's).
+        truth: ``(X, Y, Z)`` reference labels on the same grid, when asked for.
     """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    truth: Optional[np.ndarray] = None
+
+    @property
+    def spacing(self) -> Tuple[float, ...]:
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def segment_entry(model: nn.Module, entry: Dict[str, Any], roi_size: Sequence[int], align: bool,
+                  overlap: float = 0.25, sw_batch_size: int = 1, device: str = "cpu", precision: str = "fp32",
+                  with_label: bool = True) -> SegmentedCase:
+    """Segment one datalist entry with :func:`SymmetryAwareCore.inference.engine.run_paired_inference`
+    (mirror-paired sliding window) and the BraTS card's region postprocessing; see
+    :class:`SegmentedCase` for the grid. Used by validation and by ``evaluate --model``."""
     from types import SimpleNamespace
 
     from SymmetryAwareCore.inference.engine import InferenceSettings, run_paired_inference
@@ -87,24 +105,31 @@ def predict_case(model: nn.Module, entry: Dict[str, Any], roi_size: Sequence[int
 
     from .data import load_case, normalise
 
-    case = load_case(entry, with_label=True, align=align)
+    case = load_case(entry, with_label=with_label, align=align)
     settings = InferenceSettings(roi_size=tuple(int(r) for r in roi_size), overlap=overlap,
                                  sw_batch_size=sw_batch_size, device=str(device), amp=_AMP[precision],
                                  cpu_fallback=False)  # never move a model that is being trained
     result, _ = run_paired_inference(normalise(case.volume), model, settings)
     logits = result.logits.float()
+    truth, affine = case.label, case.affine
     if case.frame is not None:
         probability = case.frame.to_native(torch.sigmoid(logits).numpy(), "linear")
         logits = torch.logit(torch.from_numpy(np.asarray(probability, np.float32)), eps=1e-6)
-        reference = read_labelmap(entry["label"])
-        truth, spacing = reference.array, tuple(float(s) for s in reference.spacing)
-    else:
-        truth = case.label
-        spacing = tuple(float(s) for s in np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0)))
+        affine = case.frame.native_affine
+        truth = read_labelmap(entry["label"]).array if with_label else None
     # The deployed postprocessing (the BraTS card's nested regions), not a private threshold.
     card = SimpleNamespace(postprocessing=brats_card_fields()["postprocessing"], labels=[])
-    labels = labels_from_logits(logits.numpy(), card)
-    return labels_to_regions(labels.astype(np.int64), 4), labels_to_regions(np.asarray(truth).astype(np.int64)), spacing
+    return SegmentedCase(labels_from_logits(logits.numpy(), card), np.asarray(affine, np.float64), truth)
+
+
+def predict_case(model: nn.Module, entry: Dict[str, Any], roi_size: Sequence[int], align: bool,
+                 overlap: float = 0.25, sw_batch_size: int = 1, device: str = "cpu",
+                 precision: str = "fp32") -> Tuple[np.ndarray, np.ndarray, Tuple[float, ...]]:
+    """``(predicted regions, true regions, spacing)`` of one case: ``(3, X, Y, Z)`` bool TC,
+    WT, ET on the grid of :func:`segment_entry`, ``spacing`` in mm along those axes."""
+    case = segment_entry(model, entry, roi_size, align, overlap, sw_batch_size, device, precision)
+    pred = labels_to_regions(case.labels.astype(np.int64), 4)
+    return pred, labels_to_regions(np.asarray(case.truth).astype(np.int64)), case.spacing
 
 
 def validate_segmentation(model: nn.Module, entries: Sequence[Dict[str, Any]], config, env: DistEnv) -> ValidationResult:
