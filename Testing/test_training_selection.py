@@ -119,6 +119,8 @@ def test_corrupted_last_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
 @pytest.mark.parametrize("override, words", [
     ("data.roi_size=[32,32,32]", "multiple of 32 and at least 64"),
     ("data.roi_size=[64,64,80]", "multiple of 32"),
+    ("data.roi_size=[1000000,1000000,1000000]", "1..512"),
+    ("model.kwargs={feature_size: 12000}", "12..192"),
     ("data.pos_fraction=1.5", "data.pos_fraction"),
     ("validation.metric=accuracy", "validation.metric 'accuracy'"),
     ("validation.patience=3", "needs validation.every"),

@@ -165,6 +165,10 @@ class RunConfig:
 
 
 _SWIN_MODELS = ("SASwinUNETR", "SASwinClassifier", "SASwinPretrainer")
+# Bounds against values that would only exhaust memory: a crop of 512^3 voxels is 4 x larger
+# than a whole BraTS case; feature size 192 is 4 x the paper's network width (16 x its weights).
+_MAX_ROI = 512
+_MAX_FEATURE = 192
 _REGIONS = ("TC", "WT", "ET")
 _METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
@@ -189,8 +193,8 @@ def check_config(config: RunConfig) -> None:
         if not ok:
             raise InputError(f"config: {message}")
 
-    need(len(d.roi_size) == 3 and all(r > 0 for r in d.roi_size),
-         f"data.roi_size must be three positive sizes, got {d.roi_size}")
+    need(len(d.roi_size) == 3 and all(0 < r <= _MAX_ROI for r in d.roi_size),
+         f"data.roi_size must be three sizes in 1..{_MAX_ROI} voxels, got {d.roi_size}")
     if m.name in _SWIN_MODELS and not t.task:  # a train.task plug-in builds its own network
         # Patch 2 then four 2x mergings: sizes divisible by 32; at 32 the bottleneck is one
         # voxel and its instance norm fails, so 64 is the smallest usable size.
@@ -198,8 +202,8 @@ def check_config(config: RunConfig) -> None:
              f"data.roi_size {d.roi_size} does not suit {m.name}: every size must be a multiple of {STRIDE} "
              f"and at least {2 * STRIDE} (e.g. [64, 64, 64] or [96, 96, 96])")
         fs = m.kwargs.get("feature_size", 48)
-        need(isinstance(fs, int) and fs > 0 and fs % 12 == 0,
-             f"model.kwargs.feature_size must be a positive multiple of 12, got {fs!r}")
+        need(isinstance(fs, int) and 0 < fs <= _MAX_FEATURE and fs % 12 == 0,
+             f"model.kwargs.feature_size must be a multiple of 12 in 12..{_MAX_FEATURE} (the paper: 48), got {fs!r}")
         ic = m.kwargs.get("in_channels", 1)
         need(isinstance(ic, int) and 0 < ic <= 64, f"model.kwargs.in_channels must be 1..64, got {ic!r}")
     need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")
