@@ -133,3 +133,25 @@ def test_two_process_validation_gives_the_one_process_scores(tmp_path, phantoms)
     for name, value in single["metrics"].items():
         assert double["metrics"][name] == pytest.approx(value, abs=1e-9, nan_ok=True), name
     assert 0.0 < single["metrics"]["WT_dice"] < 1.0  # a real score, not a convention value
+
+
+def test_card_of_brats_channels_matches_both_brats_spellings(tmp_path):
+    """A model trained from an imported BraTS list segments 2021 and 2023 file names alike."""
+    import fnmatch
+
+    from SymmetryAwareTraining.config import RunConfig
+    from SymmetryAwareTraining.modelcard import write_model_card
+    from SymmetryAwareTraining.tasks import SegmentationTask
+
+    (tmp_path / "list.json").write_text(json.dumps({"channels": ["t1", "t1ce", "t2", "flair"],
+                                                    "training": [{"image": ["a.nii.gz"]}]}))
+    config = RunConfig()
+    config.data.datalist = str(tmp_path / "list.json")
+    config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12, "depths": [1, 1, 1, 1]}
+    task = SegmentationTask(config)
+    card = json.loads(write_model_card(task.build_model(), task, config, tmp_path / "model").read_text())
+    patterns = {c["name"]: c["patterns"] for c in card["channels"]}
+    for name, files in {"t1ce": ["BraTS2021_1_t1ce.nii.gz", "BraTS-GLI-1-000-t1c.nii.gz"],
+                        "flair": ["BraTS2021_1_flair.nii.gz", "BraTS-GLI-1-000-t2f.nii.gz"]}.items():
+        for f in files:
+            assert any(fnmatch.fnmatch(f.lower(), p) for p in patterns[name]), (name, f)

@@ -52,8 +52,13 @@ def write_model_card(model: nn.Module, task: Any, config: Any, stem: Path,
     if hasattr(model, "init_kwargs"):
         from SymmetryAwareCore.models.model_card import InputChannel, Label, ModelCard, save_model
 
+        from SymmetryAwareCore.inference.model_source import brats_card_fields
+
+        # BraTS channels get the BraTS card's file patterns (2021 and 2023 spellings alike), so
+        # `segment` matches t1n/t1c/t2w/t2f files too; other channels their own name.
+        known = {c.name: c for c in brats_card_fields()["channels"]}
         card = ModelCard(
-            channels=[InputChannel(name=c, patterns=(f"*_{c}.*",)) for c in fields.get("channels", [])],
+            channels=[known.get(c) or InputChannel(name=c, patterns=(f"*_{c}.*",)) for c in fields.get("channels", [])],
             modality=fields.get("modality", "mri"),
             labels=[Label(value=int(v), name=str(n), color=tuple(int(x) for x in c))
                     for v, n, c in fields.get("labels", [])],
