@@ -156,7 +156,10 @@ def detect_layout(source: Path) -> str:
     if (source / "dataset.json").is_file() and (source / "imagesTr").is_dir():
         return "msd"
     for folder in _case_folders(source, None)[:20]:
-        stems = [_strip_ext(p.name)[0].lower() for p in folder.iterdir() if _is_image(p)]
+        try:
+            stems = [_strip_ext(p.name)[0].lower() for p in folder.iterdir() if _is_image(p)]
+        except OSError:
+            continue  # listed as skipped, with the reason, when the cases are discovered
         for name in ("brats2021", "brats2023"):
             layout = LAYOUTS[name]
             if any(s.endswith(layout.suffixes["t1ce"]) for s in stems) and any(s.endswith(layout.label_suffix) for s in stems):
@@ -165,7 +168,11 @@ def detect_layout(source: Path) -> str:
 
 
 def _one_ending(folder: Path, ending: str) -> Tuple[Optional[Path], str]:
-    found = [p for p in sorted(folder.iterdir()) if _is_image(p) and _strip_ext(p.name)[0].lower().endswith(ending.lower())]
+    try:
+        found = [p for p in sorted(folder.iterdir())
+                 if _is_image(p) and _strip_ext(p.name)[0].lower().endswith(ending.lower())]
+    except OSError as error:  # an unreadable case folder is that case's problem, not the run's
+        return None, f"cannot list the folder ({error.strerror or error})"
     if not found:
         return None, f"no *{ending}.nii.gz"
     if len(found) > 1:
@@ -236,7 +243,12 @@ def _folder_cases(source: Path, exclude: Optional[Path]) -> List[CaseFiles]:
     channels = brats_card_fields()["channels"]
     cases = []
     for folder in _case_folders(source, exclude):
-        files = [p for p in sorted(folder.iterdir()) if _is_image(p) and not p.name.startswith(".")]
+        try:
+            files = [p for p in sorted(folder.iterdir()) if _is_image(p) and not p.name.startswith(".")]
+        except OSError as error:
+            cases.append(CaseFiles(folder.name, {c: None for c in CHANNELS}, None,
+                                   f"cannot list the folder ({error.strerror or error})"))
+            continue
         labels = [p for p in files if any(w in p.name.lower() for w in ("seg", "label"))]
         images = [p for p in files if p not in labels]
         problem, ordered = "", {}
@@ -472,11 +484,17 @@ def build_datalist(source: Union[str, Path], output: Union[str, Path], folds: in
         folds = len(fold_lists)
     elif not 2 <= folds <= 100:
         raise InputError(f"--folds must be between 2 and 100, got {folds}")
-    chosen = detect_layout(source) if layout == "auto" else layout
+    try:
+        chosen = detect_layout(source) if layout == "auto" else layout
+    except OSError as error:
+        raise InputError(f"cannot read the source folder ({error.strerror or error})", source) from None
     spec = LAYOUTS[chosen]
     base = Path(os.path.abspath(output.parent))
     files_dir = base / f"{output.stem}_files"
-    found = discover_cases(source, chosen, exclude=files_dir)
+    try:
+        found = discover_cases(source, chosen, exclude=files_dir)
+    except OSError as error:
+        raise InputError(f"cannot read the source folder ({error.strerror or error})", source) from None
     if not found:
         raise InputError(f"no case found (layout {chosen})", source)
     names = [c.name for c in found]
