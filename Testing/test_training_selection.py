@@ -221,3 +221,30 @@ def test_unreadable_init_checkpoints_are_one_line(name, content, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert name in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_two_process_run_validates_and_stops_early_together(tmp_path):
+    """Under torchrun both ranks validate, agree on the best step, stop at the same step
+    (the stop checkpoint gathers every rank's RNG state: a rank that ran on would hang it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "plateau"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "SymmetryAwareTraining.cli",
+           *_scripted(out, "--set", "train.steps=8", "--set", "validation.patience=2", "--set", "data.batch_size=1")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if done.returncode and "address already in use" in done.stderr.lower():
+        shutil.rmtree(out, ignore_errors=True)  # another process took the rendezvous port
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3 and summary["stopped_early"]
+    assert summary["best"]["step"] == 1 and summary["samples_per_second"] > summary["samples_per_second_per_device"]
+    state = load_checkpoint(out)
+    assert state["step"] == 3 and len(state["rng"]) == 2
+    assert done.stderr.count("early stop at step 3") == 1  # said once, by rank 0
