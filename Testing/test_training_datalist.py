@@ -93,3 +93,33 @@ def test_phantom_style_entries(tmp_path):
     assert finding_value(a, "haemorrhage") == 1.0 and finding_value(b, "haemorrhage") == 0.0
     assert finding_value(a, "fracture") is None
     assert status_of({"image": "x", "status": "Healthy"}) == 0 and status_of({"image": "x"}) == -1
+
+
+def test_leakage_holds_out_every_non_training_section(tmp_path):
+    """With folds, the ``testing`` and ``validation`` sections are held out too, not only the fold."""
+    entries = [{"case": f"c{i}", "image": f"c{i}.nii.gz", "fold": i % 2} for i in range(4)]
+    down = load_datalist(_write(tmp_path / "down.json", {
+        "training": entries, "testing": [{"case": "t0", "image": "t0.nii.gz"}],
+        "validation": [{"case": "v0", "image": "v0.nii.gz"}]}))
+    for leaked, where in (("t0", "testing"), ("v0", "validation"), ("c1", "fold 1")):
+        pre = load_datalist(_write(tmp_path / f"pre_{leaked}.json", {"training": [{"case": leaked, "image": "p.nii.gz"}]}))
+        with pytest.raises(LeakageError, match=f"{leaked} \\({where}\\)"):
+            check_leakage(pre, down, fold=1)
+    ok = load_datalist(_write(tmp_path / "ok.json", {"training": [{"case": "c0", "image": "p.nii.gz"}]}))
+    check_leakage(ok, down, fold=1)  # c0 is a training case of fold 1's split
+    # Without folds: every non-training section is held out.
+    plain = load_datalist(_write(tmp_path / "plain.json", {
+        "training": [{"case": "a", "image": "a.nii.gz"}], "testing": [{"case": "t0", "image": "t0.nii.gz"}]}))
+    pre = load_datalist(_write(tmp_path / "pre2.json", {"training": [{"case": "t0", "image": "p.nii.gz"}]}))
+    with pytest.raises(LeakageError, match="testing"):
+        check_leakage(pre, plain, fold=0)
+
+
+def test_paths_outside_the_list_folder_are_noticed(tmp_path, capsys):
+    dl = load_datalist(_write(tmp_path / "sub" / "list.json", {"training": [
+        {"case": "a", "image": ["../elsewhere/a.nii.gz", "a2.nii.gz"], "label": str(tmp_path / "abs.nii.gz")}]}))
+    assert dl.sections["training"][0]["image"][0] == str((tmp_path / "elsewhere" / "a.nii.gz").resolve())
+    err = capsys.readouterr().err
+    assert "1 relative path(s) lie outside" in err and "../elsewhere/a.nii.gz" in err
+    load_datalist(_write(tmp_path / "inside.json", {"training": [{"case": "a", "image": "x/a.nii.gz"}]}))
+    assert "outside" not in capsys.readouterr().err

@@ -251,6 +251,7 @@ def test_segmentation_output_starts_at_the_foreground_prior(tmp_path):
     config.model.output_prior = 0.01  # an init checkpoint with an output layer wins
     torch.save({"model": {"out.conv.conv.bias": torch.tensor([1.0, 2.0, 3.0])}}, tmp_path / "init.pt")
     config.model.init_checkpoint = str(tmp_path / "init.pt")
+    config.model.init_allow_partial = True  # the file holds no encoder
     assert SegmentationTask(config).build_model().out.conv.conv.bias.tolist() == [1.0, 2.0, 3.0]
 
     config.model.output_prior = 1.5

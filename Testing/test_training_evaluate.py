@@ -60,7 +60,8 @@ def test_hd95_in_mm_and_empty_cases():
     both_empty = segmentation_metrics(empty, empty)
     assert both_empty["ET"] == {"dice": 1.0, "hd95": 0.0}
     missed = segmentation_metrics(empty, truth)
-    assert missed["ET"]["dice"] == 0.0 and np.isnan(missed["ET"]["hd95"])
+    assert missed["ET"] == {"dice": 0.0, "hd95": 373.13}  # BraTS: one empty mask
+    assert segmentation_metrics(truth, empty)["ET"] == {"dice": 0.0, "hd95": 373.13}
 
 
 def test_auc_matches_hand_computation():

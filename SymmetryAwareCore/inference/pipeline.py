@@ -201,8 +201,13 @@ def predict_case(
     model: LoadedModel,
     options: Optional["SegmentOptions"] = None,
     on_window: Optional[Callable[[int, int], None]] = None,
+    cpu_fallback: bool = True,
 ) -> Prediction:
-    """Part 2: mirror-paired sliding-window inference on the prepared brain box."""
+    """Part 2: mirror-paired sliding-window inference on the prepared brain box.
+
+    ``cpu_fallback=False`` keeps the network where it is on out-of-memory (validation
+    during training must never move the model being trained).
+    """
     options = options or SegmentOptions()
     card = model.card
     settings = InferenceSettings(
@@ -213,6 +218,7 @@ def predict_case(
         amp=options.amp,
         tta_flip=options.tta,
         return_attention=bool(getattr(model.network, "use_saca", False)),
+        cpu_fallback=cpu_fallback,
     )
     with torch.inference_mode():
         result, fallback = run_paired_inference(torch.from_numpy(prepared.cropped), model.network, settings, on_window, log)

@@ -1,4 +1,4 @@
-"""The ``symmetryaware-train`` command: pretrain, finetune-seg, finetune-cls, evaluate.
+"""The ``symmetryaware-train`` command: datalist, pretrain, finetune-seg, finetune-cls, evaluate.
 
 Training commands take ``--config run.yaml``, any number of ``--set section.key=value``
 overrides (YAML values: ``--set data.roi_size=[64,64,64]``) and a few shortcut flags. Start
@@ -41,6 +41,8 @@ _FLAGS = {
     "precision": "train.precision",
     "device": "train.device",
     "init_checkpoint": "model.init_checkpoint",
+    "allow_partial": "model.init_allow_partial",
+    "validate_every": "validation.every",
 }
 
 
@@ -57,13 +59,29 @@ def _train_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, help="train.seed")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
     p.add_argument("--device", help="train.device: auto, cpu or cuda")
-    p.add_argument("--init-checkpoint", help="model.init_checkpoint (.pt or .safetensors)")
+    p.add_argument("--init-checkpoint", help="model.init_checkpoint (.pt, .pth or .safetensors)")
+    p.add_argument("--allow-partial", action="store_true", default=None,
+                   help="model.init_allow_partial: load an init checkpoint that lacks encoder or SACA tensors "
+                        "(prints what loaded)")
+    p.add_argument("--validate-every", type=int, help="validation.every: steps between validations (0: none)")
     p.set_defaults(func=run_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symmetryaware-train", description="Train and evaluate SA-Swin models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    d = sub.add_parser("datalist", help="check a BraTS 2021/2023, MSD Task01 or case-folder dataset and write a "
+                       "datalist with folds", description="Check every case of SOURCE (channels present, one grid, "
+                       "label values) and write a MONAI datalist with seeded, stratified folds (or the folds of "
+                       "--fold-file). Skipped cases are listed with their reasons in the list's 'import' block.")
+    d.add_argument("source", help="dataset folder (BraTS case folders, MSD Task01_BrainTumour, or case sub-folders)")
+    d.add_argument("--output", required=True, help="the datalist JSON to write (converted files go beside it)")
+    d.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    d.add_argument("--fold-file", help="JSON list of lists of case names (or mapping name -> list): list k is fold k")
+    d.add_argument("--layout", default="auto", choices=["auto", "brats2021", "brats2023", "msd", "folders"])
+    d.add_argument("--overwrite", action="store_true", help="replace an existing datalist file")
+    d.set_defaults(func=run_datalist)
     for name, text in TRAIN_COMMANDS.items():
         _train_parser(sub, name, text)
     e = sub.add_parser("evaluate", help="Dice/HD95 per region or AUC per finding on an evaluation fold",
@@ -101,12 +119,26 @@ def resolve_config(args: argparse.Namespace):
     return load_config(args.config, overrides, base=base)
 
 
+def run_datalist(args: argparse.Namespace) -> int:
+    from .importers import build_datalist
+
+    result = build_datalist(args.source, args.output, folds=args.folds, seed=args.seed, fold_file=args.fold_file,
+                            layout=args.layout, overwrite=args.overwrite)
+    print(f"symmetryaware-train datalist: {result.cases} case(s) of layout {result.layout} in {result.folds} folds "
+          f"written to {result.output}; {len(result.skipped)} skipped", file=sys.stderr)
+    for item in result.skipped:
+        print(f"  skipped {item['case']}: {item['reason']}", file=sys.stderr)
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from .config import check_config
     from .distributed import init_distributed, shutdown_distributed
     from .engine import train
     from .tasks import task_for
 
     config = resolve_config(args)
+    check_config(config)  # one-line errors before any process group, model or data
     env = init_distributed(config.train.device)
     try:
         task = task_for(args.command, config)
@@ -159,7 +191,8 @@ def _predict_fold(evaluation, model_path: str, folder: Path, overlap: float, dev
 def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[str], output: str,
                           enhancing_label: Optional[int] = None, model: Optional[str] = None,
                           overlap: float = 0.5, device: str = "auto") -> Dict[str, Path]:
-    """Dice and HD95 of TC, WT, ET for each case of the evaluation fold; writes CSV + JSON.
+    """Dice, HD95 and lesion-wise Dice/HD95 of TC, WT, ET for each case of the evaluation fold
+    (BraTS conventions for empty masks, see :mod:`.metrics`); writes CSV + JSON.
 
     Predictions are read from ``predictions`` (label maps ``<case>.nii.gz``), or first made by
     the trained ``model`` into ``<output>/predictions``.
@@ -168,7 +201,7 @@ def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[s
     from SymmetryAwareCore.io.readers import read_labelmap
 
     from .datalist import case_id, load_datalist
-    from .metrics import REGIONS, labels_to_regions, segmentation_metrics, summarise, write_report
+    from .metrics import REGIONS, case_metrics, labels_to_regions, summarise, write_report
 
     _, evaluation = load_datalist(datalist_path).split(fold)
     if model:
@@ -188,14 +221,14 @@ def evaluate_segmentation(datalist_path: str, fold: int, predictions: Optional[s
         pred, _ = to_ras(read_labelmap(path))
         if not pred.same_grid(truth):
             raise InputError(f"not on the grid of the reference label {entry['label']}", path)
-        metrics = segmentation_metrics(labels_to_regions(pred.array.astype(np.int64), enhancing_label),
-                                       labels_to_regions(truth.array.astype(np.int64), enhancing_label),
-                                       spacing=truth.spacing)
+        metrics = case_metrics(labels_to_regions(pred.array.astype(np.int64), enhancing_label),
+                               labels_to_regions(truth.array.astype(np.int64), enhancing_label),
+                               spacing=truth.spacing)
         per_case[case] = metrics
         row: Dict[str, object] = {"case": case}
         for region in REGIONS:
-            row[f"{region}_dice"] = metrics[region]["dice"]
-            row[f"{region}_hd95"] = metrics[region]["hd95"]
+            for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
+                row[f"{region}_{metric}"] = metrics[region][metric]
         rows.append(row)
     return write_report(output, rows, summarise(per_case))
 

@@ -23,7 +23,9 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "PretrainConfig",
+    "ValidationConfig",
     "RunConfig",
+    "check_config",
     "load_config",
     "apply_overrides",
     "config_to_dict",
@@ -85,6 +87,9 @@ class ModelConfig:
     name: str = "SASwinUNETR"
     kwargs: Dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str = ""
+    init_allow_partial: bool = False
+    """Load an init checkpoint that lacks some encoder or SACA tensors (what loaded is printed);
+    by default every encoder and SACA tensor must load."""
     output_prior: float = 0.01
     """Segmentation: start every region's output bias at logit(output_prior), the expected
     share of foreground voxels (0 keeps PyTorch's near-zero initialisation). With a near-zero
@@ -138,12 +143,109 @@ class PretrainConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Validation on the held-out fold during training (segmentation).
+
+    Every ``every`` optimiser steps (and after the last), the evaluation fold's whole cases go
+    through the deployed inference path (mirror-paired sliding window, see
+    :mod:`.validation`); Dice, HD95 and lesion-wise Dice/HD95 per region are gathered over
+    all processes. ``metric`` picks the best checkpoint (``dice_mean``, ``lesion_dice_mean``,
+    ``hd95_mean``, ``lesion_hd95_mean``, or one region's, e.g. ``ET_dice``, ``WT_lesion_hd95``;
+    HD95 is better lower, Dice higher). ``patience`` > 0 stops the run after that many
+    validations without an improvement larger than ``min_delta``. ``publish`` chooses which
+    weights the model card gets: ``best`` or ``last``.
+    """
+
+    every: int = 0
+    metric: str = "dice_mean"
+    patience: int = 0
+    min_delta: float = 0.0
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+    max_cases: int = 0
+    """Validate on the first ``max_cases`` cases of the fold only (0: all)."""
+    publish: str = "best"
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+_SWIN_MODELS = ("SASwinUNETR", "SASwinClassifier", "SASwinPretrainer")
+# Bounds against values that would only exhaust memory: a crop of 512^3 voxels is 4 x larger
+# than a whole BraTS case; feature size 192 is 4 x the paper's network width (16 x its weights).
+_MAX_ROI = 512
+_MAX_FEATURE = 192
+_REGIONS = ("TC", "WT", "ET")
+_METRICS = ("dice", "hd95", "lesion_dice", "lesion_hd95")
+
+
+def validation_metric_names():
+    """Every name ``validation.metric`` accepts."""
+    return [f"{m}_mean" for m in _METRICS] + [f"{r}_{m}" for r in _REGIONS for m in _METRICS]
+
+
+def check_config(config: RunConfig) -> None:
+    """Check every value that can be checked before any work; an InputError naming the key.
+
+    The network's own argument checks run when it is built (also before data are read);
+    this catches what would otherwise fail deep inside a step (a crop too small for the
+    Swin bottleneck, a fraction outside [0, 1]...).
+    """
+    from SymmetryAwareCore.models.encoder import STRIDE
+
+    d, m, o, t, v = config.data, config.model, config.optim, config.train, config.validation
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise InputError(f"config: {message}")
+
+    need(len(d.roi_size) == 3 and all(0 < r <= _MAX_ROI for r in d.roi_size),
+         f"data.roi_size must be three sizes in 1..{_MAX_ROI} voxels, got {d.roi_size}")
+    if m.name in _SWIN_MODELS and not t.task:  # a train.task plug-in builds its own network
+        # Patch 2 then four 2x mergings: sizes divisible by 32; at 32 the bottleneck is one
+        # voxel and its instance norm fails, so 64 is the smallest usable size.
+        need(all(r % STRIDE == 0 and r >= 2 * STRIDE for r in d.roi_size),
+             f"data.roi_size {d.roi_size} does not suit {m.name}: every size must be a multiple of {STRIDE} "
+             f"and at least {2 * STRIDE} (e.g. [64, 64, 64] or [96, 96, 96])")
+        fs = m.kwargs.get("feature_size", 48)
+        need(isinstance(fs, int) and 0 < fs <= _MAX_FEATURE and fs % 12 == 0,
+             f"model.kwargs.feature_size must be a multiple of 12 in 12..{_MAX_FEATURE} (the paper: 48), got {fs!r}")
+        ic = m.kwargs.get("in_channels", 1)
+        need(isinstance(ic, int) and 0 < ic <= 64, f"model.kwargs.in_channels must be 1..64, got {ic!r}")
+    need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")
+    need(0 <= d.num_workers <= 256, f"data.num_workers must be 0..256, got {d.num_workers}")
+    need(0.0 <= d.pos_fraction <= 1.0, f"data.pos_fraction must be in [0, 1], got {d.pos_fraction}")
+    need(0.0 < d.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
+    need(d.fold >= 0 and d.exclude_fold >= 0, "data.fold and data.exclude_fold must be >= 0")
+    need(d.modality.lower() in ("mri", "ct"), f"data.modality must be mri or ct, got {d.modality!r}")
+    need(0.0 <= m.output_prior < 1.0, f"model.output_prior must be in (0, 1), or 0 to leave the bias alone; "
+                                      f"got {m.output_prior}")
+    need(o.lr > 0 and o.lr < 10, f"optim.lr must be in (0, 10), got {o.lr}")
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {o.grad_clip}")
+    need(t.steps > 0 and t.accumulate > 0 and t.checkpoint_every > 0 and t.log_every > 0,
+         "train.steps, train.accumulate, train.checkpoint_every and train.log_every must be positive")
+    need(t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}")
+    need(t.stop_after_steps >= 0, "train.stop_after_steps must be >= 0")
+    need(v.every >= 0, f"validation.every must be >= 0 (0: no validation), got {v.every}")
+    need(v.metric in validation_metric_names(),
+         f"validation.metric {v.metric!r} is not one of {', '.join(validation_metric_names())}")
+    need(v.patience >= 0 and v.min_delta >= 0, "validation.patience and validation.min_delta must be >= 0")
+    need(0.0 <= v.overlap < 1.0, f"validation.overlap must be in [0, 1), got {v.overlap}")
+    need(v.sw_batch_size >= 1 and v.max_cases >= 0, "validation.sw_batch_size must be >= 1, max_cases >= 0")
+    need(v.publish in ("best", "last"), f"validation.publish must be best or last, got {v.publish!r}")
+    need(not (v.patience and not v.every), "validation.patience needs validation.every > 0")
+    if m.init_checkpoint:
+        need(Path(m.init_checkpoint).is_file(), f"model.init_checkpoint {m.init_checkpoint} not found")
 
 
 def config_to_dict(config) -> Dict[str, Any]:

@@ -6,8 +6,10 @@ A datalist is JSON like MONAI's Decathlon lists::
                    "label": "seg.nii.gz", "fold": 0, "status": "patient"}, ...],
      "validation": [...]}
 
-Paths are relative to the JSON file's folder. ``image`` is one file or a list (one per
-channel). The evaluation set of fold ``k`` is the ``training`` entries with ``"fold": k``
+Paths are relative to the JSON file's folder (or to its ``base_dir``, itself relative to the
+file). ``image`` is one file or a list (one per channel). Absolute paths are taken as they
+are; a relative path that climbs out of the base folder (``../``) is followed, with a notice
+on stderr naming how many do, so a list that reaches outside its own folder is never silent. The evaluation set of fold ``k`` is the ``training`` entries with ``"fold": k``
 (the others train); a list without folds uses its ``validation`` entries instead.
 A case's identity is its ``case`` (or ``id``, ``name``) field, otherwise the first image
 path. Image-level labels are read in either of two spellings: a ``findings`` mapping
@@ -19,6 +21,8 @@ generator writes them); the status is ``"status": "healthy"|"patient"`` or the f
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -65,7 +69,16 @@ def status_of(entry: Dict[str, Any]) -> int:
     return -1
 
 
-def _resolve(entry: Dict[str, Any], base: Path, path: Path, where: str) -> Dict[str, Any]:
+def _outside(value: str, base: Path) -> bool:
+    """True for a relative path that climbs out of ``base`` (judged on the text, before
+    symlinks: a data folder made of links is inside)."""
+    if os.path.isabs(value):
+        return False
+    joined = os.path.normpath(os.path.join(str(base), value))
+    return os.path.commonpath([joined, str(base)]) != str(base)
+
+
+def _resolve(entry: Dict[str, Any], base: Path, path: Path, where: str, outside: List[str]) -> Dict[str, Any]:
     if not isinstance(entry, dict) or "image" not in entry:
         raise InputError(f"{where}: every entry needs an 'image'", path)
     out = dict(entry)
@@ -73,13 +86,24 @@ def _resolve(entry: Dict[str, Any], base: Path, path: Path, where: str) -> Dict[
         if key not in out or out[key] is None or isinstance(out[key], (int, float)):
             continue
         value = out[key]
-        if isinstance(value, (list, tuple)):
-            out[key] = [str((base / v).resolve()) for v in value]
-        elif isinstance(value, str):
-            out[key] = str((base / value).resolve())
-        else:
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, str) and v for v in values):
             raise InputError(f"{where}: '{key}' must be a path or a list of paths", path)
+        outside.extend(v for v in values if _outside(v, base))
+        resolved = [str((base / v).resolve()) for v in values]
+        out[key] = resolved if isinstance(value, (list, tuple)) else resolved[0]
     return out
+
+
+_NOTICED: set = set()
+
+
+def _notice_outside(path: Path, base: Path, outside: List[str]) -> None:
+    key = (str(path.resolve()), len(outside))
+    if outside and key not in _NOTICED:
+        _NOTICED.add(key)
+        print(f"symmetryaware-train: note: {path}: {len(outside)} relative path(s) lie outside the list's folder "
+              f"{base} (e.g. {outside[0]})", file=sys.stderr)
 
 
 @dataclass
@@ -108,6 +132,16 @@ class Datalist:
     def all_entries(self) -> List[Dict[str, Any]]:
         return [e for entries in self.sections.values() for e in entries]
 
+    def held_out(self, fold: int) -> List[Tuple[str, Dict[str, Any]]]:
+        """Every entry training must not see, with where it is held: the evaluation fold's
+        entries and every entry of every section other than ``training`` (``validation``,
+        ``testing``...), whether or not the list uses folds."""
+        out = [(f"fold {fold}", e) for e in self.split(fold)[1]] if self.has_folds else []
+        for name, entries in self.sections.items():
+            if name != "training":
+                out += [(name, e) for e in entries]
+        return out
+
 
 def load_datalist(path: Union[str, Path]) -> Datalist:
     """Read a datalist JSON and resolve its paths against the file's folder."""
@@ -124,11 +158,13 @@ def load_datalist(path: Union[str, Path]) -> Datalist:
     if isinstance(raw.get("base_dir"), str):
         base = (base / raw["base_dir"]).resolve()
     sections = {}
+    outside: List[str] = []
     for key, entries in raw.items():
         # Sections are lists of case objects; other lists (e.g. "channels") are metadata.
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             continue
-        sections[key] = [_resolve(e, base, path, f"{key}[{i}]") for i, e in enumerate(entries)]
+        sections[key] = [_resolve(e, base, path, f"{key}[{i}]", outside) for i, e in enumerate(entries)]
+    _notice_outside(path, base, outside)
     if not sections.get("training") and not sections.get("validation"):
         raise InputError("datalist has no 'training' or 'validation' entries", path)
     return Datalist(path, sections)
@@ -143,23 +179,23 @@ def _identities(entry: Dict[str, Any]) -> set:
 
 
 def check_leakage(pretrain: Datalist, downstream: Datalist, fold: int) -> None:
-    """Refuse a pretraining list that holds any case of ``downstream``'s evaluation ``fold``.
+    """Refuse a pretraining list that holds any case ``downstream`` holds out of training.
 
-    Cases match by id or by any shared image file. Raises :class:`LeakageError` naming them.
+    Held out (:meth:`Datalist.held_out`): evaluation fold ``fold`` and every section other than
+    ``training`` (``validation``, ``testing``...). Cases match by id or by any shared image
+    file. Raises :class:`LeakageError` naming them and where each is held out.
     """
-    _, evaluation = downstream.split(fold)
-    held_out = {}
-    for entry in evaluation:
+    held_out: Dict[str, Tuple[str, str]] = {}
+    for where, entry in downstream.held_out(fold):
         for ident in _identities(entry):
-            held_out[ident] = case_id(entry)
-    leaked = sorted(
-        {held_out[i] for entry in pretrain.all_entries() for i in _identities(entry) if i in held_out}
-    )
+            held_out.setdefault(ident, (case_id(entry), where))
+    leaked = sorted({held_out[i] for entry in pretrain.all_entries() for i in _identities(entry) if i in held_out})
     if leaked:
-        shown = ", ".join(leaked[:10]) + (f" and {len(leaked) - 10} more" if len(leaked) > 10 else "")
+        shown = ", ".join(f"{case} ({where})" for case, where in leaked[:10])
+        shown += f" and {len(leaked) - 10} more" if len(leaked) > 10 else ""
         raise LeakageError(
-            f"leakage: the pretraining list {pretrain.path} holds {len(leaked)} case(s) of evaluation fold "
-            f"{fold} of {downstream.path}: {shown}"
+            f"leakage: the pretraining list {pretrain.path} holds {len(leaked)} case(s) that {downstream.path} "
+            f"holds out of training: {shown}"
         )
 
 

@@ -10,6 +10,17 @@ is a task (see :class:`Task`)::
     train_dataset() -> Dataset     # map-style; __getitem__ receives (epoch, index)
     loss(model, batch) -> {"loss": total, "other": ...}   # scalar tensors
     describe_model() -> {"name": ..., "kwargs": {...}}     # optional: for the model card
+    validation_entries() -> [datalist entries]             # optional: the held-out cases
+    validate(model, env) -> validation.ValidationResult    # optional: scores on them
+
+With ``validation.every`` > 0 the engine validates every that many steps and after the last
+(the task's ``validate``; segmentation: :func:`.validation.validate_segmentation`), keeps the
+best weights by ``validation.metric`` in ``checkpoints/best.pt``, stops early after
+``validation.patience`` validations without improvement, and publishes the best (or last,
+``validation.publish``) weights in the model card with the reason recorded. Checkpoints keep
+``last.pt`` and ``previous.pt``; ``--resume`` falls back to the previous one when the last is
+unreadable. Throughput (samples per second per device, validation excluded) is in the progress
+line and the summary.
 
 Datasets receive ``(epoch, index)`` rather than ``index`` so that all randomness of a sample
 (crop place, augmentation) can be derived from ``(seed, epoch, index)``: the data is then
@@ -35,12 +46,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from SymmetryAwareCore.errors import InputError
 from SymmetryAwareCore.io.atomic import atomic_path
 
-from .checkpoint import LAST_NAME, load_checkpoint, save_checkpoint, unwrap
-from .config import RunConfig, config_to_dict, save_config
+from .checkpoint import BEST_NAME, LAST_NAME, PREVIOUS_NAME, load_checkpoint, load_latest, save_checkpoint, save_rotating, unwrap
+from .config import RunConfig, check_config, config_to_dict, save_config
 from .distributed import DistEnv, gather_objects, init_distributed, rng_state, seed_everything, set_rng_state
 from .modelcard import write_model_card
 from .progress import Progress, format_seconds
 from .schedule import WarmupCosine
+from .validation import BestTracker
 
 __all__ = ["Task", "EpochSampler", "TrainResult", "train", "collate"]
 
@@ -93,6 +105,11 @@ class TrainResult:
     last_losses: Dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[Path] = None
     model_card: Optional[Path] = None
+    samples_per_second: float = 0.0
+    """Training samples per second per device (validation and checkpoint time excluded)."""
+    best: Optional[Dict[str, Any]] = None
+    """The best validation: step, metric, value (None without validation)."""
+    stopped_early: bool = False
 
 
 def _autocast(env: DistEnv, precision: str):
@@ -131,10 +148,9 @@ def train(config: RunConfig, task: Task, resume: Union[bool, str, Path] = False,
     Call once per process (under torchrun, every rank calls it).
     """
     t = config.train
+    check_config(config)
     env = env or init_distributed(t.device)
     _check_precision(t.precision, env)
-    if t.steps <= 0 or t.accumulate <= 0 or t.checkpoint_every <= 0:
-        raise InputError("train.steps, train.accumulate and train.checkpoint_every must be positive")
     # Deterministic mode is process-wide in torch: restore the caller's setting afterwards.
     previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     if t.deterministic:
@@ -153,11 +169,22 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
     out = Path(t.output_dir)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / LAST_NAME
-    if not resume and last.exists():
+    if not resume and (last.exists() or (ckpt_dir / PREVIOUS_NAME).exists()):
         raise InputError("holds a checkpoint already: pass --resume to continue it, or choose another train.output_dir", out)
     resume_from = None if not resume else (last if resume is True else Path(resume))
+    if resume is True and not last.is_file() and (ckpt_dir / PREVIOUS_NAME).is_file():
+        resume_from = ckpt_dir / PREVIOUS_NAME  # killed between the rotation and the write
     if resume_from is not None and not resume_from.is_file():
         raise InputError("no checkpoint to resume from", resume_from)
+    vcfg = config.validation
+    validating = vcfg.every > 0
+    held_out: List[Any] = []
+    if validating:
+        if not callable(getattr(task, "validate", None)):
+            raise InputError(f"validation.every={vcfg.every}, but {type(task).__name__} has no validation "
+                             "(segmentation fine-tuning has); set validation.every=0")
+        held_out = list(task.validation_entries()) if hasattr(task, "validation_entries") else []
+    tracker = BestTracker(vcfg.metric, vcfg.patience, vcfg.min_delta)
 
     seed_everything(t.seed, env.rank)
     model = task.build_model().to(env.device)
@@ -183,7 +210,11 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
     step = 0
     if resume_from is not None:
         # On the CPU: RNG states must be CPU byte tensors; load_state_dict moves the rest.
-        state = load_checkpoint(resume_from, map_location="cpu")
+        if resume is True and resume_from == last:
+            state, resume_from = load_latest(ckpt_dir, log=None if env.is_main else (lambda _: None))
+        else:
+            state = load_checkpoint(resume_from, map_location="cpu")
+        tracker.load_state_dict(state.get("validation") or {})
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -205,7 +236,9 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     writer = _tensorboard(out / "tensorboard") if env.is_main else None
-    progress = Progress(t.steps, start=step, every=t.log_every, enabled=env.is_main)
+    samples_per_step = config.data.batch_size * t.accumulate  # per device
+    progress = Progress(t.steps, start=step, every=t.log_every, enabled=env.is_main, samples_per_step=samples_per_step)
+    start_step = step
 
     micro = step * t.accumulate
     epoch, position = divmod(micro, per_epoch)
@@ -217,6 +250,8 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
     t0 = time.perf_counter()
     saved: Optional[Path] = None
     stopped = False
+    stopped_early = False
+    paused = 0.0  # seconds spent validating and checkpointing: not training throughput
     in_step = 0
     while step < t.steps and not stopped:
         for batch in loader:
@@ -250,8 +285,26 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
                     writer.add_scalar(f"train/{k}", v, step)
                 writer.add_scalar("train/lr", lr, step)
             progress.update(step, last_losses, lr)
-            if step % t.checkpoint_every == 0 or step == t.steps:
-                saved = _checkpoint(ckpt_dir, model, optimizer, scheduler, scaler, step, per_epoch, t.accumulate, config, env)
+            pause0 = time.perf_counter()
+            if validating and (step % vcfg.every == 0 or step == t.steps):
+                result = task.validate(unwrap(model), env)
+                if tracker.update(step, result.metrics[vcfg.metric]) and env.is_main:
+                    save_checkpoint(ckpt_dir / BEST_NAME, {"model": unwrap(model).state_dict(), "step": step,
+                                                          "metric": vcfg.metric, "value": result.metrics[vcfg.metric]})
+                if env.is_main:
+                    _log_validation(out, writer, step, result, tracker)
+                stopped_early = tracker.should_stop and step < t.steps
+            if step % t.checkpoint_every == 0 or step == t.steps or stopped_early:
+                saved = _checkpoint(ckpt_dir, model, optimizer, scheduler, scaler, step, per_epoch, t.accumulate, config,
+                                    env, tracker)
+            paused += time.perf_counter() - pause0
+            progress.pause(time.perf_counter() - pause0)
+            if stopped_early:
+                if env.is_main:
+                    print(f"symmetryaware-train: early stop at step {step}: no {vcfg.metric} improvement in "
+                          f"{tracker.since_best} validation(s) (best {tracker.best_value:.4g} at step {tracker.best_step})",
+                          file=sys.stderr)
+                break
             if t.stop_after_steps and step >= t.stop_after_steps and step < t.steps:
                 stopped = True  # rehearse a kill: no final checkpoint, no model card
                 break
@@ -259,19 +312,66 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
                 break
         else:
             sampler.set_epoch(sampler.epoch + 1)
+        if stopped_early:
+            break
     progress.close()
     if writer is not None:
         writer.close()
     seconds = time.perf_counter() - t0
+    train_seconds = max(seconds - paused, 1e-9)
+    rate = (step - start_step) * samples_per_step / train_seconds if step > start_step else 0.0
+    best = None
+    if tracker.best_step is not None:
+        best = {"step": tracker.best_step, "metric": vcfg.metric, "value": tracker.best_value}
     card = None
     if not stopped and env.is_main:
-        card = write_model_card(unwrap(model), task, config, out / "model")
-        _summary(out, config, step, seconds, last_losses, saved, card, env)
-    return TrainResult(out, step, not stopped, seconds, last_losses, saved, card)
+        selection = _select_weights(unwrap(model), ckpt_dir, config, tracker, held_out, step, stopped_early)
+        card = write_model_card(unwrap(model), task, config, out / "model", checkpoint=selection)
+        _summary(out, config, step, seconds, last_losses, saved, card, env,
+                 {"train_seconds": round(train_seconds, 3), "validation_and_checkpoint_seconds": round(paused, 3),
+                  "samples_per_second_per_device": round(rate, 4),
+                  "samples_per_second": round(rate * env.world_size, 4),
+                  "best": best, "stopped_early": stopped_early, "weights": selection})
+    return TrainResult(out, step, not stopped, seconds, last_losses, saved, card, rate, best, stopped_early)
+
+
+def _select_weights(model: nn.Module, ckpt_dir: Path, config: RunConfig, tracker: BestTracker, held_out: List[Any],
+                    step: int, stopped_early: bool) -> Dict[str, Any]:
+    """Put the weights to publish into ``model``; return the card's record of which and why."""
+    v = config.validation
+    if v.every <= 0 or tracker.best_step is None:
+        why = "no validation during training (validation.every = 0)" if v.every <= 0 else "no finite validation score"
+        return {"selected": "last", "step": step, "why": f"weights after the last step; {why}"}
+    cases = len(held_out[: v.max_cases] if v.max_cases else held_out)
+    record: Dict[str, Any] = {"metric": v.metric, "best_step": tracker.best_step, "best_value": tracker.best_value,
+                              "validations": [[s, val] for s, val in tracker.history], "stopped_early": stopped_early}
+    if v.publish == "last":
+        return {"selected": "last", "step": step, "why": "validation.publish = last", **record}
+    state = load_checkpoint(ckpt_dir / BEST_NAME)
+    model.load_state_dict(state["model"])
+    return {"selected": "best", "step": tracker.best_step, "checkpoint": str(ckpt_dir / BEST_NAME),
+            "why": tracker.describe(v.every, config.data.fold, cases)
+            + (f"; stopped early at step {step} after {tracker.since_best} without improvement" if stopped_early else ""),
+            **record}
+
+
+def _log_validation(out: Path, writer, step: int, result, tracker: BestTracker) -> None:
+    line = {"step": step, "seconds": round(result.seconds, 3), "cases": result.cases, **result.metrics,
+            "best_step": tracker.best_step, "best_value": tracker.best_value}
+    with open(out / "validation.jsonl", "a") as handle:
+        handle.write(json.dumps({k: (None if isinstance(x, float) and x != x else x) for k, x in line.items()}) + "\n")
+    if writer is not None:
+        for k, x in result.metrics.items():
+            writer.add_scalar(f"validation/{k}", x, step)
+    shown = " ".join(f"{k} {result.metrics[k]:.4g}" for k in ("dice_mean", "hd95_mean", "lesion_dice_mean",
+                                                               "lesion_hd95_mean"))
+    print(f"validation step {step}: {shown} ({result.cases} case(s), {format_seconds(result.seconds)}); "
+          f"best {tracker.metric} {tracker.best_value if tracker.best_value is None else f'{tracker.best_value:.4g}'} "
+          f"at step {tracker.best_step}", file=sys.stderr)
 
 
 def _checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, per_epoch: int, accumulate: int,
-                config: RunConfig, env: DistEnv) -> Optional[Path]:
+                config: RunConfig, env: DistEnv, tracker: Optional[BestTracker] = None) -> Optional[Path]:
     # Every rank's RNG state is gathered so that each rank resumes its own stream.
     states = gather_objects(rng_state(), env)
     if not env.is_main:
@@ -288,12 +388,13 @@ def _checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, pe
         "world_size": env.world_size,
         "rng": states,
         "config": config_to_dict(config),
+        "validation": tracker.state_dict() if tracker is not None else {},
     }
-    return save_checkpoint(folder / LAST_NAME, state)
+    return save_rotating(folder, state)
 
 
 def _summary(out: Path, config: RunConfig, step: int, seconds: float, losses: Dict[str, float],
-             checkpoint: Optional[Path], card: Optional[Path], env: DistEnv) -> None:
+             checkpoint: Optional[Path], card: Optional[Path], env: DistEnv, more: Dict[str, Any]) -> None:
     summary = {
         "steps": step,
         "seconds": round(seconds, 3),
@@ -304,9 +405,14 @@ def _summary(out: Path, config: RunConfig, step: int, seconds: float, losses: Di
         "checkpoint": str(checkpoint) if checkpoint else None,
         "model_card": str(card) if card else None,
         "torch": torch.__version__,
+        **more,
     }
     with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
     shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
-    print(f"symmetryaware-train: {step} steps in {format_seconds(seconds)} on {env.world_size} x {env.device}; "
-          f"final {shown}; run folder {out}", file=sys.stderr)
+    best = more.get("best")
+    chosen = (f"; card: best {best['metric']} {best['value']:.4g} at step {best['step']}"
+              if best and more["weights"]["selected"] == "best" else "; card: last weights")
+    print(f"symmetryaware-train: {step} steps in {format_seconds(seconds)} on {env.world_size} x {env.device}, "
+          f"{more['samples_per_second_per_device']:.3g} samples/s per device; final {shown}{chosen}; run folder {out}",
+          file=sys.stderr)

@@ -1,7 +1,17 @@
-"""Evaluation metrics: BraTS regions (Dice, HD95) and per-finding AUC, via monai.metrics.
+"""Evaluation metrics: BraTS regions (Dice, HD95), lesion-wise Dice/HD95, per-finding AUC.
 
 BraTS label maps use 1 necrotic core, 2 oedema and 4 enhancing tumour (BraTS 2021) or 3
 (BraTS 2023). They are scored as nested regions: TC = 1 + ET, WT = 1 + 2 + ET, ET.
+
+Empty masks follow the BraTS conventions, defined once here:
+
+- region-wise (:func:`segmentation_metrics`): prediction and truth both empty -> Dice 1,
+  HD95 0; exactly one empty -> Dice 0, HD95 :data:`HD95_EMPTY` (373.13 mm, the diagonal of
+  BraTS's 240 x 240 x 155 1 mm grid: the largest distance a case can have);
+- lesion-wise (:func:`lesion_wise_metrics`, BraTS 2023 ranking): every missed true lesion
+  and every false-positive predicted lesion scores Dice 0 and HD95
+  :data:`LESION_HD95_MISS` (374 mm, the BraTS 2023 value); a case with no lesion in either
+  scores Dice 1, HD95 0.
 """
 
 from __future__ import annotations
@@ -23,12 +33,23 @@ __all__ = [
     "REGIONS",
     "labels_to_regions",
     "segmentation_metrics",
+    "lesion_wise_metrics",
+    "case_metrics",
+    "hd95",
+    "HD95_EMPTY",
+    "LESION_HD95_MISS",
     "auc_per_finding",
     "summarise",
     "write_report",
 ]
 
 REGIONS = ("TC", "WT", "ET")
+
+HD95_EMPTY = 373.13
+"""HD95 (mm) when exactly one of prediction and truth is empty (BraTS: 240x240x155 diagonal)."""
+
+LESION_HD95_MISS = 374.0
+"""HD95 (mm) of a missed or false-positive lesion in the lesion-wise metrics (BraTS 2023)."""
 
 
 def labels_to_regions(labels, enhancing_label: Optional[int] = None):
@@ -54,6 +75,32 @@ def labels_to_regions(labels, enhancing_label: Optional[int] = None):
     return stack([tc, wt, et])
 
 
+def hd95(pred, truth, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """95th-percentile symmetric surface distance (mm) of two ``(X, Y, Z)`` binary masks.
+
+    Empty masks follow the region-wise BraTS conventions (module docstring).
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    p_any, t_any = bool(np.any(pred)), bool(np.any(truth))
+    if not p_any and not t_any:
+        return 0.0
+    if p_any != t_any:
+        return HD95_EMPTY
+    p = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None, None]
+    t = torch.as_tensor(np.asarray(truth, dtype=np.float32))[None, None]
+    with warnings.catch_warnings():
+        # monai 1.6 warns about an argument it passes to itself (get_mask_edges).
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(compute_hausdorff_distance(p, t, include_background=True, percentile=95,
+                                                spacing=[list(map(float, spacing))])[0, 0])
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = int(pred.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
+
+
 def segmentation_metrics(pred_regions, true_regions, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                          names: Sequence[str] = REGIONS) -> Dict[str, Dict[str, float]]:
     """Dice and HD95 (mm) per region for one case.
@@ -62,29 +109,88 @@ def segmentation_metrics(pred_regions, true_regions, spacing: Sequence[float] = 
         pred_regions, true_regions: ``(R, X, Y, Z)`` binary arrays (numpy or torch).
         spacing: voxel size in mm along X, Y, Z (for HD95).
     Returns ``{region: {"dice": d, "hd95": h}}``. Both empty: Dice 1 and HD95 0 (a correct
-    "no tumour"); exactly one empty: Dice 0 and HD95 NaN (undefined distance).
+    "no tumour"); exactly one empty: Dice 0 and HD95 :data:`HD95_EMPTY` (BraTS).
     """
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-
-    pred = torch.as_tensor(np.asarray(pred_regions, dtype=np.float32))[None]
-    true = torch.as_tensor(np.asarray(true_regions, dtype=np.float32))[None]
+    pred = np.asarray(pred_regions).astype(bool)
+    true = np.asarray(true_regions).astype(bool)
     if pred.shape != true.shape:
         raise InputError(f"prediction shape {tuple(pred.shape[1:])} differs from reference {tuple(true.shape[1:])}")
-    dice = compute_dice(pred, true, include_background=True, ignore_empty=False)[0]
-    out = {}
+    return {name: {"dice": _dice(pred[r], true[r]), "hd95": hd95(pred[r], true[r], spacing)}
+            for r, name in enumerate(names)}
+
+
+def lesion_wise_metrics(pred, truth, spacing: Sequence[float] = (1.0, 1.0, 1.0), dilation_mm: float = 3.0,
+                        min_lesion_mm3: float = 50.0) -> Dict[str, float]:
+    """Lesion-wise Dice and HD95 of one region, BraTS 2023 style.
+
+    Lesions are 26-connected components. Each true lesion is dilated by ``dilation_mm``
+    (18-connected steps of the smallest voxel size; BraTS: 3 voxels of 1 mm) and matched with
+    every predicted component touching the dilated lesion; it scores the Dice and HD95 of itself
+    against the union of its matches, or Dice 0 / HD95 :data:`LESION_HD95_MISS` when none
+    touches it. Predicted components touching no dilated true lesion are false positives, each
+    Dice 0 / HD95 :data:`LESION_HD95_MISS`. True lesions under ``min_lesion_mm3`` (BraTS: 50
+    voxels of 1 mm) are ignored, and so are the predicted components that touch only them.
+    The case score is the mean over true lesions and false positives; with neither, Dice 1
+    and HD95 0.
+
+    Args:
+        pred, truth: ``(X, Y, Z)`` binary masks on one grid.
+        spacing: voxel size in mm along X, Y, Z.
+    Returns ``{"lesion_dice", "lesion_hd95", "lesions", "detected", "false_positives"}``.
+    """
+    from scipy import ndimage
+
+    pred = np.asarray(pred).astype(bool)
+    truth = np.asarray(truth).astype(bool)
+    if pred.shape != truth.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from reference {truth.shape}")
+    connect26 = np.ones((3, 3, 3), bool)
+    true_cc, n_true = ndimage.label(truth, structure=connect26)
+    pred_cc, n_pred = ndimage.label(pred, structure=connect26)
+    voxel_mm3 = float(np.prod(spacing))
+    steps = max(1, int(round(dilation_mm / float(min(spacing)))))
+    grow = ndimage.generate_binary_structure(3, 2)
+    dice_scores: List[float] = []
+    distances: List[float] = []
+    touched = np.zeros(n_pred + 1, bool)
+    detected = 0
+    boxes = ndimage.find_objects(true_cc)
+    for index, box in enumerate(boxes, start=1):
+        # Work in the lesion's box grown by the dilation, not on the whole grid.
+        window = tuple(slice(max(0, s.start - steps - 1), min(n, s.stop + steps + 1)) for s, n in zip(box, truth.shape))
+        lesion = true_cc[window] == index
+        grown = ndimage.binary_dilation(lesion, structure=grow, iterations=steps)
+        matches = np.unique(pred_cc[window][grown])
+        matches = matches[matches > 0]
+        touched[matches] = True
+        if lesion.sum() * voxel_mm3 < min_lesion_mm3:
+            continue  # too small to count; its matches are not false positives either
+        if matches.size == 0:
+            dice_scores.append(0.0)
+            distances.append(LESION_HD95_MISS)
+            continue
+        detected += 1
+        matched = np.isin(pred_cc, matches)
+        whole = true_cc == index
+        dice_scores.append(_dice(matched, whole))
+        distances.append(hd95(matched, whole, spacing))
+    false_positives = int((~touched[1:]).sum())
+    dice_scores += [0.0] * false_positives
+    distances += [LESION_HD95_MISS] * false_positives
+    if not dice_scores:
+        return {"lesion_dice": 1.0, "lesion_hd95": 0.0, "lesions": 0, "detected": 0, "false_positives": 0}
+    return {"lesion_dice": float(np.mean(dice_scores)), "lesion_hd95": float(np.mean(distances)),
+            "lesions": len(dice_scores) - false_positives, "detected": detected, "false_positives": false_positives}
+
+
+def case_metrics(pred_regions, true_regions, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                 names: Sequence[str] = REGIONS) -> Dict[str, Dict[str, float]]:
+    """Region-wise and lesion-wise metrics of one case: ``{region: {"dice", "hd95",
+    "lesion_dice", "lesion_hd95", "lesions", "detected", "false_positives"}}``."""
+    out = segmentation_metrics(pred_regions, true_regions, spacing, names)
+    pred, true = np.asarray(pred_regions).astype(bool), np.asarray(true_regions).astype(bool)
     for r, name in enumerate(names):
-        p_any, t_any = bool(pred[0, r].any()), bool(true[0, r].any())
-        if not p_any and not t_any:
-            hd = 0.0
-        elif p_any != t_any:
-            hd = float("nan")
-        else:
-            with warnings.catch_warnings():
-                # monai 1.6 warns about an argument it passes to itself (get_mask_edges).
-                warnings.simplefilter("ignore", FutureWarning)
-                hd = float(compute_hausdorff_distance(pred[:, r : r + 1], true[:, r : r + 1], include_background=True,
-                                                      percentile=95, spacing=[list(map(float, spacing))])[0, 0])
-        out[name] = {"dice": float(dice[r]), "hd95": hd}
+        out[name].update(lesion_wise_metrics(pred[r], true[r], spacing))
     return out
 
 
@@ -107,12 +213,14 @@ def auc_per_finding(scores: np.ndarray, targets: np.ndarray, findings: Sequence[
 def summarise(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Dict[str, Dict[str, float]]:
     """Mean, median and count of each region's metric over cases, ignoring NaN."""
     summary: Dict[str, Dict[str, float]] = {}
+    names: Dict[str, List[str]] = {}
     for case in per_case.values():
         for region, metrics in case.items():
-            for metric in metrics:
-                summary.setdefault(region, {})
+            summary.setdefault(region, {})
+            names.setdefault(region, [])
+            names[region] += [m for m in metrics if m not in names[region]]
     for region in summary:
-        for metric in ("dice", "hd95"):
+        for metric in names[region]:
             values = np.array([c[region][metric] for c in per_case.values() if region in c], dtype=np.float64)
             finite = values[np.isfinite(values)]
             summary[region][f"{metric}_mean"] = float(finite.mean()) if finite.size else float("nan")

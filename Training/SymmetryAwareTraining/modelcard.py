@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
@@ -26,10 +26,13 @@ __all__ = ["write_model_card", "read_trained_model", "PLAIN_FORMAT"]
 PLAIN_FORMAT = "symmetryaware-training-plain"
 
 
-def _card_fields(task: Any, config: Any) -> Dict[str, Any]:
+def _card_fields(task: Any, config: Any, checkpoint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     info = dict(getattr(task, "card_metadata", lambda: {})())
     extra = dict(info.pop("extra", {}))
     extra["training"] = {"task": type(task).__name__, "steps": config.train.steps}
+    if checkpoint:
+        # Which weights these are (best validation or last step) and why: the card must say.
+        extra["training"]["checkpoint"] = checkpoint
     from .config import config_to_dict
 
     extra["training"]["config"] = config_to_dict(config)
@@ -37,15 +40,25 @@ def _card_fields(task: Any, config: Any) -> Dict[str, Any]:
     return info
 
 
-def write_model_card(model: nn.Module, task: Any, config: Any, stem: Path) -> Path:
-    """Write ``<stem>.safetensors`` and ``<stem>.json``; return the JSON's path."""
+def write_model_card(model: nn.Module, task: Any, config: Any, stem: Path,
+                     checkpoint: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json``; return the JSON's path.
+
+    ``checkpoint`` records which weights ``model`` holds and why (``extra.training.checkpoint``:
+    ``selected`` best or last, ``step``, ``why``, the validation history).
+    """
     stem = Path(stem)
-    fields = _card_fields(task, config)
+    fields = _card_fields(task, config, checkpoint)
     if hasattr(model, "init_kwargs"):
         from SymmetryAwareCore.models.model_card import InputChannel, Label, ModelCard, save_model
 
+        from SymmetryAwareCore.inference.model_source import brats_card_fields
+
+        # BraTS channels get the BraTS card's file patterns (2021 and 2023 spellings alike), so
+        # `segment` matches t1n/t1c/t2w/t2f files too; other channels their own name.
+        known = {c.name: c for c in brats_card_fields()["channels"]}
         card = ModelCard(
-            channels=[InputChannel(name=c, patterns=(f"*_{c}.*",)) for c in fields.get("channels", [])],
+            channels=[known.get(c) or InputChannel(name=c, patterns=(f"*_{c}.*",)) for c in fields.get("channels", [])],
             modality=fields.get("modality", "mri"),
             labels=[Label(value=int(v), name=str(n), color=tuple(int(x) for x in c))
                     for v, n, c in fields.get("labels", [])],

@@ -9,6 +9,7 @@ is what is optimised (see :mod:`.engine`).
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -17,7 +18,6 @@ import torch.nn as nn
 
 from SymmetryAwareCore.errors import InputError
 
-from .checkpoint import load_checkpoint, load_model_weights
 from .config import RunConfig
 from .data import PairedCropDataset, WholeScanDataset
 from .datalist import check_leakage, load_datalist, subset_fraction
@@ -57,26 +57,74 @@ def build_model(name: str, kwargs: Dict[str, Any]) -> nn.Module:
         raise InputError(f"model {name}: bad model.kwargs ({error})") from None
 
 
-def load_init_weights(model: nn.Module, path: str) -> None:
-    """Initialise from a training checkpoint (``.pt``) or card weights (``.safetensors``).
+_REQUIRED_PREFIXES = ("swinViT.", "saca.")
+"""Model keys an init checkpoint must provide (the encoder and the SACA blocks): the parts
+pretraining trains. Decoders and heads may be fresh."""
 
-    Not strict (a pretrained encoder lacks the decoder), but refuses a file with no tensor
-    in common with the model, and tensors of the wrong shape.
+
+def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, log=None) -> Dict[str, int]:
+    """Initialise ``model`` from a training checkpoint, card weights or MONAI/SSL weights.
+
+    Any weight file the project reads (``.safetensors``; ``.pt``/``.pth``/``.ckpt`` with
+    ``weights_only=True``; wrapped in ``model``/``state_dict`` or bare; ``module.`` prefixes
+    and MONAI's self-supervised key names understood, see
+    :func:`SymmetryAwareCore.models.monai_weights.normalise_monai_keys`). A file that cannot
+    be read is one :class:`InputError` line.
+
+    Every encoder (``swinViT.*``) and SACA (``saca.*``) tensor of the model must load, with
+    its shape: the authors' loader used ``strict=False`` and could load nothing but SACA
+    without a word. Missing or unexpected keys are named, every one. Keys of modules the model
+    does not have (pretraining heads) are reported as ignored. ``allow_partial`` loads what
+    matches instead, and says how much. A network without encoder or SACA keys (a plug-in)
+    needs at least one matching tensor.
+
+    Returns counts: ``loaded``, ``required``, ``required_loaded``, ``fresh``, ``ignored``.
     """
-    source = Path(path)
-    if source.suffix == ".safetensors":
-        if not source.is_file():
-            raise InputError("initial weights not found", source)
-        from safetensors.torch import load_file
+    from SymmetryAwareCore.models.checkpoints import read_state_dict
+    from SymmetryAwareCore.models.monai_weights import normalise_monai_keys
 
-        state = load_file(str(source))
-    else:
-        state = load_checkpoint(source)["model"]
+    log = log or (lambda text: print(text, file=sys.stderr))
+    source = Path(path)
+    try:
+        state = normalise_monai_keys(read_state_dict(source))
+    except InputError:
+        raise
+    except Exception as error:  # a foreign or broken file of any kind: the user's input
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(f"not a usable weights file ({first})", source) from None
     own = model.state_dict()
-    wrong = [k for k, v in state.items() if k.removeprefix("module.") in own and own[k.removeprefix("module.")].shape != v.shape]
+    top = {k.split(".")[0] for k in own}
+    required = {k for k in own if k.startswith(_REQUIRED_PREFIXES)}
+    missing = sorted(required - set(state))
+    unexpected = sorted(k for k in state if k not in own and k.split(".")[0] in top)
+    ignored = sorted(k for k in state if k.split(".")[0] not in top)
+    wrong = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in state
+                   if k in own and state[k].shape != own[k].shape)
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} encoder/SACA key(s) missing: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
     if wrong:
-        raise InputError(f"{len(wrong)} tensor(s) have another shape than the model's, e.g. {wrong[0]}", source)
-    load_model_weights(model, state, str(source), strict=False)
+        problems.append(f"{len(wrong)} tensor(s) have another shape than the model's: {', '.join(wrong)}")
+    if not usable:
+        raise InputError(f"no tensor of the checkpoint matches the model (wrong architecture?)"
+                         + (f"; {'; '.join(problems)}" if problems else ""), source)
+    if problems and not allow_partial:
+        raise InputError("; ".join(problems) + " (model.init_allow_partial / --allow-partial loads what matches)",
+                         source)
+    model.load_state_dict(usable, strict=False)
+    counts = {"loaded": len(usable), "required": len(required), "required_loaded": len(required & set(usable)),
+              "fresh": len(set(own) - set(usable)), "ignored": len(ignored) + len(unexpected) + len(wrong)}
+    line = (f"symmetryaware-train: init weights {source.name}: loaded {counts['loaded']} of {len(own)} tensors "
+            f"(encoder+SACA {counts['required_loaded']}/{counts['required']}), {counts['fresh']} left as initialised")
+    if ignored:
+        line += f"; ignored {len(ignored)} key(s) of modules the model lacks: {', '.join(ignored)}"
+    if problems:
+        line += f"; partial load allowed: {'; '.join(problems)}"
+    log(line)
+    return counts
 
 
 def set_output_prior(model: nn.Module, prior: float) -> None:
@@ -199,7 +247,7 @@ class _ModelTask:
         model = build_model(self.config.model.name, self.config.model.kwargs)
         self.initialise(model)
         if self.config.model.init_checkpoint:  # after initialise: loaded tensors win
-            load_init_weights(model, self.config.model.init_checkpoint)
+            load_init_weights(model, self.config.model.init_checkpoint, self.config.model.init_allow_partial)
         return model
 
     def initialise(self, model: nn.Module) -> None:
@@ -231,6 +279,28 @@ class SegmentationTask(_ModelTask):
     def initialise(self, model: nn.Module) -> None:
         if self.config.model.output_prior:
             set_output_prior(model, self.config.model.output_prior)
+
+    def validation_entries(self):
+        """The held-out cases validated during training: the evaluation fold (``data.fold``),
+        or the list's ``validation`` section when it has no folds."""
+        if not hasattr(self, "_held_out"):
+            if not self.config.data.datalist:
+                raise InputError("data.datalist is not set")
+            _, held_out = load_datalist(self.config.data.datalist).split(self.config.data.fold)
+            if not held_out:
+                raise InputError("validation needs held-out cases: the datalist has neither folds nor a "
+                                 "'validation' section", self.config.data.datalist)
+            missing = [e for e in held_out if not e.get("label")]
+            if missing:
+                raise InputError(f"held-out case {missing[0].get('case', missing[0]['image'])} has no 'label' to "
+                                 "validate against", self.config.data.datalist)
+            self._held_out = held_out
+        return self._held_out
+
+    def validate(self, model, env):
+        from .validation import validate_segmentation
+
+        return validate_segmentation(model, self.validation_entries(), self.config, env)
 
     def train_dataset(self):
         d = self.config.data
