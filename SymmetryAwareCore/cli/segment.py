@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 from ..errors import InputError
 from .progress import ProgressPrinter, format_seconds
+
+# Largest --roi-size per axis: a head is about 200 mm across.
+MAX_ROI_MM = 500.0
 
 EXAMPLE = """examples:
   symmetryaware segment --sample --output-dir out
@@ -32,6 +38,43 @@ def _triple(text: str) -> List[float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three numbers like 10,-5,20, got {text!r}")
     return values
+
+
+def _roi_size(text: str) -> List[float]:
+    values = _triple(text)
+    if not all(0 < v <= MAX_ROI_MM for v in values):
+        raise argparse.ArgumentTypeError(f"ROI sizes must be in (0, {MAX_ROI_MM:g}] mm, got {text!r}")
+    return values
+
+
+def _finite_triple(text: str) -> List[float]:
+    values = _triple(text)
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected three finite numbers, got {text!r}")
+    return values
+
+
+def add_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-voxels``: the voxel budget of :func:`SymmetryAwareCore.io.validate.max_voxels`."""
+    parser.add_argument(
+        "--max-voxels", metavar="N",
+        help="largest image (and aligned grid) in voxels, checked from the header before reading "
+        "(default 2**28 = 268435456, about 1 GiB as float32; also $SYMMETRYAWARE_MAX_VOXELS)",
+    )
+
+
+def check_frame_budget(paths: Sequence[Path], spacing) -> None:
+    """Refuse a case whose aligned grid at ``spacing`` (mm) would exceed the voxel budget,
+    from the first channel's header (the aligned grid covers its field of view)."""
+    from ..io.readers import read_header
+    from ..io.validate import check_voxel_budget
+
+    shape, voxel_mm3 = read_header(paths[0])
+    for p in paths[1:]:
+        read_header(p)  # each channel's own budget, before any is read
+    estimate = float(np.prod([float(n) for n in shape])) * voxel_mm3 / float(np.prod(spacing))
+    shown = " x ".join(f"{v:g}" for v in spacing)
+    check_voxel_budget(estimate, f"the aligned grid at {shown} mm", paths[0])
 
 
 def _overlap(text: str) -> float:
@@ -73,8 +116,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sw-batch", type=_positive_int, default=2, help="windows per forward pass (default 2)")
     parser.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     parser.add_argument("--amp", default="auto", choices=("auto", "off", "float16", "bfloat16"), help="mixed precision")
-    parser.add_argument("--roi-center", type=_triple, metavar="R,A,S", help="run on a box around this RAS point (mm)")
-    parser.add_argument("--roi-size", type=_triple, metavar="X,Y,Z", help="size of that box in mm")
+    parser.add_argument("--roi-center", type=_finite_triple, metavar="R,A,S", help="run on a box around this RAS point (mm)")
+    parser.add_argument("--roi-size", type=_roi_size, metavar="X,Y,Z", help=f"size of that box in mm (at most {MAX_ROI_MM:g} each)")
     parser.add_argument(
         "--msp-fallback", choices=("error", "axes"), default="error",
         help="when no mid-sagittal plane can be found: refuse the case (default) or use the image axes",
@@ -83,6 +126,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
     parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
+    add_budget_argument(parser)
 
 
 def _sample_inputs() -> List[str]:
@@ -98,6 +142,8 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     from ..inference.cases import ChannelSpec, discover_cases
     from ..inference.model_source import resolve_model
     from ..inference.pipeline import SegmentOptions, segment_case
+    from ..io.atomic import sweep_stale
+    from ..io.outputs import check_output_dir
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if (args.roi_center is None) != (args.roi_size is None):
@@ -109,12 +155,21 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         inputs = _sample_inputs()
     if not inputs:
         raise InputError("no input given (files, a folder, a CSV, or --sample)")
+    # Output checks first, so a bad location fails before the model is even loaded.
+    output_dir = check_output_dir(args.output_dir, inputs)
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
     for note in model.notes:
         printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(inputs, channels, case_id=args.case_id)
+    every_input = [p for case in cases for p in case.paths]
+    check_output_dir(output_dir, every_input)
+    for case in cases:
+        check_output_dir(output_dir / case.case_id, every_input, holds_inputs_ok=False)
+    if output_dir.is_dir():
+        sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
+    spacing = np.asarray(model.card.preprocessing.get("spacing", (1.0, 1.0, 1.0)), np.float64)
     options = SegmentOptions(
         device=args.device,
         overlap=args.overlap,
@@ -139,12 +194,20 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
 
         start = time.perf_counter()
         try:
-            result = segment_case(case.paths, args.output_dir, model, options, case.case_id, printer.update, windows)
+            if args.roi_center is None:
+                check_frame_budget(case.paths, spacing)
+            result = segment_case(case.paths, output_dir, model, options, case.case_id, printer.update, windows)
         except InputError as error:
             if len(cases) == 1:
                 raise
             printer.message(f"{case.case_id}: error: {error}")
             rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), str(error)))
+            continue
+        except (OSError, MemoryError) as error:  # the machine, not a bug: one line, no traceback
+            if len(cases) == 1:
+                raise
+            printer.message(f"{case.case_id}: error: {error}")
+            rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), f"{type(error).__name__}: {error}"))
             continue
         except Exception as error:  # a bug on one case must not end a batch; say what it was
             if len(cases) == 1:

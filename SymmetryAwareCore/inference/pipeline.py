@@ -12,9 +12,6 @@ recognisable by its folder alone.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from ..errors import InputError
 from ..geometry.markups import write_plane_markups
 from ..geometry.msp import MidSagittalPlane, estimate_msp
 from ..geometry.symmetric_frame import SymmetricFrame, align_to_msp
+from ..io.atomic import staged_folder
 from ..io.case import load_case
 from ..io.image import Image
 from ..io.labels import LABEL_TABLES, LabelInfo, label_table
@@ -329,9 +327,7 @@ def segment_case(
     if options.roi_center_ras is not None:
         labels_native[~_roi_mask_native(native, options.roi_center_ras, options.roi_size_mm)] = 0
     files: Dict[str, Path] = {}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=output_dir))
-    try:
+    with staged_folder(case_dir, overwrite=options.overwrite) as tmp_dir:
 
         def out(key: str) -> Path:
             files[key] = case_dir / OUTPUT_FILES[key]
@@ -406,15 +402,6 @@ def segment_case(
             }
         )
         write_report_json(report, out("report"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp made it owner-only
-        if case_dir.exists():
-            shutil.rmtree(case_dir)
-        tmp_dir.rename(case_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     if progress is not None:
         progress(1.0, "done")
     return CaseResult(case_id, case_dir, files, report)
