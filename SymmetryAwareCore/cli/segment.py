@@ -159,14 +159,14 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     output_dir = check_output_dir(args.output_dir, inputs)
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
-    for note in model.notes:
-        printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(inputs, channels, case_id=args.case_id)
     every_input = [p for case in cases for p in case.paths]
     check_output_dir(output_dir, every_input)
     for case in cases:
         check_output_dir(output_dir / case.case_id, every_input, holds_inputs_ok=False)
+    for note in model.notes:
+        printer.message(f"WARNING: {note}")
     if output_dir.is_dir():
         sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
     spacing = np.asarray(model.card.preprocessing.get("spacing", (1.0, 1.0, 1.0)), np.float64)
