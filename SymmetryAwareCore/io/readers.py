@@ -107,13 +107,8 @@ def read_header(path: PathLike) -> Tuple[Tuple[int, int, int], float]:
     """
     kind = check_input_path(path)
     if kind == "nifti":
-        import nibabel as nib
-
-        try:
-            nii = nib.load(str(path))
-            shape, affine = nii.shape, nii.affine
-        except Exception as err:
-            raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
+        nii = _load_nifti_header(Path(path))
+        shape, affine = nii.shape, nii.affine
         _check_header(shape, affine, path)
         shape = tuple(shape)
         while len(shape) > 3 and shape[-1] == 1:
@@ -204,21 +199,49 @@ def _check_header(shape, affine, path: PathLike) -> None:
     check_affine(affine, path)
 
 
-def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def _load_nifti_header(path: Path):
+    """``nib.load`` (the header only), refusing what nibabel would silently patch up.
+
+    nibabel replaces a zero voxel size (``pixdim``) by 1 mm with a log line; when the
+    affine comes from the pixdims (no sform), that would be a guessed geometry, so it is
+    refused here instead. Negative pixdims are taken as their absolute values (nibabel's
+    reading, the common one), without its log line.
+    """
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
+    from nibabel.openers import ImageOpener
 
     try:
-        nii = nib.load(str(path))  # the header only; the voxels are read below
-        shape, affine = nii.shape, nii.affine
+        with LoggingOutputSuppressor():
+            nii = nib.load(str(path))
+            shape, affine = nii.shape, nii.affine
+        header = nii.header
+        if "pixdim" in header and "sform_code" in header and int(header["sform_code"]) == 0:
+            with ImageOpener(str(path)) as handle:
+                raw = type(header).from_fileobj(handle, check=False)
+            pixdim = np.asarray(raw["pixdim"][1:4], np.float64)
+            if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+                raise InputError(f"header voxel size (pixdim) {pixdim.tolist()} has a zero or non-finite axis", path)
+    except InputError:
+        raise
     except Exception as err:  # nibabel raises many types for a broken header
         raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
-    _check_header(shape, affine, path)
+    return nii
+
+
+def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    nii = _load_nifti_header(path)  # the header only; the voxels are read below
+    _check_header(nii.shape, nii.affine, path)
     try:
         # Reading the data here, not lazily later, so that a truncated file fails inside this try.
-        if np.issubdtype(nii.get_data_dtype(), np.integer) and _unscaled(nii):
-            array = np.asarray(nii.dataobj)
-        else:
-            array = np.asarray(nii.dataobj, dtype=np.float64 if nii.get_data_dtype() == np.float64 else np.float32)
+        # A header scaling (scl_slope) can push values past float32: an error, not a warning.
+        with np.errstate(over="raise", invalid="raise"):
+            if np.issubdtype(nii.get_data_dtype(), np.integer) and _unscaled(nii):
+                array = np.asarray(nii.dataobj)
+            else:
+                array = np.asarray(nii.dataobj, dtype=np.float64 if nii.get_data_dtype() == np.float64 else np.float32)
+    except FloatingPointError:
+        raise InputError("voxel values overflow 32-bit floats; is the header's scaling (scl_slope) broken?", path) from None
     except Exception as err:  # nibabel, gzip and zlib raise many types for a broken file
         raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
     if int(nii.header["sform_code"]) == 0 and int(nii.header["qform_code"]) == 0:
