@@ -277,3 +277,14 @@ def test_disk_full_during_msp_is_one_line_and_no_partial_file(scan, tmp_path, ca
     line = _one_line_error(capsys, "msp")
     assert str(out / "plane.json") in line and "No space left" in line
     assert list(out.iterdir()) == []
+
+
+def test_device_or_link_loop_as_output_is_refused(scan, tmp_path, capsys):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(tmp_path / "loop.json")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for out in (loop, fifo, Path(os.devnull)):
+        assert main(["msp", str(scan), "--report", str(out)]) == 2
+        _one_line_error(capsys, "msp")
+    assert fifo.exists() and loop.is_symlink()

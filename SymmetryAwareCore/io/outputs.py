@@ -45,9 +45,21 @@ def check_path_text(path: PathLike, what: str = "path") -> Path:
     return Path(text)
 
 
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a symbolic link loop (RuntimeError or OSError) is an InputError."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        raise InputError("is a symbolic link loop or cannot be resolved", path) from None
+
+
 def _same(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` name one file or folder (links resolved, hard links by inode)."""
-    if a.resolve() == b.resolve():
+    try:
+        b_resolved = b.resolve()
+    except (RuntimeError, OSError):
+        return False  # an input that cannot be resolved is refused by its reader
+    if _resolve(a) == b_resolved:
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -56,7 +68,10 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _inside(child: Path, folder: Path) -> bool:
-    child, folder = child.resolve(), folder.resolve()
+    try:
+        child, folder = child.resolve(), folder.resolve()
+    except (RuntimeError, OSError):
+        return False
     return folder in child.parents
 
 
@@ -121,8 +136,11 @@ def check_output_file(
         ``path`` as a :class:`Path`.
     """
     path = check_output_path(path, inputs)
+    _resolve(path)
     if path.is_dir():
         raise InputError("is a folder; a file name is needed here", path)
+    if path.exists() and not path.is_file():
+        raise InputError("exists and is not a regular file (a device or pipe); refusing to replace it", path)
     if suffixes and not path.name.lower().endswith(tuple(suffixes)):
         raise InputError(f"the file name must end in {' or '.join(suffixes)}", path)
     for folder in _input_folders(inputs):
@@ -144,6 +162,7 @@ def check_output_dir(path: PathLike, inputs: Sequence[Optional[PathLike]] = (), 
             which must then hold no input.
     """
     path = check_path_text(path, "output folder")
+    _resolve(path)
     if path.exists() and not path.is_dir():
         raise InputError("is a file, not a folder", path)
     for item in inputs:
