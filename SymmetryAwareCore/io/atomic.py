@@ -269,7 +269,7 @@ def staged_folder(target: PathLike, overwrite: bool = False) -> Iterator[Path]:
     try:
         _sweep_locked(parent, name)
         if target.exists() and not overwrite:
-            raise InputError("exists; use --overwrite to replace it", target)
+            raise InputError("exists (another run may have just finished it); kept it, use --overwrite to replace it", target)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_PARTIAL, dir=parent))
         except OSError as error:
