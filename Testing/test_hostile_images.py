@@ -159,6 +159,8 @@ BROKEN = {
     "huge intensities": lambda p: _save(p, _blob() * 1e28),
     "scaling that overflows float32": lambda p: _save(p, (_blob() * 100).astype(np.int16), slope=1e37),
     "zero-size axis": lambda p: _save(p, np.ones((10, 0, 10), np.float32)),
+    "complex voxels": lambda p: _save(p, (_blob() + 1j * _blob()).astype(np.complex64)),
+    "RGB voxels": lambda p: _save(p, np.zeros((10, 10, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])),
 }
 
 

@@ -165,7 +165,9 @@ def _read_raw(path: PathLike, series_uid: Optional[str]) -> Tuple[np.ndarray, np
     import SimpleITK as sitk
 
     if kind == "dicom":
-        return _sitk_to_raw(_read_dicom_series(Path(path), series_uid), path)
+        array, affine = _sitk_to_raw(_read_dicom_series(Path(path), series_uid), path)
+        _check_dtype(array.dtype, path)
+        return array, affine
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -178,6 +180,7 @@ def _read_raw(path: PathLike, series_uid: Optional[str]) -> Tuple[np.ndarray, np
     except RuntimeError as err:
         raise InputError(f"cannot read image: {_first_line(err)}", path) from None
     array, affine = _sitk_to_raw(image, path)
+    _check_dtype(array.dtype, path)
     keys = set(reader.GetMetaDataKeys())
     if VALUE_SCALE_KEY in keys or VALUE_OFFSET_KEY in keys:
         try:
@@ -229,9 +232,20 @@ def _load_nifti_header(path: Path):
     return nii
 
 
+def _check_dtype(dtype, path: PathLike) -> None:
+    """Scalar real voxels only: casting complex data to float would drop the imaginary part
+    (with a warning), and RGB / structured voxels have no single intensity."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise InputError("voxels are complex numbers (phase or k-space data?); give a magnitude image", path)
+    if dtype.kind not in "biuf":
+        raise InputError(f"voxels of type {dtype} (RGB or structured) are not scalar intensities", path)
+
+
 def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     nii = _load_nifti_header(path)  # the header only; the voxels are read below
     _check_header(nii.shape, nii.affine, path)
+    _check_dtype(nii.get_data_dtype(), path)
     try:
         # Reading the data here, not lazily later, so that a truncated file fails inside this try.
         # A header scaling (scl_slope) can push values past float32: an error, not a warning.
