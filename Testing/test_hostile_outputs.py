@@ -288,3 +288,24 @@ def test_device_or_link_loop_as_output_is_refused(scan, tmp_path, capsys):
         assert main(["msp", str(scan), "--report", str(out)]) == 2
         _one_line_error(capsys, "msp")
     assert fifo.exists() and loop.is_symlink()
+
+
+def test_case_folder_that_is_a_symlink_elsewhere_is_refused(scan, tmp_path, capsys):
+    elsewhere = tmp_path / "important"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan").symlink_to(elsewhere, target_is_directory=True)
+    code = main(["segment", *[str(scan)] * 4, "-o", str(out), "--overwrite", "--model", "untrained-standin",
+                 "--progress", "none"])
+    assert code == 2
+    assert "symbolic link" in _one_line_error(capsys, "segment")
+    assert (elsewhere / "keep.txt").read_text() == "keep"
+
+
+def test_case_ids_differing_only_in_case_are_refused(scan, tmp_path, capsys):
+    table = tmp_path / "cases.csv"
+    table.write_text(f"case_id,t1,t1ce,t2,flair\nCase1,{scan},{scan},{scan},{scan}\ncase1,{scan},{scan},{scan},{scan}\n")
+    assert main(["segment", str(table), "-o", str(tmp_path / "out"), "--model", "untrained-standin", "--progress", "none"]) == 2
+    assert "letter case" in _one_line_error(capsys, "segment")

@@ -219,17 +219,24 @@ def discover_cases(inputs: Sequence[str], channels: Sequence[ChannelSpec], case_
     for p in paths:
         if not p.exists():
             raise InputError("no such file or folder", p)
-    if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
-        return _csv_cases(paths[0], channels)
-    if len(paths) == 1 and paths[0].is_dir():
+    table = len(paths) == 1 and paths[0].suffix.lower() == ".csv"
+    if table:
+        cases = _csv_cases(paths[0], channels)
+    elif len(paths) == 1 and paths[0].is_dir():
         cases = _folder_cases(paths[0], channels)
     else:
         for p in paths:
             if p.is_dir() and not _is_dicom_folder(p):
                 raise InputError("give either image files or one folder, not both", p)
         cases = [_case_from_files(case_id_from_files(paths), paths, channels, "")]
-    if case_id and len(cases) == 1:
+    if case_id and len(cases) == 1 and not table:
         cases[0].case_id = case_id
+    folded: Dict[str, str] = {}
     for case in cases:
         check_case_id(case.case_id, str(paths[0]) if len(paths) == 1 else None)
+        # On case-insensitive file systems (macOS, Windows) these would share one folder.
+        other = folded.setdefault(case.case_id.casefold(), case.case_id)
+        if other != case.case_id:
+            raise InputError(f"case ids {other!r} and {case.case_id!r} differ only in letter case; "
+                             "they would share one output folder", str(paths[0]) if len(paths) == 1 else None)
     return cases

@@ -165,6 +165,8 @@ def check_output_dir(path: PathLike, inputs: Sequence[Optional[PathLike]] = (), 
     _resolve(path)
     if path.exists() and not path.is_dir():
         raise InputError("is a file, not a folder", path)
+    if not holds_inputs_ok and path.is_symlink():
+        raise InputError("is a symbolic link; a result folder that may be replaced must be a real folder", path)
     for item in inputs:
         if item is None:
             continue
