@@ -27,7 +27,7 @@ from ..geometry.symmetric_frame import align_to_msp
 from ..io.atomic import atomic_path
 from ..io.outputs import check_distinct_outputs, check_output_file
 from ..io.readers import read_image, read_labelmap
-from ..io.validate import MAX_SPACING_MM, MIN_SPACING_MM, check_voxel_budget
+from ..io.validate import MAX_SPACING_MM, MIN_SPACING_MM, check_resampled_budget
 from ..io.writers import write_nifti
 
 __all__ = ["add_parser", "run"]
@@ -81,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     image = read_image(args.input, allow_channels=True)
     if args.aligned:  # the aligned grid covers the scan's field of view at --spacing
-        fov_mm3 = abs(float(np.linalg.det(image.affine[:3, :3]))) * float(np.prod(image.spatial_shape))
-        shown = " x ".join(f"{s:g}" for s in args.spacing)
-        check_voxel_budget(fov_mm3 / float(np.prod(args.spacing)), f"the aligned scan at {shown} mm", args.input)
+        voxel_mm3 = abs(float(np.linalg.det(image.affine[:3, :3])))
+        check_resampled_budget(image.spatial_shape, voxel_mm3, args.spacing, "the aligned scan", args.input)
     mask = read_labelmap(args.mask).array if args.mask else None
     if mask is not None and mask.shape != image.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the scan has {image.spatial_shape}", args.mask)

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import numpy as np
-
 from ..errors import InputError
+from ..io.validate import DEFAULT_MAX_VOXELS, VOXEL_BUDGET_ENV, check_resampled_budget
 from .progress import ProgressPrinter, format_seconds
 
 # Largest --roi-size per axis: a head is about 200 mm across.
@@ -59,7 +58,7 @@ def add_budget_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-voxels", metavar="N",
         help="largest image (and aligned grid) in voxels, checked from the header before reading "
-        "(default 2**28 = 268435456, about 1 GiB as float32; also $SYMMETRYAWARE_MAX_VOXELS)",
+        f"(default {DEFAULT_MAX_VOXELS:,}, 1 GiB as float32; also ${VOXEL_BUDGET_ENV})",
     )
 
 
@@ -67,14 +66,11 @@ def check_frame_budget(paths: Sequence[Path], spacing) -> None:
     """Refuse a case whose aligned grid at ``spacing`` (mm) would exceed the voxel budget,
     from the first channel's header (the aligned grid covers its field of view)."""
     from ..io.readers import read_header
-    from ..io.validate import check_voxel_budget
 
     shape, voxel_mm3 = read_header(paths[0])
     for p in paths[1:]:
         read_header(p)  # each channel's own budget, before any is read
-    estimate = float(np.prod([float(n) for n in shape])) * voxel_mm3 / float(np.prod(spacing))
-    shown = " x ".join(f"{v:g}" for v in spacing)
-    check_voxel_budget(estimate, f"the aligned grid at {shown} mm", paths[0])
+    check_resampled_budget(shape, voxel_mm3, spacing, "the aligned grid", paths[0])
 
 
 def _overlap(text: str) -> float:
@@ -169,7 +165,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         printer.message(f"WARNING: {note}")
     if output_dir.is_dir():
         sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
-    spacing = np.asarray(model.card.preprocessing.get("spacing", (1.0, 1.0, 1.0)), np.float64)
+    spacing = model.card.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     options = SegmentOptions(
         device=args.device,
         overlap=args.overlap,

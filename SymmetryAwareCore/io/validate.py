@@ -32,6 +32,7 @@ __all__ = [
     "max_voxels",
     "parse_voxel_count",
     "check_voxel_budget",
+    "check_resampled_budget",
 ]
 
 PathLike = Union[str, Path]
@@ -124,6 +125,17 @@ def check_voxel_budget(count: float, what: str, path: Optional[PathLike] = None)
             f"(raise it with --max-voxels or the environment variable {VOXEL_BUDGET_ENV})",
             path,
         )
+
+
+def check_resampled_budget(shape, voxel_mm3: float, spacing, what: str, path: Optional[PathLike] = None) -> None:
+    """The budget for a grid resampled at ``spacing`` (mm) over the field of view of an image of
+    ``shape`` voxels of ``voxel_mm3`` mm^3 each: a 10 m field of view (512 voxels of 20 mm)
+    at 1 mm would be 10^12 voxels. The estimate is the field of view's volume over the new
+    voxel's; an aligned (rotated) grid covers somewhat more."""
+    spacing = [float(s) for s in spacing]
+    estimate = float(np.prod([float(n) for n in shape])) * float(voxel_mm3) / float(np.prod(spacing))
+    shown = " x ".join(f"{s:g}" for s in spacing)
+    check_voxel_budget(estimate, f"{what} at {shown} mm", path)
 
 
 def check_shape(shape: Sequence[int], path: PathLike, allow_channels: bool = False) -> None:
