@@ -154,3 +154,12 @@ def test_segment_sweeps_stale_folders_and_keeps_a_finished_case(tmp_path, capsys
     assert "skipped" in capsys.readouterr().err
     assert (out / "sample_glioma" / "report.json").read_bytes() == report
     assert _entries(out) == ["sample_glioma"]
+
+
+def test_stale_partials_of_any_token_and_dotted_case_ids_are_swept(tmp_path):
+    for name in (".case.tmp1.partial", ".sub.01.a1b2c3d4.partial", ".x.a1b2c3d4.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("half")
+    (tmp_path / "sub.01").mkdir()  # a finished case is never swept
+    assert len(sweep_stale(tmp_path)) == 3
+    assert _entries(tmp_path) == ["sub.01"]

@@ -37,8 +37,9 @@ PathLike = Union[str, Path]
 _PARTIAL = ".partial"
 _OLD = ".old"
 _LOCK = ".lock"
-# .<name>.<mkdtemp's 8 random characters>.partial / .old
-_STAGING = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?P<kind>\.partial|\.old)$")
+# .<name>.<token>.partial (any word token: older versions and other writers vary) and
+# .<name>.<mkdtemp's 8 characters>.old (only ever made here).
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]+\.partial|[A-Za-z0-9_]{8}\.old)$")
 
 
 def _write_error(error: OSError, target: Path) -> InputError:
