@@ -163,3 +163,15 @@ def test_stale_partials_of_any_token_and_dotted_case_ids_are_swept(tmp_path):
     (tmp_path / "sub.01").mkdir()  # a finished case is never swept
     assert len(sweep_stale(tmp_path)) == 3
     assert _entries(tmp_path) == ["sub.01"]
+
+
+def test_a_lock_file_planted_as_a_link_never_truncates_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".case.lock").symlink_to(victim)
+    with pytest.raises(InputError):
+        with staged_folder(out / "case"):
+            pytest.fail("wrote through a planted link")
+    assert victim.read_text() == "precious"

@@ -149,7 +149,8 @@ def _acquire(path: Path) -> Optional[_Lock]:
             return _Lock(path, None)
         return None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a lock "file" planted as a link must not make us truncate its target.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -158,7 +159,7 @@ def _acquire(path: Path) -> Optional[_Lock]:
         except OSError:  # a file system without locks (some network mounts): go on unlocked
             return _Lock(path, fd)
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if same:
