@@ -19,6 +19,8 @@ Python (which may be 3.9) before any dependency is installed.
 
 from __future__ import annotations
 
+import math
+
 import argparse
 import dataclasses
 import fnmatch
@@ -206,8 +208,8 @@ def _parse_triple(text: Union[str, Sequence[float]]) -> Tuple[float, float, floa
             raise OptionError(f"expected three numbers like 10,-5,20, got {text!r}") from None
     else:
         values = tuple(float(v) for v in text)
-    if len(values) != 3:
-        raise OptionError(f"expected three numbers like 10,-5,20, got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise OptionError(f"expected three finite numbers like 10,-5,20, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -232,7 +234,7 @@ class RunOptions:
         choices=("error", "axes"),
     )
     roi_center: Optional[Tuple[float, float, float]] = option_field(None, "--roi-center", "run on a box around this RAS point (mm), R,A,S", kind="triple")
-    roi_size: Optional[Tuple[float, float, float]] = option_field(None, "--roi-size", "size of that box in mm, X,Y,Z", kind="triple", minimum=0.0)
+    roi_size: Optional[Tuple[float, float, float]] = option_field(None, "--roi-size", "size of that box in mm, X,Y,Z", kind="triple", minimum=0.0, maximum=500.0)
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
 
     def __post_init__(self) -> None:
@@ -308,6 +310,9 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
             raise OptionError(f"{flag}: {error}") from None
         if meta["minimum"] is not None and any(v <= meta["minimum"] for v in values):
             raise OptionError(f"{flag}: sizes must be positive, got {','.join(f'{v:g}' for v in values)}")
+        if meta["maximum"] is not None and any(v > meta["maximum"] for v in values):
+            raise OptionError(f"{flag}: at most {meta['maximum']:g} mm each (a head is about 200 mm across), "
+                              f"got {','.join(f'{v:g}' for v in values)}")
         return values
     if isinstance(f.default, bool):
         if not isinstance(value, bool):

@@ -38,7 +38,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.model_source import resolve_model
+    from ..io.outputs import check_output_dir
 
+    check_output_dir(args.output_dir, args.inputs)  # before the model is loaded
     model = resolve_model(args.model)
     if not getattr(model.network, "use_saca", False):
         raise InputError(f"model {args.model!r} has no symmetry-aware cross-attention, so no attention map")

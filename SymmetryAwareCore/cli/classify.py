@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--msp-fallback", choices=("error", "axes"), default="error")
     parser.add_argument("--output", type=Path, help="JSON file for all results (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    from .segment import add_budget_argument
+
+    add_budget_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -40,21 +43,23 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.classify import classify_case, finding_names
     from ..inference.model_source import resolve_model
     from ..io.atomic import atomic_path
+    from ..io.outputs import check_output_file
+    from .segment import check_frame_budget
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise InputError("output file exists; use --overwrite to replace it", args.output)
+    if args.output is not None:  # before the model is loaded or any scan read
+        check_output_file(args.output, args.inputs, overwrite=args.overwrite)
     model = resolve_model(args.model)
     finding_names(model)  # refuse a segmentation model before reading any scan
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(args.inputs, channels)
     if args.output is not None:
-        inputs = {Path(p).resolve() for case in cases for p in case.paths}
-        if args.output.resolve() in inputs:
-            raise InputError("the output file is one of the inputs", args.output)
+        check_output_file(args.output, [p for case in cases for p in case.paths], overwrite=args.overwrite)
+    spacing = model.card.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     results, failed = {}, 0
     for case in cases:
         try:
+            check_frame_budget(case.paths, spacing)
             result = classify_case(case.paths, model, args.device, args.msp_fallback)
         except InputError as error:
             if len(cases) == 1:

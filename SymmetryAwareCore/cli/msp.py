@@ -17,13 +17,17 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 from ..errors import InputError
 from ..geometry.markups import write_plane_markups
 from ..geometry.msp import estimate_msp
 from ..geometry.symmetric_frame import align_to_msp
 from ..io.atomic import atomic_path
+from ..io.outputs import check_distinct_outputs, check_output_file
 from ..io.readers import read_image, read_labelmap
+from ..io.validate import MAX_SPACING_MM, MIN_SPACING_MM, check_resampled_budget
 from ..io.writers import write_nifti
 
 __all__ = ["add_parser", "run"]
@@ -52,12 +56,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--markups-coordinates", choices=("LPS", "RAS"), default="LPS", help="coordinate system of the markups file (default LPS, as Slicer writes)")
     parser.add_argument("--aligned", help="write the scan resampled into its symmetric frame (NIfTI)")
     parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("LR", "AP", "IS"), help="voxel size of the aligned scan in mm (default 1 1 1)")
+    from .segment import add_budget_argument
+
+    add_budget_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output location, before the scan is read (see :mod:`SymmetryAwareCore.io.outputs`)."""
+    inputs = [args.input, args.mask]
+    if args.report:
+        check_output_file(args.report, inputs)
+    if args.markups:
+        check_output_file(args.markups, inputs)
+    if args.aligned:
+        check_output_file(args.aligned, inputs, suffixes=(".nii", ".nii.gz"))
+        if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in args.spacing):
+            raise InputError(f"--spacing must lie in [{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm, got {list(args.spacing)}")
+    check_distinct_outputs([args.report, args.markups, args.aligned])
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     image = read_image(args.input, allow_channels=True)
+    if args.aligned:  # the aligned grid covers the scan's field of view at --spacing
+        voxel_mm3 = abs(float(np.linalg.det(image.affine[:3, :3])))
+        check_resampled_budget(image.spatial_shape, voxel_mm3, args.spacing, "the aligned scan", args.input)
     mask = read_labelmap(args.mask).array if args.mask else None
     if mask is not None and mask.shape != image.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the scan has {image.spatial_shape}", args.mask)

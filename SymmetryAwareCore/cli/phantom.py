@@ -39,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_output_dir
+
+    check_output_dir(args.output_dir)  # before the first phantom is made
     path = write_dataset(
         args.output_dir,
         args.cases,

@@ -11,6 +11,7 @@ from typing import List, Sequence
 
 from ..contract import RunOptions, add_run_option_arguments
 from ..errors import InputError
+from ..io.validate import DEFAULT_MAX_VOXELS, VOXEL_BUDGET_ENV, check_resampled_budget
 from .progress import ProgressPrinter, format_seconds
 
 EXAMPLE = """examples:
@@ -23,6 +24,26 @@ EXAMPLE = """examples:
 Per case, <output-dir>/<case_id>/ receives segmentation.nii.gz and segmentation.seg.nrrd
 (on the first input's grid), attention.nii.gz, asymmetry.nii.gz, msp.mrk.json,
 overview.png and report.json. Finished cases are skipped unless --overwrite."""
+
+
+def add_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-voxels``: the voxel budget of :func:`SymmetryAwareCore.io.validate.max_voxels`."""
+    parser.add_argument(
+        "--max-voxels", metavar="N",
+        help="largest image (and aligned grid) in voxels, checked from the header before reading "
+        f"(default {DEFAULT_MAX_VOXELS:,}, 1 GiB as float32; also ${VOXEL_BUDGET_ENV})",
+    )
+
+
+def check_frame_budget(paths: Sequence[Path], spacing) -> None:
+    """Refuse a case whose aligned grid at ``spacing`` (mm) would exceed the voxel budget,
+    from the first channel's header (the aligned grid covers its field of view)."""
+    from ..io.readers import read_header
+
+    shape, voxel_mm3 = read_header(paths[0])
+    for p in paths[1:]:
+        read_header(p)  # each channel's own budget, before any is read
+    check_resampled_budget(shape, voxel_mm3, spacing, "the aligned grid", paths[0])
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +72,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
     parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
+    add_budget_argument(parser)
 
 
 def _sample_inputs() -> List[str]:
@@ -66,7 +88,9 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     from ..inference.cases import ChannelSpec, discover_cases
     from ..inference.model_source import resolve_model
     from ..contract import OptionError
-    from ..inference.pipeline import SegmentOptions, segment_case
+    from ..inference.pipeline import SegmentOptions, model_preprocessing, segment_case
+    from ..io.atomic import sweep_stale
+    from ..io.outputs import check_output_dir
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
@@ -80,14 +104,23 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         inputs = _sample_inputs()
     if not inputs:
         raise InputError("no input given (files, a folder, a CSV, or --sample)")
+    # Output checks first, so a bad location fails before the model is even loaded.
+    output_dir = check_output_dir(args.output_dir, inputs)
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
-    for note in model.notes:
-        printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(inputs, channels, case_id=args.case_id)
     if run_options.dicom_seg:
         _check_dicom_seg(cases, outputs)
+    every_input = [p for case in cases for p in case.paths]
+    check_output_dir(output_dir, every_input)
+    for case in cases:
+        check_output_dir(output_dir / case.case_id, every_input, holds_inputs_ok=False)
+    for note in model.notes:
+        printer.message(f"WARNING: {note}")
+    if output_dir.is_dir():
+        sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
+    spacing = model_preprocessing(model).spacing  # a card without its preprocessing is refused here
     options = SegmentOptions(
         device=run_options.device,
         overlap=run_options.overlap,
@@ -112,12 +145,20 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
 
         start = time.perf_counter()
         try:
-            result = segment_case(case.paths, args.output_dir, model, options, case.case_id, printer.update, windows)
+            if args.roi_center is None:
+                check_frame_budget(case.paths, spacing)
+            result = segment_case(case.paths, output_dir, model, options, case.case_id, printer.update, windows)
         except InputError as error:
             if len(cases) == 1:
                 raise
             printer.message(f"{case.case_id}: error: {error}")
             rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), str(error)))
+            continue
+        except (OSError, MemoryError) as error:  # the machine, not a bug: one line, no traceback
+            if len(cases) == 1:
+                raise
+            printer.message(f"{case.case_id}: error: {error}")
+            rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), f"{type(error).__name__}: {error}"))
             continue
         except Exception as error:  # a bug on one case must not end a batch; say what it was
             if len(cases) == 1:

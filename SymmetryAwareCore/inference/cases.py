@@ -17,7 +17,15 @@ from typing import List, Optional, Sequence
 from ..contract import IMAGE_SUFFIXES, ChannelMatchError, case_id_from_files, case_id_from_path, match_channels
 from ..errors import InputError
 
-__all__ = ["Case", "ChannelSpec", "discover_cases", "assign_channels", "case_id_from_path", "case_id_from_files"]
+__all__ = [
+    "Case",
+    "ChannelSpec",
+    "discover_cases",
+    "assign_channels",
+    "case_id_from_path",
+    "case_id_from_files",
+    "check_case_id",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,31 @@ class Case:
     notes: List[str] = field(default_factory=list)
 
 
+def check_case_id(case_id: str, where: Optional[str] = None) -> str:
+    """A case id names a folder inside the output folder: refuse ids that would leave it,
+    hide it (a leading dot is the staging folders' mark) or cannot be a file name."""
+    text = str(case_id)
+    bad = set('/\\:*?"<>|')
+    if (
+        not text.strip()
+        or text in (".", "..")
+        or text.startswith(".")
+        or any(ord(c) < 32 or c in bad for c in text)
+        or text != text.strip()
+        or len(text.encode("utf-8")) > 200
+    ):
+        raise InputError(f"case id {text!r} cannot be a folder name (no path separators, leading dot, control "
+                         "or reserved characters, surrounding spaces; at most 200 bytes)", where)
+    return text
+
+
+def _entries(folder: Path) -> List[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as error:
+        raise InputError(f"cannot list the folder: {error.strerror or error}", folder) from None
+
+
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
 
@@ -44,7 +77,7 @@ def _is_image_file(path: Path) -> bool:
 def _is_dicom_folder(path: Path) -> bool:
     if not path.is_dir():
         return False
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in _entries(path) if p.is_file() and not p.name.startswith(".")]
     return bool(files) and not any(_is_image_file(p) for p in files) and any(
         p.suffix.lower() in (".dcm", ".ima", "") for p in files
     )
@@ -72,15 +105,16 @@ def _case_from_files(case_id: str, files: Sequence[Path], channels: Sequence[Cha
 
 
 def _folder_cases(folder: Path, channels: Sequence[ChannelSpec]) -> List[Case]:
-    images = sorted(p for p in folder.iterdir() if _is_image_file(p))
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = _entries(folder)
+    images = [p for p in entries if _is_image_file(p)]
+    subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     if images:
         return [_case_from_files(folder.name, images, channels, str(folder))]
     if _is_dicom_folder(folder):
         return [_case_from_files(folder.name, [folder], channels, str(folder))]
     cases = []
     for sub in subdirs:
-        sub_images = sorted(p for p in sub.iterdir() if _is_image_file(p))
+        sub_images = [p for p in _entries(sub) if _is_image_file(p)]
         if sub_images:
             cases.append(_case_from_files(sub.name, sub_images, channels, str(sub)))
         elif _is_dicom_folder(sub):
@@ -106,6 +140,8 @@ def _csv_cases(table: Path, channels: Sequence[ChannelSpec]) -> List[Case]:
         raise InputError(f"the case table lacks column(s) {', '.join(missing)} (expected case_id,{','.join(names)})", table)
     cases = []
     for row in rows:
+        if any(row.get(n) is None for n in ["case_id", *names]):
+            raise InputError(f"row {len(cases) + 2} of the case table has too few columns", table)
         paths = [(table.parent / row[n].strip()) if not Path(row[n].strip()).is_absolute() else Path(row[n].strip()) for n in names]
         cases.append(Case(row["case_id"].strip(), paths))
     ids = [c.case_id for c in cases]
@@ -129,15 +165,24 @@ def discover_cases(inputs: Sequence[str], channels: Sequence[ChannelSpec], case_
     for p in paths:
         if not p.exists():
             raise InputError("no such file or folder", p)
-    if len(paths) == 1 and paths[0].suffix.lower() == ".csv":
-        return _csv_cases(paths[0], channels)
-    if len(paths) == 1 and paths[0].is_dir():
+    table = len(paths) == 1 and paths[0].suffix.lower() == ".csv"
+    if table:
+        cases = _csv_cases(paths[0], channels)
+    elif len(paths) == 1 and paths[0].is_dir():
         cases = _folder_cases(paths[0], channels)
     else:
         for p in paths:
             if p.is_dir() and not _is_dicom_folder(p):
                 raise InputError("give either image files or one folder, not both", p)
         cases = [_case_from_files(case_id_from_files(paths), paths, channels, "")]
-    if case_id and len(cases) == 1:
+    if case_id and len(cases) == 1 and not table:
         cases[0].case_id = case_id
+    folded: Dict[str, str] = {}
+    for case in cases:
+        check_case_id(case.case_id, str(paths[0]) if len(paths) == 1 else None)
+        # On case-insensitive file systems (macOS, Windows) these would share one folder.
+        other = folded.setdefault(case.case_id.casefold(), case.case_id)
+        if other != case.case_id:
+            raise InputError(f"case ids {other!r} and {case.case_id!r} differ only in letter case; "
+                             "they would share one output folder", str(paths[0]) if len(paths) == 1 else None)
     return cases

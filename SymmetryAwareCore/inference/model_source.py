@@ -135,17 +135,35 @@ def _build_standin() -> "LoadedModel":
     return LoadedModel(network.eval(), card, STANDIN_NAME, [note])
 
 
+def _card_data(path: Path) -> Optional[Dict]:
+    """The JSON object of a model card file, or None for anything else (never raises)."""
+    from ..models.model_card import CARD_FORMAT, MAX_CARD_BYTES
+
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            return None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == CARD_FORMAT else None
+
+
 def _cards_in(folder: Path) -> List[Path]:
+    """Model cards under ``folder``, skipping hidden files and folders: an import or a run
+    in progress (or killed) stages there, and a half-imported model is not a model."""
     if not folder.is_dir():
         return []
     out = []
     for p in sorted(folder.rglob("*.json")):
-        try:
-            if json.loads(p.read_text(encoding="utf-8")).get("format") == "symmetryaware-model-card":
-                out.append(p)
-        except (OSError, ValueError, AttributeError):
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
+        if _card_data(p) is not None:
+            out.append(p)
     return out
+
+
+def _text(value, default: str = "") -> str:
+    return value if isinstance(value, str) else default
 
 
 def list_models() -> List[Dict]:
@@ -153,14 +171,17 @@ def list_models() -> List[Dict]:
     rows = []
     for origin, folder in (("bundled", BUNDLED_DIR), ("imported", user_model_dir())):
         for card_path in _cards_in(folder):
-            data = json.loads(card_path.read_text(encoding="utf-8"))
+            data = _card_data(card_path)
+            if data is None:
+                continue
+            channels = data.get("channels") if isinstance(data.get("channels"), list) else []
             rows.append(
                 {
-                    "name": data.get("name") or card_path.stem,
-                    "version": data.get("version", ""),
+                    "name": _text(data.get("name")) or card_path.stem,
+                    "version": _text(data.get("version")),
                     "origin": origin,
-                    "modality": data.get("modality", ""),
-                    "inputs": [c.get("name") for c in data.get("channels", [])],
+                    "modality": _text(data.get("modality")),
+                    "inputs": [_text(c.get("name"), "?") if isinstance(c, dict) else "?" for c in channels],
                     "card": str(card_path),
                 }
             )
@@ -173,10 +194,12 @@ def find_model_card(name_or_path: Optional[str]) -> Optional[Path]:
     """The card path of a model name or path; None for the stand-in."""
     if name_or_path in (None, "", DEFAULT_NAME):
         bundled = _cards_in(BUNDLED_DIR)
-        default = [p for p in bundled if json.loads(p.read_text(encoding="utf-8")).get("default")]
+        default = [p for p in bundled if (_card_data(p) or {}).get("default")]
         return (default or bundled or [None])[0]
     if name_or_path == STANDIN_NAME:
         return None
+    if any(ord(c) < 32 for c in str(name_or_path)):
+        raise InputError(f"model name {name_or_path!r} holds a control character")
     path = Path(name_or_path)
     if path.suffix in (".json", ".safetensors") or path.exists():
         if path.is_dir():

@@ -19,9 +19,6 @@ training package's evaluation and interactive runs reuse them):
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from .. import __version__
 from ..contract import OUTPUT_FILES  # re-exported here for compatibility; defined in the contract
 from ..errors import InputError
 from ..geometry.markups import write_plane_markups
+from ..io.atomic import staged_folder
 from ..io.image import Image
 from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
@@ -405,10 +403,7 @@ def write_case_outputs(
     labels_native = outputs.labels
     notes: List[str] = list(model.notes) + list(prepared.notes) + list(prediction.events)
     files: Dict[str, Path] = {}
-    output_dir = case_dir.parent
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=output_dir))
-    try:
+    with staged_folder(case_dir, overwrite=options.overwrite) as tmp_dir:
 
         def out(key: str) -> Path:
             files[key] = case_dir / OUTPUT_FILES[key]
@@ -484,13 +479,4 @@ def write_case_outputs(
             }
         )
         write_report_json(report, out("report"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp made it owner-only
-        if case_dir.exists():
-            shutil.rmtree(case_dir)
-        tmp_dir.rename(case_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return files, report

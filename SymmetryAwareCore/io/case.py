@@ -9,7 +9,10 @@ affine. 0.01 mm absorbs float32 header rounding between tools and is a hundredth
 Channels on other grids are either resampled onto the first (trilinear, in physical
 space: output voxel ``ijk`` samples the other image at ``inv(A_other) @ A_first @ ijk``,
 so orientation, obliquity and spacing differences are all handled) with a logged warning,
-or refused with an :class:`InputError` naming both files.
+or refused with an :class:`InputError` naming both files. A channel that covers less than
+:data:`MIN_CHANNEL_COVERAGE` (half) of the first channel's voxel centres is refused too: the
+rest of it would be filled with air, and the model would see a channel that is mostly
+missing (a slab, another session's field of view, a wrong file).
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ from ..errors import InputError
 from .image import Image
 from .readers import read_image
 
-__all__ = ["load_case", "grid_distance_mm", "resample_to", "GRID_TOLERANCE_MM"]
+__all__ = ["load_case", "grid_distance_mm", "resample_to", "GRID_TOLERANCE_MM", "MIN_CHANNEL_COVERAGE"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
 GRID_TOLERANCE_MM = 0.01
+
+# Share of the first channel's grid that a resampled channel must cover (see module docstring).
+MIN_CHANNEL_COVERAGE = 0.5
 
 
 def grid_distance_mm(a: Image, b: Image) -> float:
@@ -127,6 +133,12 @@ def load_case(
         overlap = _overlap_fraction(image, reference)
         if overlap == 0.0:
             raise InputError(f"does not overlap {paths[0]} in space; is it the same patient and session?", path)
+        if overlap < MIN_CHANNEL_COVERAGE:
+            raise InputError(
+                f"covers only {100 * overlap:.0f}% of the grid of {paths[0]} (at least "
+                f"{100 * MIN_CHANNEL_COVERAGE:.0f}% is needed); is it the same patient and session?",
+                path,
+            )
         logger.warning(
             "%s (%s): grid differs from %s (%s); resampled onto it (trilinear), %.0f%% of it covered",
             path, name, paths[0], what, 100 * overlap,

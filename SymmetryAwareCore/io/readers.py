@@ -28,9 +28,9 @@ import numpy as np
 
 from ..errors import InputError
 from .image import LPS_TO_RAS, Image
-from .validate import check_affine, check_input_path, check_shape, check_voxels
+from .validate import check_affine, check_input_path, check_shape, check_voxel_budget, check_voxels
 
-__all__ = ["read_image", "read_labelmap", "VALUE_SCALE_KEY", "VALUE_OFFSET_KEY"]
+__all__ = ["read_image", "read_labelmap", "read_header", "VALUE_SCALE_KEY", "VALUE_OFFSET_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,53 @@ def read_labelmap(path: PathLike, *, series_uid: Optional[str] = None) -> Image:
     return image.with_array(values.astype(dtype))
 
 
+def read_header(path: PathLike) -> Tuple[Tuple[int, int, int], float]:
+    """The spatial shape ``(X, Y, Z)`` and the voxel volume in mm^3 of an image, from its
+    header alone (no voxel is read), after the same header checks as :func:`read_image`
+    (voxel budget, affine). For a DICOM folder, the first file's in-plane size and spacing
+    with one slice per file.
+
+    Raises:
+        InputError: as :func:`read_image` for everything the header shows.
+    """
+    kind = check_input_path(path)
+    if kind == "nifti":
+        nii = _load_nifti_header(Path(path))
+        shape, affine = nii.shape, nii.affine
+        _check_header(shape, affine, path)
+        shape = tuple(shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        check_shape(shape[3:][::-1] + shape[:3] if len(shape) > 3 else shape, path, allow_channels=True)
+        return tuple(int(s) for s in shape[:3]), float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    if kind == "dicom":
+        try:
+            series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+            files = max((list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid)) for uid in series), key=len, default=[])
+        except RuntimeError as err:
+            raise InputError(f"cannot scan folder for DICOM: {_first_line(err)}", path) from None
+        if not files:
+            raise InputError("folder holds no DICOM series", path)
+        reader.SetFileName(files[0])
+    else:
+        reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"cannot read image: {_first_line(err)}", path) from None
+    size = list(reader.GetSize())
+    if kind == "dicom":
+        size = size[:2] + [len(files)]
+    _check_sitk_header(size, reader.GetNumberOfComponents(), path)
+    if len(size) < 3:
+        raise InputError(f"image is {len(size)}D (size {tuple(size)}); a 3D volume is needed", path)
+    spacing = np.asarray(reader.GetSpacing(), np.float64)[:3]
+    return tuple(int(s) for s in size[:3]), float(np.prod(np.resize(spacing, 3)))
+
+
 def _validated(array: np.ndarray, affine: np.ndarray, path: PathLike, allow_channels: bool, allow_constant: bool) -> Image:
     # Arrays arrive channels-last (nibabel's and our SimpleITK conversion's convention).
     while array.ndim > 3 and array.shape[-1] == 1:
@@ -118,14 +165,22 @@ def _read_raw(path: PathLike, series_uid: Optional[str]) -> Tuple[np.ndarray, np
     import SimpleITK as sitk
 
     if kind == "dicom":
-        return _sitk_to_raw(_read_dicom_series(Path(path), series_uid), path)
+        array, affine = _sitk_to_raw(_read_dicom_series(Path(path), series_uid), path)
+        _check_dtype(array.dtype, path)
+        return array, affine
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"cannot read image: {_first_line(err)}", path) from None
+    _check_sitk_header(reader.GetSize(), reader.GetNumberOfComponents(), path)
+    try:
         image = reader.Execute()
     except RuntimeError as err:
         raise InputError(f"cannot read image: {_first_line(err)}", path) from None
     array, affine = _sitk_to_raw(image, path)
+    _check_dtype(array.dtype, path)
     keys = set(reader.GetMetaDataKeys())
     if VALUE_SCALE_KEY in keys or VALUE_OFFSET_KEY in keys:
         try:
@@ -137,22 +192,85 @@ def _read_raw(path: PathLike, series_uid: Optional[str]) -> Tuple[np.ndarray, np
     return array, affine
 
 
-def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def _check_header(shape, affine, path: PathLike) -> None:
+    """Checks that need only the header, run before any voxel is read (a small gzip file can
+    claim, and hold, gigabytes): no empty axis, the voxel budget, a sane affine."""
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise InputError(f"image has no voxels (shape {shape})", path)
+    check_voxel_budget(float(np.prod([float(s) for s in shape])), "image of " + " x ".join(map(str, shape)), path)
+    check_affine(affine, path)
+
+
+def _load_nifti_header(path: Path):
+    """``nib.load`` (the header only), refusing what nibabel would silently patch up.
+
+    nibabel replaces a zero voxel size (``pixdim``) by 1 mm with a log line; when the
+    affine comes from the pixdims (no sform), that would be a guessed geometry, so it is
+    refused here instead. Negative pixdims are taken as their absolute values (nibabel's
+    reading, the common one), without its log line.
+    """
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
+    from nibabel.openers import ImageOpener
 
     try:
-        nii = nib.load(str(path))
+        with LoggingOutputSuppressor():
+            nii = nib.load(str(path))
+            shape, affine = nii.shape, nii.affine
+        header = nii.header
+        if "pixdim" in header and "sform_code" in header and int(header["sform_code"]) == 0:
+            with ImageOpener(str(path)) as handle:
+                raw = type(header).from_fileobj(handle, check=False)
+            pixdim = np.asarray(raw["pixdim"][1:4], np.float64)
+            if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+                raise InputError(f"header voxel size (pixdim) {pixdim.tolist()} has a zero or non-finite axis", path)
+    except InputError:
+        raise
+    except Exception as err:  # nibabel raises many types for a broken header
+        raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
+    return nii
+
+
+def _check_dtype(dtype, path: PathLike) -> None:
+    """Scalar real voxels only: casting complex data to float would drop the imaginary part
+    (with a warning), and RGB / structured voxels have no single intensity."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise InputError("voxels are complex numbers (phase or k-space data?); give a magnitude image", path)
+    if dtype.kind not in "biuf":
+        raise InputError(f"voxels of type {dtype} (RGB or structured) are not scalar intensities", path)
+
+
+def _read_nifti(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    nii = _load_nifti_header(path)  # the header only; the voxels are read below
+    _check_header(nii.shape, nii.affine, path)
+    _check_dtype(nii.get_data_dtype(), path)
+    try:
         # Reading the data here, not lazily later, so that a truncated file fails inside this try.
-        if np.issubdtype(nii.get_data_dtype(), np.integer) and _unscaled(nii):
-            array = np.asarray(nii.dataobj)
-        else:
-            array = np.asarray(nii.dataobj, dtype=np.float64 if nii.get_data_dtype() == np.float64 else np.float32)
+        # A header scaling (scl_slope) can push values past float32: an error, not a warning.
+        with np.errstate(over="raise", invalid="raise"):
+            if np.issubdtype(nii.get_data_dtype(), np.integer) and _unscaled(nii):
+                array = np.asarray(nii.dataobj)
+            else:
+                array = np.asarray(nii.dataobj, dtype=np.float64 if nii.get_data_dtype() == np.float64 else np.float32)
+    except FloatingPointError:
+        raise InputError("voxel values overflow 32-bit floats; is the header's scaling (scl_slope) broken?", path) from None
     except Exception as err:  # nibabel, gzip and zlib raise many types for a broken file
         raise InputError(f"cannot read NIfTI image: {_first_line(err)}", path) from None
     if int(nii.header["sform_code"]) == 0 and int(nii.header["qform_code"]) == 0:
         # nibabel then builds an affine from the voxel sizes alone: left and right are a guess.
         logger.warning("%s: NIfTI header has no sform or qform; its orientation (left/right) is a guess", path)
     return array, np.asarray(nii.affine, dtype=np.float64)
+
+
+def _check_sitk_header(size, components: int, path: PathLike) -> None:
+    size = tuple(int(s) for s in size)
+    if not size or any(s <= 0 for s in size):
+        raise InputError(f"image has no voxels (size {size})", path)
+    count = float(np.prod([float(s) for s in size])) * max(1, int(components))
+    what = "image of " + " x ".join(map(str, size)) + (f" x {components} components" if components > 1 else "")
+    check_voxel_budget(count, what, path)
 
 
 def _unscaled(nii) -> bool:
@@ -184,6 +302,15 @@ def _read_dicom_series(folder: Path, series_uid: Optional[str]):
             )
     if len(files[chosen]) < 2:
         raise InputError(f"DICOM series {chosen} has a single slice; a 3D volume is needed", folder)
+    try:
+        first = sitk.ImageFileReader()
+        first.SetFileName(files[chosen][0])
+        first.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"cannot read DICOM series {chosen}: {_first_line(err)}", folder) from None
+    size = list(first.GetSize())
+    size[2:] = [len(files[chosen])]  # one slice per file
+    _check_sitk_header(size[:3], first.GetNumberOfComponents(), folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[chosen])
     try:

@@ -7,12 +7,14 @@ Limits are module constants so that messages and documentation quote the same nu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InputError
+from .outputs import check_output_path  # re-exported: writers and older callers import it from here
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -24,6 +26,13 @@ __all__ = [
     "check_voxels",
     "check_affine",
     "check_output_path",
+    "VOXEL_BUDGET_ENV",
+    "DEFAULT_MAX_VOXELS",
+    "MAX_ABS_INTENSITY",
+    "max_voxels",
+    "parse_voxel_count",
+    "check_voxel_budget",
+    "check_resampled_budget",
 ]
 
 PathLike = Union[str, Path]
@@ -42,6 +51,18 @@ IMAGE_SUFFIXES = {
 # almost always means a header in metres or microns, or a broken conversion.
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
+
+# Memory budget: images (and the aligned grids made from them) may hold at most this many
+# voxels, checked from the header before any voxel is read, because a few MB of gzip can
+# claim gigabytes. 2**28 voxels is 1 GiB as float32, more than any head scan needs
+# (512 x 512 x 1024 CT); the environment variable or the commands' --max-voxels raises it.
+VOXEL_BUDGET_ENV = "SYMMETRYAWARE_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 2**28
+
+# No scanner writes intensities beyond 1e12 (CT: -1024..3071 HU; MRI: arbitrary units,
+# rarely above 1e6); such values come from a broken scaling and would overflow the
+# float32 statistics of normalisation (1e30 squared is infinite).
+MAX_ABS_INTENSITY = 1e12
 
 
 def image_format(path: PathLike) -> str:
@@ -72,6 +93,49 @@ def check_input_path(path: PathLike) -> str:
     if kind != "dicom" and path.stat().st_size == 0:
         raise InputError("file is empty (0 bytes)", path)
     return kind
+
+
+def max_voxels() -> int:
+    """The voxel budget: ``$SYMMETRYAWARE_MAX_VOXELS`` (an integer such as 500000000 or 5e8)
+    if set, else :data:`DEFAULT_MAX_VOXELS`."""
+    text = os.environ.get(VOXEL_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_VOXELS
+    return parse_voxel_count(text, VOXEL_BUDGET_ENV)
+
+
+def parse_voxel_count(text: str, where: str = "--max-voxels") -> int:
+    """``"5e8"`` or ``"500000000"`` -> 500000000; InputError for anything else or < 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{where} must be a number of voxels such as 5e8, got {text!r}") from None
+    if not np.isfinite(value) or value < 1 or value != int(value):
+        raise InputError(f"{where} must be a whole number of voxels of at least 1, got {text!r}")
+    return int(value)
+
+
+def check_voxel_budget(count: float, what: str, path: Optional[PathLike] = None) -> None:
+    """InputError when ``count`` voxels exceed :func:`max_voxels`; ``what`` says what they are
+    (``"image of 1024 x 1024 x 1024"``)."""
+    budget = max_voxels()
+    if count > budget:
+        raise InputError(
+            f"{what} has {count:,.0f} voxels, above the budget of {budget:,} "
+            f"(raise it with --max-voxels or the environment variable {VOXEL_BUDGET_ENV})",
+            path,
+        )
+
+
+def check_resampled_budget(shape, voxel_mm3: float, spacing, what: str, path: Optional[PathLike] = None) -> None:
+    """The budget for a grid resampled at ``spacing`` (mm) over the field of view of an image of
+    ``shape`` voxels of ``voxel_mm3`` mm^3 each: a 10 m field of view (512 voxels of 20 mm)
+    at 1 mm would be 10^12 voxels. The estimate is the field of view's volume over the new
+    voxel's; an aligned (rotated) grid covers somewhat more."""
+    spacing = [float(s) for s in spacing]
+    estimate = float(np.prod([float(n) for n in shape])) * float(voxel_mm3) / float(np.prod(spacing))
+    shown = " x ".join(f"{s:g}" for s in spacing)
+    check_voxel_budget(estimate, f"{what} at {shown} mm", path)
 
 
 def check_shape(shape: Sequence[int], path: PathLike, allow_channels: bool = False) -> None:
@@ -106,6 +170,12 @@ def check_voxels(array: np.ndarray, path: PathLike, allow_constant: bool = False
             n_inf = int(array.size - finite.sum()) - n_nan
             parts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
             raise InputError(f"image contains {' and '.join(parts)} voxels", path)
+    if array.dtype.kind in "fiu" and array.size:
+        peak = max(abs(float(array.min())), abs(float(array.max())))
+        if peak > MAX_ABS_INTENSITY:
+            raise InputError(
+                f"voxel values reach {peak:.3g}, beyond +-{MAX_ABS_INTENSITY:.0e}; is the header's scaling broken?", path
+            )
     if not allow_constant:
         lo, hi = array.min(), array.max()
         if lo == hi:
@@ -135,31 +205,3 @@ def check_affine(affine: np.ndarray, path: PathLike) -> None:
             "(header in metres or microns?)",
             path,
         )
-
-
-def check_output_path(out: PathLike, inputs: Sequence[Optional[PathLike]]) -> Path:
-    """Refuse to write ``out`` over one of the ``inputs`` it was computed from.
-
-    Paths are compared after resolving links and ``..``; an existing file reached by another
-    name (a hard link) is caught too. ``None`` entries in ``inputs`` are ignored.
-
-    Returns:
-        ``out`` as a :class:`Path`.
-    Raises:
-        InputError: naming ``out`` when it is one of the inputs.
-    """
-    out = Path(out)
-    target = out.resolve()
-    for item in inputs:
-        if item is None:
-            continue
-        source = Path(item)
-        same = source.resolve() == target
-        if not same and source.exists() and out.exists():
-            try:
-                same = out.samefile(source)
-            except OSError:
-                same = False
-        if same:
-            raise InputError(f"refusing to overwrite the input {source} with a result", out)
-    return out

@@ -111,9 +111,11 @@ def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.rglob("*.json")):
+            if any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue  # hidden: an import staging (or killed) there, not a model
             try:
                 card = read_model_card(path)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # other JSON files (reports, manifests) live beside models
             cards.setdefault(card.name, card)
     return list(cards.values())
