@@ -209,7 +209,7 @@ def _parse_triple(text: Union[str, Sequence[float]]) -> Tuple[float, float, floa
     else:
         values = tuple(float(v) for v in text)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise OptionError(f"expected three finite numbers like 10,-5,20, got {text!r}")
+        raise OptionError(f"expected three numbers like 10,-5,20 (finite), got {text!r}")
     return values  # type: ignore[return-value]
 
 
