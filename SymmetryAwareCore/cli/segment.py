@@ -148,6 +148,8 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
             if args.roi_center is None:
                 check_frame_budget(case.paths, spacing)
             result = segment_case(case.paths, output_dir, model, options, case.case_id, printer.update, windows)
+            if run_options.dicom_seg:
+                _write_dicom_seg(result, case.paths[0], model)
         except InputError as error:
             if len(cases) == 1:
                 raise
@@ -166,15 +168,6 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
             logging.exception("case %s failed", case.case_id)
             rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), f"{type(error).__name__}: {error}"))
             continue
-        if run_options.dicom_seg:
-            try:
-                _write_dicom_seg(result, case.paths[0], model)
-            except InputError as error:
-                if len(cases) == 1:
-                    raise
-                printer.message(f"{case.case_id}: error: {error}")
-                rows.append((case.case_id, "failed", "-", format_seconds(time.perf_counter() - start), str(error)))
-                continue
         printer.detail = ""
         volume = result.report.get("total", {}).get("volume_ml", 0.0)
         status = "skipped (done)" if result.skipped else "ok"
