@@ -15,7 +15,9 @@ How it stays robust:
   (about 28 degrees of normal) still converges; Powell refinement of the four best distinct
   grid minima at 6 mm, of the distinct survivors at 3 mm, and of the winner at the finest
   level (1.5 mm, or the scan's own spacing if coarser). Each level samples a fixed number
-  of head voxels (seeded), so the cost hardly depends on the scan's resolution.
+  of head voxels (seeded), so the cost hardly depends on the scan's resolution. A fit
+  whose objective is flat around it gets a second search from every ninth of the tilt
+  square, and the better fit is kept.
 - **Robust metric**: the Geman-McClure loss of the intensity difference between a voxel
   and its mirror, ``r^2 / (r^2 + c^2)``, which saturates at 1: a lesion present on one
   side only costs a bounded amount whatever its contrast, so it cannot drag the plane.
