@@ -6,8 +6,10 @@ Example::
         --aligned head_aligned.nii.gz --spacing 1 1 1
 
 Everything is computed before anything is written, and each file is written atomically,
-so a failure leaves no partial output. A plane with a poor symmetry score is still
-written, flagged ``"confident": false`` in the report, with a warning on stderr.
+so a failure leaves no partial output. A plane that is not confident is still written,
+flagged ``"confident": false`` in the report (with the score, the rule and the reason under
+``plane.confidence``), with a warning on stderr; so is an image that is not a head
+(``plane.head``), unless ``--require-head`` refuses it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="when no plane can be estimated (no head, degenerate mask): refuse (default), or use the "
         "image axes through the head's centre of mass, flagged not confident",
     )
+    parser.add_argument(
+        "--require-head",
+        action="store_true",
+        help="refuse an image that does not show a head (a chest, an abdomen); by default it is only warned about",
+    )
     parser.add_argument("--report", help="JSON report to write (plane, score, confidence, frame)")
     parser.add_argument("--markups", help="Slicer markups plane file to write (.mrk.json)")
     parser.add_argument("--markups-coordinates", choices=("LPS", "RAS"), default="LPS", help="coordinate system of the markups file (default LPS, as Slicer writes)")
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     mask = read_labelmap(args.mask).array if args.mask else None
     if mask is not None and mask.shape != image.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the scan has {image.spatial_shape}", args.mask)
-    plane = estimate_msp(image, mask=mask, on_failure=args.on_failure)
+    plane = estimate_msp(image, mask=mask, on_failure=args.on_failure, on_not_head="error" if args.require_head else "warn")
     aligned = frame = None
     if args.aligned:
         aligned, frame = align_to_msp(image, plane, spacing=args.spacing)
@@ -110,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         f"normal (RAS) {n[0]:.4f} {n[1]:.4f} {n[2]:.4f}  point {p[0]:.2f} {p[1]:.2f} {p[2]:.2f} mm  "
         f"tilt {plane.tilt_deg:.2f} deg  score {plane.symmetry_score:.3f}  method {plane.method}"
     )
+    for warning in plane.warnings:
+        print(f"symmetryaware msp: warning: {warning}", file=sys.stderr)
     if not plane.confident:
         print(f"symmetryaware msp: warning: low confidence: {plane.message}", file=sys.stderr)
     return 0

@@ -4,6 +4,7 @@ from .mirror import LR_AXIS, counterpart_box, extract_counterpart, flip_lr, mirr
 from .rigid import move_image, reorient_to, rigid_matrix, rotation_angle_deg, rotation_matrix
 from .orientation import RASReorientation, from_ras, orientation_codes, to_ras
 from .msp import MidSagittalPlane, axes_plane, estimate_msp, head_mask, plane_angle_deg, plane_offset_mm
+from .head_check import HeadCheck, check_head
 from .symmetric_frame import SymmetricFrame, align_to_msp, resample_to_grid
 from .markups import read_plane_markups, write_plane_markups
 
@@ -26,6 +27,8 @@ __all__ = [
     "axes_plane",
     "estimate_msp",
     "head_mask",
+    "HeadCheck",
+    "check_head",
     "plane_angle_deg",
     "plane_offset_mm",
     "SymmetricFrame",

@@ -11,24 +11,33 @@ the same objective with a smaller, better-conditioned search space.
 How it stays robust:
 
 - **Coarse to fine**: an exhaustive search over tilts up to :data:`MAX_TILT_DEG` (7 degree
-  grid, three offsets) on a 6 mm pyramid level, so a 20 degree tilt about two axes (about
-  28 degrees of normal) still converges; Powell refinement of the four best distinct grid
-  minima at 6 mm, of the two best at 3 mm, and of the winner at the finest level
-  (1.5 mm, or the scan's own spacing if coarser). Each level samples a fixed number of
-  head voxels (seeded), so the cost hardly depends on the scan's resolution.
+  grid, offsets -24 to 24 mm) on a 6 mm pyramid level, so a 20 degree tilt about two axes
+  (about 28 degrees of normal) still converges; Powell refinement of the four best distinct
+  grid minima at 6 mm, of the distinct survivors at 3 mm, and of the winner at the finest
+  level (1.5 mm, or the scan's own spacing if coarser). Each level samples a fixed number
+  of head voxels (seeded), so the cost hardly depends on the scan's resolution. A fit
+  whose objective is flat around it gets a second search from every ninth of the tilt
+  square, and the better fit is kept.
 - **Robust metric**: the Geman-McClure loss of the intensity difference between a voxel
   and its mirror, ``r^2 / (r^2 + c^2)``, which saturates at 1: a lesion present on one
   side only costs a bounded amount whatever its contrast, so it cannot drag the plane.
   ``c`` is 15 % of the 2-98 percentile intensity range inside the head, so MRI of any
   contrast and CT (Hounsfield units) behave alike.
-- **Field of view**: a voxel whose mirror falls outside the array costs the maximum (1),
-  ramping linearly over the last voxel, so the plane cannot escape to where there is no
-  data and the objective stays continuous.
-- **Honesty**: the result carries a symmetry score (``1 -`` the mean loss at the fit) and
-  the plain correlation of voxel/mirror pairs; it is flagged ``confident=False`` when
-  either is low or the fit ran to the edge of the search. A scan with no head, a
-  degenerate mask or a non-3D array is refused (:class:`InputError`) or, on request,
-  answered with the image-axes plane, flagged as such.
+- **Field of view**: the search maximises ``agreement * coverage ** 0.5``: ``agreement`` is
+  the share of head voxels matching their mirror among those whose mirror is in the field
+  of view, ``coverage`` the share whose mirror is (ramping over the last voxel, so the
+  objective stays continuous). Counting every mirror out of view as a full mismatch
+  (power 1) pulls a slab's plane towards the orientation that keeps mirrors in the slab
+  (26 degrees off on a rolled CT slab); ignoring them (power 0) lets the plane escape to
+  where little is compared.
+- **Honesty**: the result carries the symmetry score, the correlation of voxel/mirror
+  pairs and the features the confidence rule (:data:`CONFIDENCE_RULE`) reads, chiefly how
+  sharply the objective rises 2 degrees or 2 mm away: the wrong basins a slab or a
+  partial view leaves are flat. The rule's thresholds were set from measured
+  distributions (``Benchmarks/msp_benchmark.py --calibration``; docs/msp.md). An image
+  that is not a head (:mod:`.head_check`) is flagged, or refused on request. A scan with
+  no head, a degenerate mask or a non-3D array is refused (:class:`InputError`) or, on
+  request, answered with the image-axes plane, flagged as such.
 
 All geometry is in world RAS millimetres: the plane is ``normal . x = normal . point``
 with ``normal`` a unit vector pointing to the patient's right (+x of RAS). Nothing here
@@ -46,6 +55,7 @@ import scipy.optimize
 
 from ..errors import InputError
 from ..io.image import Image
+from .head_check import check_head
 
 __all__ = [
     "MidSagittalPlane",
@@ -56,18 +66,51 @@ __all__ = [
     "plane_offset_mm",
     "reflection_matrix",
     "MAX_TILT_DEG",
-    "CONFIDENT_SCORE",
+    "CONFIDENCE_RULE",
+    "MIN_SHARPNESS",
+    "MIN_COVERAGE",
+    "MIN_AGREEMENT",
     "MIN_CORRELATION",
+    "MIN_RIVAL_GAP",
+    "COVERAGE_POWER",
 ]
 
 MAX_TILT_DEG = 35.0
 """Largest tilt of the MSP normal from the image's left-right axis that the search covers."""
 
-CONFIDENT_SCORE = 0.6
-"""Symmetry scores below this are flagged not confident."""
+MIN_SHARPNESS = 0.006
+"""The objective must rise by at least this much when the plane is tilted 2 degrees or moved
+2 mm. Measured (``Benchmarks/msp_benchmark.py --calibration``, docs/msp.md): on 155 correct
+planes (< 0.5 degrees and < 0.5 mm) it rose by 0.011 to 0.25 (0.011-0.014 for the real EPI
+slab, 0.05 and up for the phantoms, 0.24 for MNI); on 128 wrong planes (> 2 degrees or
+> 2 mm: perturbed truths and the local minima slabs and partial views leave) by at most
+0.004. A further EPI pose rose by 0.008 at 0.11 degrees: the threshold sits between."""
+
+MIN_COVERAGE = 0.5
+"""At least half of the head must have its mirror image in the field of view."""
+
+MIN_AGREEMENT = 0.5
+"""At least half of the compared head voxels must match their mirror image (noise: < 0.3)."""
 
 MIN_CORRELATION = 0.3
 """Correlations of head voxels with their mirrors below this are flagged not confident."""
+
+MIN_RIVAL_GAP = 0.01
+"""A distinct minimum of the search (more than 3 degrees away) must be worse by this much."""
+
+CONFIDENCE_RULE = (
+    f"confident if the symmetry objective rises by >= {MIN_SHARPNESS} when the plane is tilted 2 degrees "
+    f"or moved 2 mm, >= {100 * MIN_COVERAGE:.0f} % of the head has its mirror in view, "
+    f">= {100 * MIN_AGREEMENT:.0f} % of it matches its mirror, the mirror correlation is >= {MIN_CORRELATION}, "
+    f"no distinct plane scores within {MIN_RIVAL_GAP}, the fit is inside the search range, and the image is a head"
+)
+"""The confidence rule in words (reported with every plane)."""
+
+COVERAGE_POWER = 0.5
+"""The search maximises ``agreement * coverage ** COVERAGE_POWER``. With 1 (every voxel whose
+mirror leaves the field of view counted as a full mismatch) a slab or a cut-off side pulls
+the plane towards the orientation that keeps mirrors in view; with 0 the plane could escape
+to where few voxels are compared. 0.5 was chosen on slabs of 35-60 % of the head."""
 
 # Pyramid levels (target spacing in mm) and the number of head voxels sampled on each.
 _LEVELS_MM = (6.0, 3.0, 1.5)
@@ -91,20 +134,23 @@ class MidSagittalPlane:
         normal: ``(3,)`` unit normal, pointing to the patient's right (positive RAS x).
         point: ``(3,)`` RAS mm, a point of the plane: the projection of the head's centre of
             mass onto it (so it sits mid-brain, handy for viewers).
-        symmetry_score: ``1 - mean robust loss`` of head voxels against their mirror images
-            across the plane, in ``[0, 1]``: the share of the head that matches its mirror,
-            so a one-sided lesion lowers it only by its size. About 0.99 for the symmetric
-            template, 0.7-0.8 for a real T1, 0.9 with a 50 cm^3 lesion, < 0.3 for noise.
-        correlation: Pearson correlation of those intensity pairs (not robust: a large
-            lesion lowers it a lot), in ``[-1, 1]``.
-        confident: ``False`` when ``symmetry_score < CONFIDENT_SCORE``, ``correlation <
-            MIN_CORRELATION``, the fit hit
-            the edge of the search, or a fallback was used. Never silently ``True``.
+        symmetry_score: the search's objective at the fit, ``agreement * coverage ** 0.5``
+            in ``[0, 1]`` (see ``features``): about 0.99 for the symmetric template, 0.7-0.85
+            for a real T1 or MRI phantom, 0.9 with a 50 cm^3 lesion, < 0.4 for noise.
+        correlation: Pearson correlation of voxel / mirror intensity pairs in view (not
+            robust: a large lesion lowers it a lot), in ``[-1, 1]``.
+        confident: the verdict of :data:`CONFIDENCE_RULE`; ``False`` also for an image
+            that is not a head and for fallbacks. Never silently ``True``.
         method: ``"mirror-registration"`` or ``"axes"`` (image axes through the centre of
             mass: the baseline and the ``on_failure="axes"`` fallback).
         center: ``(3,)`` RAS mm, the head mask's centre of mass used by the search.
         tilt_deg: angle between ``normal`` and the image's own left-right voxel axis.
-        message: why the result is not confident, or empty.
+        message: why the result is not confident (reasons joined by "; "), or empty.
+        features: what the rule read (see :func:`_features`): ``agreement``, ``coverage``,
+            ``correlation``, ``sharpness``, ``rival_gap``, ``at_edge``.
+        head: the head check (:class:`~SymmetryAwareCore.geometry.head_check.HeadCheck` as a
+            dict: ``is_head``, ``reason``, sizes in mm, ``rule``); empty for fallbacks.
+        warnings: one-line warnings for the user (e.g. "not a head: ..."), for reports.
     """
 
     normal: np.ndarray
@@ -116,6 +162,9 @@ class MidSagittalPlane:
     tilt_deg: float = 0.0
     message: str = ""
     correlation: float = float("nan")
+    features: dict = field(default_factory=dict)
+    head: dict = field(default_factory=dict)
+    warnings: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = np.asarray(self.normal, dtype=np.float64).reshape(3)
@@ -128,6 +177,7 @@ class MidSagittalPlane:
         object.__setattr__(self, "normal", n)
         object.__setattr__(self, "point", np.asarray(self.point, dtype=np.float64).reshape(3))
         object.__setattr__(self, "center", np.asarray(self.center, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
 
     @property
     def offset(self) -> float:
@@ -155,15 +205,43 @@ class MidSagittalPlane:
             tilt_deg=self.tilt_deg,
             message=self.message,
             correlation=self.correlation,
+            features=dict(self.features),
+            head=dict(self.head),
+            warnings=tuple(self.warnings),
         )
 
     def to_dict(self) -> dict:
-        """JSON-ready description (lists, floats), with the coordinate system named."""
-        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        """JSON-ready description (lists, floats), with the coordinate system named.
+
+        Besides the fields: ``offset_mm``, ``coordinate_system`` (RAS), ``units`` (mm) and
+        ``confidence``: ``{"confident", "score", "rule", "reason"}`` (``reason`` empty when
+        confident), so a report says what the flag was decided on.
+        """
+        out = {k: _jsonable(v) for k, v in asdict(self).items()}
         out["offset_mm"] = self.offset
         out["coordinate_system"] = "RAS"
         out["units"] = "mm"
+        out["confidence"] = {
+            "confident": bool(self.confident),
+            "score": _jsonable(self.symmetry_score),
+            "rule": CONFIDENCE_RULE if self.method == "mirror-registration" else "fallback planes are never confident",
+            "reason": self.message,
+        }
         return out
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
 def reflection_matrix(normal: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -237,20 +315,32 @@ def _otsu_threshold(values: np.ndarray) -> float:
     return float(centres[int(np.argmax(between))])
 
 
-def head_mask(image: Image) -> np.ndarray:
-    """A boolean ``(X, Y, Z)`` mask of the head on ``image``'s grid (Otsu, largest blob, holes filled).
+def _looks_like_ct(array: np.ndarray) -> bool:
+    """Hounsfield units: much of the volume is air (about -1000) or padding (-1024, -3024)."""
+    sample = array.ravel()[:: max(1, array.size // 500_000)]
+    return float(np.mean(sample <= -900)) > 0.05 and float(np.percentile(sample, 99)) > 0
 
-    Works on any contrast and on CT, skull or not: Otsu separates air/background from
-    tissue. An image without background (a crop inside the brain) gives a mask of nearly
-    the whole field of view, which is what the search should use then.
+
+def head_mask(image: Image) -> np.ndarray:
+    """A boolean ``(X, Y, Z)`` mask of the head on ``image``'s grid (largest blob, holes filled).
+
+    Works on any contrast and on CT, skull or not. CT (Hounsfield units) is cut at -500 HU,
+    so that air (-1000) and the padding outside the reconstruction circle (-1024 or -3024)
+    are both outside; Otsu's threshold there would split the padding from everything else
+    and keep the whole circle. Anything else: Otsu separates air/background from tissue.
+    An image without background (a crop inside the brain) gives a mask of nearly the whole
+    field of view, which is what the search should use then.
     """
     array = _scalar_volume(image)
-    lo, hi = np.percentile(array, [0.5, 99.5])
-    if not hi > lo:
-        return np.zeros(array.shape, bool)
-    clipped = np.clip(array, lo, hi)
-    threshold = _otsu_threshold(clipped.ravel()[:: max(1, clipped.size // 2_000_000)])
-    mask = clipped > threshold
+    if _looks_like_ct(array):
+        mask = array > -500.0
+    else:
+        lo, hi = np.percentile(array, [0.5, 99.5])
+        if not hi > lo:
+            return np.zeros(array.shape, bool)
+        clipped = np.clip(array, lo, hi)
+        threshold = _otsu_threshold(clipped.ravel()[:: max(1, clipped.size // 2_000_000)])
+        mask = clipped > threshold
     if mask.mean() > 0.97:  # nothing but tissue in view
         return np.ones(array.shape, bool)
     labels, count = ndi.label(mask)
@@ -345,11 +435,20 @@ class _Search:
         inside = np.clip(np.minimum(ijk + 1.0, last + 1.0 - ijk), 0.0, 1.0).prod(axis=0)
         return values, inside
 
-    def loss(self, level: _Level, params) -> float:
+    def terms(self, level: _Level, params) -> Tuple[float, float]:
+        """``(agreement, coverage)``: the share of head voxels matching their mirror image,
+        among those whose mirror lies in the field of view; and the share that does."""
         values, inside = self.mirrored(level, params)
         r2 = ((level.values - values) / self.scale) ** 2
         rho = r2 / (1.0 + r2)
-        return float(np.mean(inside * rho + (1.0 - inside)))
+        coverage = float(inside.mean())
+        if coverage <= 1e-6:
+            return 0.0, 0.0
+        return 1.0 - float((inside * rho).sum() / inside.sum()), coverage
+
+    def loss(self, level: _Level, params) -> float:
+        agreement, coverage = self.terms(level, params)
+        return 1.0 - agreement * coverage**COVERAGE_POWER
 
     def correlation(self, level: _Level, params) -> float:
         values, inside = self.mirrored(level, params)
@@ -361,8 +460,6 @@ class _Search:
             return 0.0
         return float(np.corrcoef(a, b)[0, 1])
 
-    def robust_score(self, level: _Level, params) -> float:
-        return 1.0 - self.loss(level, params)
 
 
 def axes_plane(image: Image, mask: Optional[np.ndarray] = None, message: str = "") -> MidSagittalPlane:
@@ -401,35 +498,19 @@ def _mask_problem(mask: np.ndarray, affine: np.ndarray) -> str:
     return ""
 
 
-def estimate_msp(
-    image: Image,
-    *,
-    mask=None,
-    on_failure: str = "error",
-    max_tilt_deg: float = MAX_TILT_DEG,
-    seed: int = 0,
-) -> MidSagittalPlane:
-    """Estimate the mid-sagittal plane of a head scan (MRI of any contrast, or CT).
+@dataclass
+class _Prepared:
+    """The scan made ready for the search: pyramid levels, head mask, search frame."""
 
-    Args:
-        image: scalar ``(X, Y, Z)`` image, or ``(C, X, Y, Z)`` whose first channel is used;
-            any storage orientation, oblique or not. Left-right is found from the affine.
-        mask: optional head/brain mask on the image's grid (array or Image, non-zero = head);
-            by default :func:`head_mask` (Otsu, largest component).
-        on_failure: what to do when no plane can be estimated (no head, degenerate mask):
-            ``"error"`` raises :class:`InputError`; ``"axes"`` returns :func:`axes_plane`
-            with ``confident=False`` and the reason in ``message``. A structurally wrong
-            input (not a 3D volume, a mask of another shape) always raises.
-        max_tilt_deg: half-width of the coarse search over the normal's two tilt angles.
-        seed: seed of the voxel sampling (results are deterministic for a given seed).
+    search: "_Search"
+    levels: list  # of _Level, coarsest first
+    mask: np.ndarray  # head mask on the 3 mm level
+    mask_affine: np.ndarray
 
-    Returns:
-        the plane in RAS mm, with its symmetry score and a confidence flag.
-    """
-    if on_failure not in ("error", "axes"):
-        raise ValueError(f"on_failure must be 'error' or 'axes', got {on_failure!r}")
+
+def _prepare(image: Image, user_mask: Optional[np.ndarray], seed: int):
+    """The pyramid, the head mask and the search frame; or a string saying why there is no head."""
     array = _scalar_volume(image)
-    user_mask = None if mask is None else _check_mask(mask, image, array)
     # Pyramid, each level from the previous one: smoothing the full-resolution volume once.
     grids = []
     current = (array, image.affine)
@@ -445,9 +526,7 @@ def estimate_msp(
         mid_mask = _mask_on(user_mask, image.affine, mid_affine, mid_array.shape)
     problem = _mask_problem(mid_mask, mid_affine)
     if problem:
-        if on_failure == "error":
-            raise InputError(problem, image.source)
-        return axes_plane(image, user_mask, message=problem)
+        return problem
 
     _, n0 = _lr_axis(image.affine)
     mid_image = Image(mid_array, mid_affine)
@@ -459,72 +538,208 @@ def estimate_msp(
         levels.append(_level(level_array, level_affine, level_mask, n, rng))
     lo, hi = np.percentile(levels[-1].values, [2, 98])
     scale = 0.15 * float(hi - lo) if hi > lo else 1.0
-    search = _Search(n0, center, scale)
+    return _Prepared(_Search(n0, center, scale), levels, mid_mask, mid_affine)
 
-    # Coarse: exhaustive over tilts and a few offsets, on the 6 mm level.
+
+def _bounds(max_tilt_deg: float) -> np.ndarray:
+    # Bounded, so that a flat objective (a slab, noise) cannot send the normal to 90 degrees;
+    # a fit at the bound is flagged.
+    return np.array([[-max_tilt_deg - 5.0, max_tilt_deg + 5.0]] * 2 + [[-_MAX_OFFSET_MM, _MAX_OFFSET_MM]])
+
+
+def _refine(search: "_Search", level: _Level, x0, span, bounds, maxfev=300, xtol=1e-2, ftol=1e-6):
+    """Powell from ``x0``, local: without scipy's ``bounds``, whose line searches scan the whole
+    feasible segment and can jump to a worse, distant basin. Outside the bounds the loss is
+    that of the nearest feasible plane plus a slope back towards them."""
+
+    def loss(p):
+        clipped = np.clip(p, bounds[:, 0], bounds[:, 1])
+        return search.loss(level, clipped) + 0.01 * float(np.abs(p - clipped).sum())
+
+    res = scipy.optimize.minimize(
+        loss,
+        np.clip(x0, bounds[:, 0], bounds[:, 1]),
+        method="Powell",
+        options={"xtol": xtol, "ftol": ftol, "direc": np.diag(span), "maxfev": maxfev},
+    )
+    x = np.clip(res.x, bounds[:, 0], bounds[:, 1])
+    return x, search.loss(level, x)
+
+
+def _search(prep: _Prepared, max_tilt_deg: float, wide: bool = False):
+    """Coarse to fine; returns the best parameters and the distinct 3 mm minima (rivals).
+
+    ``wide``: start from the best grid node of each ninth of the tilt square (3 x 3 cells)
+    instead of the best distinct nodes: slower, for a retry when the first fit is flat.
+    """
+    search, levels = prep.search, prep.levels
+    # Coarse: exhaustive over tilts and offsets, on the 6 mm level.
     # A 7 degree grid: the best node is within 3.5 degrees of the optimum on each angle,
     # well inside the basin Powell converges from at 6 mm.
     step = 7.0
     angles = np.linspace(-max_tilt_deg, max_tilt_deg, 2 * int(np.ceil(max_tilt_deg / step)) + 1)
-    offsets = (-6.0, 0.0, 6.0)
+    # Offsets from -24 to 24 mm around the centre of mass: in a slab or a partial view the
+    # centre of mass can lie far from the plane (a tilted head cut near one end). Half the
+    # 6 mm samples are enough to rank the grid.
+    offsets = np.arange(-24.0, 24.1, 6.0)
     grid = [(a, b, t) for a in angles for b in angles for t in offsets]
-    losses = np.array([search.loss(levels[0], g) for g in grid])
-    order = np.argsort(losses)
-    starts, seen = [], []
-    for index in order:  # the best starts that are not neighbours of each other
-        g = np.array(grid[index])
-        if all(np.abs(g[:2] - s[:2]).max() > step * 1.5 for s in seen):
-            starts.append(g)
-            seen.append(g)
-        if len(starts) == _STARTS:
-            break
-
-    # Bounded, so that a flat objective (a slab, noise) cannot send the normal to 90 degrees;
-    # a fit at the bound is flagged below.
-    bounds = np.array([[-max_tilt_deg - 5.0, max_tilt_deg + 5.0]] * 2 + [[-_MAX_OFFSET_MM, _MAX_OFFSET_MM]])
-
-    def refine(level: _Level, x0, span, maxfev=300):
-        res = scipy.optimize.minimize(
-            lambda p: search.loss(level, p),
-            np.clip(x0, bounds[:, 0], bounds[:, 1]),
-            method="Powell",
-            bounds=bounds,
-            options={"xtol": 1e-2, "ftol": 1e-6, "direc": np.diag(span), "maxfev": maxfev},
-        )
-        return res.x, res.fun
-
-    candidates = [refine(levels[0], s, [step / 2, step / 2, 3.0]) for s in starts]
-    candidates.sort(key=lambda c: c[1])
+    rank_level = _Level(levels[0].array, levels[0].inv_affine, levels[0].points[::2], levels[0].values[::2])
+    losses = np.array([search.loss(rank_level, g) for g in grid])
+    starts = []
+    if wide:
+        cells = np.array([np.digitize(g[:2], np.linspace(-max_tilt_deg, max_tilt_deg, 4)[1:-1]) for g in grid])
+        for cell in {tuple(c) for c in cells}:
+            members = np.flatnonzero((cells == cell).all(axis=1))
+            starts.append(np.array(grid[members[np.argmin(losses[members])]]))
+    else:
+        for index in np.argsort(losses):  # the best starts that are not neighbours of each other
+            g = np.array(grid[index])
+            if all(np.abs(g[:2] - s[:2]).max() > step * 1.5 for s in starts):
+                starts.append(g)
+            if len(starts) == _STARTS:
+                break
+    bounds = _bounds(max_tilt_deg)
+    # 6 mm only has to find the basin (0.1 degree / mm tolerance); 3 mm and the finest level
+    # polish.
+    candidates = sorted((_refine(search, levels[0], s, [step / 2, step / 2, 3.0], bounds, xtol=0.1, ftol=1e-4) for s in starts), key=lambda c: c[1])
     # The distinct 6 mm solutions compete again at 3 mm, where a slab or a partial view
     # has enough detail to tell the true basin from a coarse-level impostor.
     finalists = []
     for x, _ in candidates:
         if all(np.abs(x[:2] - f[:2]).max() > 2.0 for f in finalists):
             finalists.append(x)
-    best = min((refine(levels[1], f, [1.0, 1.0, 1.0]) for f in finalists), key=lambda c: c[1])[0]
-    best, _ = refine(levels[2], best, [0.3, 0.3, 0.3], maxfev=120)
+    at_mid = sorted((_refine(search, levels[1], f, [1.0, 1.0, 1.0], bounds, xtol=0.03) for f in finalists), key=lambda c: c[1])
+    best, _ = _refine(search, levels[2], at_mid[0][0], [0.3, 0.3, 0.3], bounds, maxfev=120)
+    return best, [x for x, _ in at_mid[1:]]
 
+
+def _features(prep: _Prepared, params, rivals=(), max_tilt_deg: float = MAX_TILT_DEG) -> dict:
+    """What the confidence rule reads, measured on the finest level at ``params``.
+
+    - ``agreement``: share of head voxels matching their mirror, among those whose mirror
+      is in the field of view (1 - mean robust loss there).
+    - ``coverage``: share of head voxels whose mirror is in the field of view.
+    - ``correlation``: Pearson correlation of those voxel / mirror pairs.
+    - ``sharpness``: the least rise of the objective (``1 - agreement * coverage ** 0.5``)
+      when the plane is tilted by 2 degrees or moved by 2 mm: how well the data pin the
+      plane down. A flat objective (a wrong basin in a slab, noise) gives about 0.
+    - ``rival_gap``: how much worse the best distinct rival minimum is (NaN without one).
+    - ``at_edge``: the fit reached the bound of the search.
+    """
+    search, fine = prep.search, prep.levels[-1]
+    params = np.asarray(params, dtype=np.float64)
+    agreement, coverage = search.terms(fine, params)
+    loss = search.loss(fine, params)
+    moves = np.vstack([np.eye(3) * 2.0, -np.eye(3) * 2.0])
+    sharpness = min(search.loss(fine, params + m) for m in moves) - loss
+    rival = [x for x in rivals if max(abs(x[0] - params[0]), abs(x[1] - params[1])) > 3.0]
+    rival_gap = min((search.loss(fine, x) for x in rival), default=float("nan")) - loss
+    return dict(
+        agreement=float(agreement),
+        coverage=float(coverage),
+        correlation=float(search.correlation(fine, params)),
+        sharpness=float(sharpness),
+        rival_gap=float(rival_gap),
+        at_edge=bool(max(abs(params[0]), abs(params[1])) > max_tilt_deg - 0.5 or abs(params[2]) > _MAX_OFFSET_MM - 0.5),
+    )
+
+
+def estimate_msp(
+    image: Image,
+    *,
+    mask=None,
+    on_failure: str = "error",
+    max_tilt_deg: float = MAX_TILT_DEG,
+    seed: int = 0,
+    on_not_head: str = "warn",
+) -> MidSagittalPlane:
+    """Estimate the mid-sagittal plane of a head scan (MRI of any contrast, or CT).
+
+    Args:
+        image: scalar ``(X, Y, Z)`` image, or ``(C, X, Y, Z)`` whose first channel is used;
+            any storage orientation, oblique or not. Left-right is found from the affine.
+        mask: optional head/brain mask on the image's grid (array or Image, non-zero = head);
+            by default :func:`head_mask` (Otsu, largest component).
+        on_failure: what to do when no plane can be estimated (no head, degenerate mask):
+            ``"error"`` raises :class:`InputError`; ``"axes"`` returns :func:`axes_plane`
+            with ``confident=False`` and the reason in ``message``. A structurally wrong
+            input (not a 3D volume, a mask of another shape) always raises.
+        max_tilt_deg: half-width of the coarse search over the normal's two tilt angles.
+        seed: seed of the voxel sampling (results are deterministic for a given seed).
+        on_not_head: what to do when the image does not show a head
+            (:func:`~SymmetryAwareCore.geometry.head_check.check_head`: a chest, an abdomen):
+            ``"warn"`` estimates the plane anyway, flagged not confident, with the reason in
+            ``warnings``; ``"error"`` raises :class:`InputError` (one line) before the search.
+
+    Returns:
+        the plane in RAS mm, with its symmetry score, a confidence flag and its reasons
+        (``message``), the head check (``head``) and one-line ``warnings``.
+    """
+    if on_failure not in ("error", "axes"):
+        raise ValueError(f"on_failure must be 'error' or 'axes', got {on_failure!r}")
+    if on_not_head not in ("warn", "error"):
+        raise ValueError(f"on_not_head must be 'warn' or 'error', got {on_not_head!r}")
+    array = _scalar_volume(image)
+    user_mask = None if mask is None else _check_mask(mask, image, array)
+    prep = _prepare(image, user_mask, seed)
+    if isinstance(prep, str):
+        if on_failure == "error":
+            raise InputError(prep, image.source)
+        return axes_plane(image, user_mask, message=prep)
+    level = prep.levels[1]  # the 3 mm level, where the head mask was found
+    head = check_head(Image(level.array, np.linalg.inv(level.inv_affine)), prep.mask)
+    if not head.is_head and on_not_head == "error":
+        raise InputError(head.reason, image.source)
+    search = prep.search
+    best, rivals = _search(prep, max_tilt_deg)
+    features = _features(prep, best, rivals, max_tilt_deg)
+    if features["sharpness"] < MIN_SHARPNESS:
+        # A flat fit is a wrong basin (a slab, a partial view) or a scan with little to go
+        # on: search again from every region of the tilt square, and keep the better fit.
+        retry, retry_rivals = _search(prep, max_tilt_deg, wide=True)
+        if search.loss(prep.levels[-1], retry) < search.loss(prep.levels[-1], best) - 1e-6:
+            best, rivals = retry, retry_rivals + [best]
+            features = _features(prep, best, rivals, max_tilt_deg)
     normal, point = search.plane(best)
     # Report the plane at the brain centre: the projection of the centre of mass.
-    point = center - ((center - point) @ normal) * normal
-    correlation = search.correlation(levels[-1], best)
-    score = search.robust_score(levels[-1], best)
-    tilt = float(np.degrees(np.arccos(np.clip(abs(normal @ n0), 0, 1))))
-    reasons = []
-    if not score >= CONFIDENT_SCORE:
-        reasons.append(f"low symmetry score {score:.2f} (< {CONFIDENT_SCORE})")
-    if not correlation >= MIN_CORRELATION:
-        reasons.append(f"low mirror correlation {correlation:.2f} (< {MIN_CORRELATION})")
-    if max(abs(best[0]), abs(best[1])) > max_tilt_deg - 0.5 or abs(best[2]) > _MAX_OFFSET_MM - 0.5:
-        reasons.append(f"the fit reached the edge of the search ({max_tilt_deg:.0f} degrees, {_MAX_OFFSET_MM:.0f} mm)")
+    point = search.center - ((search.center - point) @ normal) * normal
+    tilt = float(np.degrees(np.arccos(np.clip(abs(normal @ search.n0), 0, 1))))
+    confident, reasons = _confidence(features, max_tilt_deg)
+    if not head.is_head:
+        reasons.insert(0, head.reason)
+        confident = False
     return MidSagittalPlane(
         normal=normal,
         point=point,
-        symmetry_score=score,
-        correlation=correlation,
-        confident=not reasons,
+        symmetry_score=features["agreement"] * features["coverage"] ** COVERAGE_POWER,
+        correlation=features["correlation"],
+        confident=confident,
         method="mirror-registration",
-        center=center,
+        center=search.center,
         tilt_deg=tilt,
         message="; ".join(reasons),
+        features=features,
+        head=head.to_dict(),
+        warnings=() if head.is_head else (head.reason,),
     )
+
+
+def _confidence(features: dict, max_tilt_deg: float) -> Tuple[bool, list]:
+    """The confidence rule (:data:`CONFIDENCE_RULE`): ``(confident, reasons)``."""
+    reasons = []
+    if not features["sharpness"] >= MIN_SHARPNESS:
+        reasons.append(
+            f"the plane is not pinned down: moving it 2 degrees or 2 mm changes the symmetry "
+            f"by {features['sharpness']:.3f} (< {MIN_SHARPNESS})"
+        )
+    if not features["coverage"] >= MIN_COVERAGE:
+        reasons.append(f"only {100 * features['coverage']:.0f} % of the head has its mirror image in the field of view (< {100 * MIN_COVERAGE:.0f} %)")
+    if not features["agreement"] >= MIN_AGREEMENT:
+        reasons.append(f"low symmetry: {100 * features['agreement']:.0f} % of the head matches its mirror image (< {100 * MIN_AGREEMENT:.0f} %)")
+    if not features["correlation"] >= MIN_CORRELATION:
+        reasons.append(f"low mirror correlation {features['correlation']:.2f} (< {MIN_CORRELATION})")
+    if features["rival_gap"] < MIN_RIVAL_GAP:  # NaN (no rival) passes
+        reasons.append(f"another plane fits almost as well (symmetry within {features['rival_gap']:.3f})")
+    if features["at_edge"]:
+        reasons.append(f"the fit reached the edge of the search ({max_tilt_deg:.0f} degrees, {_MAX_OFFSET_MM:.0f} mm)")
+    return not reasons, reasons
