@@ -233,6 +233,7 @@ class RunOptions:
         "when no mid-sagittal plane can be found: refuse the case (error) or use the image axes (axes)",
         choices=("error", "axes"),
     )
+    require_head: bool = option_field(False, "--require-head", "refuse a scan that does not look like a head (default: a warning in the report)")
     roi_center: Optional[Tuple[float, float, float]] = option_field(None, "--roi-center", "run on a box around this RAS point (mm), R,A,S", kind="triple")
     roi_size: Optional[Tuple[float, float, float]] = option_field(None, "--roi-size", "size of that box in mm, X,Y,Z", kind="triple", minimum=0.0, maximum=500.0)
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")

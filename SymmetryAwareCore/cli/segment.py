@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         tta=run_options.tta,
         amp=run_options.amp,
         msp_on_failure=run_options.msp_fallback,
+        require_head=run_options.require_head,
         roi_center_ras=run_options.roi_center,
         roi_size_mm=run_options.roi_size,
         overview=not args.no_overview,

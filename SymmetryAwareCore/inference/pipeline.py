@@ -66,6 +66,7 @@ class SegmentOptions:
         sw_batch_size: windows per forward pass (halved on GPU out-of-memory).
         tta: average with the left-right flipped prediction (costs decoder passes only).
         amp: ``"auto"``, ``"off"``, ``"float16"``, ``"bfloat16"``.
+        require_head: refuse a scan that the head check says is not a head (else a warning).
         msp_on_failure: ``"error"`` refuses a scan whose plane cannot be found; ``"axes"``
             uses the image axes through the head's centre and says so in the report.
         roi_center_ras, roi_size_mm: run on this box only (RAS mm); its mirror image across
@@ -81,6 +82,7 @@ class SegmentOptions:
     tta: bool = False
     amp: str = "auto"
     msp_on_failure: str = "error"
+    require_head: bool = False
     roi_center_ras: Optional[Sequence[float]] = None
     roi_size_mm: Optional[Sequence[float]] = None
     overview: bool = True
@@ -166,6 +168,7 @@ def prepare_for_model(paths: Sequence[Path], model: LoadedModel, options: Option
         [c.name for c in model.card.channels],
         model_preprocessing(model),
         msp_on_failure=options.msp_on_failure,
+        on_not_head="error" if options.require_head else "warn",
         roi_center_ras=options.roi_center_ras,
         roi_size_mm=options.roi_size_mm,
         **extra,

@@ -133,6 +133,7 @@ def prepare_image(
     *,
     plane: Optional[MidSagittalPlane] = None,
     msp_on_failure: str = "error",
+    on_not_head: str = "warn",
     roi_center_ras: Optional[Sequence[float]] = None,
     roi_size_mm: Optional[Sequence[float]] = None,
     label: Optional[np.ndarray] = None,
@@ -146,6 +147,7 @@ def prepare_image(
         plane: a plane already estimated (else estimated here, or the image axes when
             ``spec.alignment == "none"``).
         msp_on_failure: ``"error"`` or ``"axes"``, as :func:`estimate_msp`.
+        on_not_head: ``"warn"`` (a note) or ``"error"`` (refuse), as :func:`estimate_msp`.
         roi_center_ras, roi_size_mm: prepare only this RAS box and its mirror image.
         label: ``(X, Y, Z)`` integer labels on the image's grid (training), taken into the
             frame by nearest neighbour.
@@ -155,7 +157,7 @@ def prepare_image(
     progress("aligning", 0.0)
     notes: List[str] = []
     if plane is None:
-        plane = unaligned_plane(image) if spec.alignment == "none" else estimate_msp(image, on_failure=msp_on_failure)
+        plane = unaligned_plane(image) if spec.alignment == "none" else estimate_msp(image, on_failure=msp_on_failure, on_not_head=on_not_head)
     if spec.alignment == "none":
         notes.append(plane.message)
     elif not plane.confident:
