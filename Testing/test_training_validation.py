@@ -147,6 +147,7 @@ def test_card_of_brats_channels_matches_both_brats_spellings(tmp_path):
                                                     "training": [{"image": ["a.nii.gz"]}]}))
     config = RunConfig()
     config.data.datalist = str(tmp_path / "list.json")
+    config.data.spacing = [3.0, 3.0, 3.0]  # the list names no files to read it from
     config.model.kwargs = {"in_channels": 4, "out_channels": 3, "feature_size": 12, "depths": [1, 1, 1, 1]}
     task = SegmentationTask(config)
     card = json.loads(write_model_card(task.build_model(), task, config, tmp_path / "model").read_text())
