@@ -33,7 +33,8 @@ def parser():
 
 def test_every_option_round_trips_through_its_command_line():
     options = RunOptions(model="card.json", device="cuda:1", overlap=0.5, sw_batch=4, tta=True, amp="bfloat16",
-                         msp_fallback="axes", roi_center=(-30, 12.5, 20), roi_size=(50, 50, 40), dicom_seg=True)
+                         msp_fallback="axes", require_head=True, roi_center=(-30, 12.5, 20), roi_size=(50, 50, 40),
+                         dicom_seg=True)
     assert RunOptions.from_namespace(parser().parse_args(options.as_arg_list())) == options
     assert RunOptions.from_namespace(parser().parse_args([])) == RunOptions()
     # Every field has a flag, and every flag appears once when set.
