@@ -18,10 +18,13 @@ EXAMPLE = """examples:
   symmetryaware segment cases/ -o out --device cuda --tta       (one sub-folder per case)
   symmetryaware segment cases.csv -o out                        (case_id,t1,t1ce,t2,flair)
   symmetryaware segment scan/ -o out --roi-center -30,12,20 --roi-size 50,50,50
+  symmetryaware segment --sample -o out --attention-from -40,-10,20   (where that point attends)
 
 Per case, <output-dir>/<case_id>/ receives segmentation.nii.gz and segmentation.seg.nrrd
-(on the first input's grid), attention.nii.gz, asymmetry.nii.gz, msp.mrk.json,
-overview.png and report.json. Finished cases are skipped unless --overwrite."""
+(on the first input's grid), attention.nii.gz (mirror focus, 0..1, models with SACA),
+asymmetry.nii.gz, msp.mrk.json, overview.png and report.json; with --attention-from also
+attention_from.nii.gz (attention per mL of that point over the other hemisphere). The maps
+are explained in docs/attention.md. Finished cases are skipped unless --overwrite."""
 
 
 def _triple(text: str) -> List[float]:
@@ -79,6 +82,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--msp-fallback", choices=("error", "axes"), default="error",
         help="when no mid-sagittal plane can be found: refuse the case (default) or use the image axes",
     )
+    parser.add_argument(
+        "--attention-from", type=_triple, metavar="R,A,S",
+        help="also write attention_from.nii.gz: where this RAS point (mm) attends in the other hemisphere "
+        "(models with SACA)",
+    )
     parser.add_argument("--case-id", help="name of the output folder (one case only)")
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
@@ -111,6 +119,8 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         raise InputError("no input given (files, a folder, a CSV, or --sample)")
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
+    if args.attention_from is not None and not getattr(model.network, "use_saca", False):
+        raise InputError(f"--attention-from needs a model with symmetry-aware cross-attention; {args.model!r} has none")
     for note in model.notes:
         printer.message(f"WARNING: {note}")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         overview=not args.no_overview,
         overwrite=args.overwrite,
         outputs=tuple(outputs) if outputs else None,
+        attention_from_ras=args.attention_from,
     )
     rows = []
     for index, case in enumerate(cases):

@@ -33,6 +33,7 @@ from ..io.image import Image
 from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
+from .attention_maps import attention_point_voxel, native_attention_maps
 from .engine import InferenceSettings, run_paired_inference
 from .hemispheric import signed_asymmetry
 from .model_source import LoadedModel
@@ -49,6 +50,7 @@ OUTPUT_FILES = {
     "labelmap": "segmentation.nii.gz",
     "segmentation": "segmentation.seg.nrrd",
     "attention": "attention.nii.gz",
+    "attention_from": "attention_from.nii.gz",
     "asymmetry": "asymmetry.nii.gz",
     "plane": "msp.mrk.json",
     "report": "report.json",
@@ -78,6 +80,8 @@ class SegmentOptions:
         overview: write the PNG overview.
         overwrite: replace an existing result folder of the same case.
         outputs: keys of :data:`OUTPUT_FILES` to write (the report always is); None: all.
+        attention_from_ras: a RAS point (mm) whose SACA attention over the other hemisphere
+            is written as ``attention_from.nii.gz`` (models with SACA only).
     """
 
     device: str = "auto"
@@ -91,6 +95,7 @@ class SegmentOptions:
     overview: bool = True
     overwrite: bool = False
     outputs: Optional[Sequence[str]] = None
+    attention_from_ras: Optional[Sequence[float]] = None
 
     def wants(self, key: str) -> bool:
         if key == "overview" and not self.overview:
@@ -293,6 +298,12 @@ def segment_case(
     volume = normalise_intensities(aligned, card.preprocessing.get("normalisation", "zscore-nonzero"))
     box = brain_box(volume)
     cropped = np.ascontiguousarray(volume[(slice(None),) + box])
+    # Attention maps (issue 17, attention_maps.py): the --attention-from point is checked here, before inference.
+    attention_point = None
+    if options.attention_from_ras is not None:
+        if not getattr(model.network, "use_saca", False):
+            raise InputError("--attention-from needs a model with symmetry-aware cross-attention (SACA)")
+        attention_point = attention_point_voxel(frame, box, options.attention_from_ras)
 
     stages.begin("inference")
     settings = InferenceSettings(
@@ -326,6 +337,10 @@ def segment_case(
     probability[box] = foreground_from_logits(logits, card)
     asym_frame = signed_asymmetry(probability)
     labels_native = frame.to_native(labels_frame, "nearest").astype(np.uint8)
+    # Attention maps (issue 17): mirror focus (and point attention) from the finest SACA stage, on the input grid.
+    attention_maps = None
+    if result.attention_windows is not None:
+        attention_maps = native_attention_maps(result.attention_windows, volume, box, frame, labels_frame, attention_point)
     if options.roi_center_ras is not None:
         labels_native[~_roi_mask_native(native, options.roi_center_ras, options.roi_size_mm)] = 0
     files: Dict[str, Path] = {}
@@ -341,10 +356,10 @@ def segment_case(
             write_labelmap_nifti(labels_native, native, out("labelmap"), inputs=paths)
         if options.wants("segmentation"):
             write_seg_nrrd(labels_native, native, out("segmentation"), _label_infos(model), inputs=paths)
-        if result.attention is not None and options.wants("attention"):
-            attention_frame = np.zeros(full_shape, np.float32)
-            attention_frame[box] = result.attention.numpy()
-            write_map(np.clip(frame.to_native(attention_frame, "linear"), 0, 1), native, out("attention"), "uint8", paths)
+        if attention_maps is not None and options.wants("attention"):
+            write_map(attention_maps.mirror_focus, native, out("attention"), "uint8", paths)
+        if attention_maps is not None and attention_maps.point_density is not None and options.wants("attention_from"):
+            write_map(attention_maps.point_density, native, out("attention_from"), "float16", paths)
         if options.wants("asymmetry"):
             write_map(frame.to_native(asym_frame, "linear"), native, out("asymmetry"), "float16", paths)
         if options.wants("plane"):
@@ -393,13 +408,17 @@ def segment_case(
                     "brain_box": [[s.start, s.stop] for s in box],
                 },
                 "maps": {
-                    "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: attention mass on the mirror-position tokens",
+                    "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: mirror focus "
+                    "(see 'attention' and docs/attention.md), 0 outside the head",
+                    "attention_from": "float16 precision (stored float32): SACA attention per mL of the "
+                    "--attention-from point over the other hemisphere",
                     "asymmetry": "float16 precision (stored float32): p(x) - p(mirror x), foreground probability, in [-1, 1]",
                 },
                 "roi": None
                 if options.roi_center_ras is None
                 else {"center_ras": list(map(float, options.roi_center_ras)), "size_mm": list(map(float, options.roi_size_mm))},
                 "zero_shot_asymmetry": None,
+                "attention": None if attention_maps is None else attention_maps.summary,
                 "notes": notes,
                 "software": {"symmetryaware": __version__, "torch": torch.__version__},
                 "runtime_s": {**stages.times, "total": round(time.perf_counter() - started, 3)},
