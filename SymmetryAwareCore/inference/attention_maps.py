@@ -169,10 +169,14 @@ def tokens_to_voxels(token_maps: torch.Tensor, roi_size: Sequence[int]) -> torch
 
 
 def head_mask(volume) -> np.ndarray:
-    """``(X, Y, Z)`` bool: voxels where any channel of a ``(C, X, Y, Z)`` volume is non-zero."""
+    """``(X, Y, Z)`` bool: voxels where any channel of a ``(C, X, Y, Z)`` volume (or the one
+    channel of an ``(X, Y, Z)`` one) is non-zero: the head of a skull-stripped, or
+    background-free, scan."""
     v = np.asarray(volume)
+    if v.ndim == 3:
+        v = v[None]
     if v.ndim != 4:
-        raise ValueError(f"volume must be (C, X, Y, Z), got shape {v.shape}")
+        raise ValueError(f"volume must be (C, X, Y, Z) or (X, Y, Z), got shape {v.shape}")
     return np.any(v != 0, axis=0)
 
 
@@ -312,6 +316,7 @@ def native_attention_maps(
     frame,
     labels_frame: np.ndarray,
     point_voxel: Optional[Sequence[int]] = None,
+    native_volume: Optional[np.ndarray] = None,
     radius: int = DEFAULT_RADIUS,
 ) -> NativeAttentionMaps:
     """Mirror focus (and point attention) in the frame, summarised, then on the input grid.
@@ -325,6 +330,9 @@ def native_attention_maps(
         labels_frame: ``(X, Y, Z)`` labels in the frame; lesion = label > 0.
         point_voxel: the ``--attention-from`` voxel on the engine's grid
             (:func:`attention_point_voxel`), or None.
+        native_volume: the input's channels on its own grid; where all are 0 the mirror
+            focus is set to 0 on that grid too (linear resampling would smear the frame's
+            head edge over a voxel of air).
         radius: mirror neighbourhood in tokens.
     """
     head = head_mask(volume)
@@ -350,6 +358,8 @@ def native_attention_maps(
         else round(float(inside.mean() - mirrored.mean()), 4),
     }
     native_focus = np.clip(frame.to_native(focus, "linear"), 0.0, 1.0).astype(np.float32)
+    if native_volume is not None:
+        native_focus[~head_mask(native_volume)] = 0.0
     density = None
     if point_voxel is not None:
         point = point_attention_map(attention, point_voxel)

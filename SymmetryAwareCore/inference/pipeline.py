@@ -340,7 +340,9 @@ def segment_case(
     # Attention maps (issue 17): mirror focus (and point attention) from the finest SACA stage, on the input grid.
     attention_maps = None
     if result.attention_windows is not None:
-        attention_maps = native_attention_maps(result.attention_windows, volume, box, frame, labels_frame, attention_point)
+        attention_maps = native_attention_maps(
+            result.attention_windows, volume, box, frame, labels_frame, attention_point, image.array
+        )
     if options.roi_center_ras is not None:
         labels_native[~_roi_mask_native(native, options.roi_center_ras, options.roi_size_mm)] = 0
     files: Dict[str, Path] = {}
