@@ -74,3 +74,17 @@ def test_fused_window_attention_agrees_with_explicit_path_with_a_finer_saca_stag
     assert att_fused.shape == (1, 6, 512, 512)  # stage 2 of 64^3: 8^3 tokens, num_heads[1] heads
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(att_fused, att_explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_mirror_prior_makes_each_token_attend_most_to_its_mirror_token():
+    import pytest
+
+    from SymmetryAwareCore.models.saca import SACABlock
+
+    torch.manual_seed(0)
+    block = SACABlock(48, 6, position_encoding="learned").set_mirror_prior(sharpness=10.0, content=0.0).eval()
+    x, xc = torch.randn(1, 48, 8, 8, 8), torch.randn(1, 48, 8, 8, 8)
+    _, attention = block(x, xc, return_attention=True)
+    assert torch.equal(attention.mean(1)[0].argmax(-1), torch.arange(512))
+    with pytest.raises(ValueError, match="learned"):
+        SACABlock(48, 6).set_mirror_prior()

@@ -357,6 +357,11 @@ def native_attention_maps(
         if inside.size == 0 or mirrored.size == 0
         else round(float(inside.mean() - mirrored.mean()), 4),
     }
+    if chance_focus(attention.grid, radius) >= 1.0:
+        summary["note"] = (
+            f"the mirror neighbourhood ({radius} token(s)) holds every token of a window ({attention.grid}), so the "
+            "focus is 1 by construction and carries no information; maps need SACA at a finer stage"
+        )
     native_focus = np.clip(frame.to_native(focus, "linear"), 0.0, 1.0).astype(np.float32)
     if native_volume is not None:
         native_focus[~head_mask(native_volume)] = 0.0
