@@ -127,3 +127,16 @@ def test_window_seams_are_blended_away():
     assert steps.max() < 0.15 and (steps > 0.01).sum() >= 10
     windows = result.attention_windows
     assert len(windows.windows) == result.n_windows and windows.stride == 32 and windows.grid == (2, 2, 2)
+
+
+def test_overview_gets_a_row_per_map(subject_t1, tmp_path):
+    from PIL import Image as PILImage
+
+    from SymmetryAwareCore.inference.overview import write_overview_png
+
+    labels = np.zeros(subject_t1.spatial_shape, np.uint8)
+    labels[3:7, 18:24, 16:20] = 1
+    focus = np.random.default_rng(0).random(subject_t1.spatial_shape).astype(np.float32)
+    plain = write_overview_png(subject_t1, labels, tmp_path / "plain.png", dpi=30)
+    with_maps = write_overview_png(subject_t1, labels, tmp_path / "maps.png", dpi=30, maps={"mirror focus": focus})
+    assert PILImage.open(with_maps).size[1] == 2 * PILImage.open(plain).size[1]

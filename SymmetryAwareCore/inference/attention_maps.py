@@ -350,6 +350,7 @@ def native_attention_maps(
         "token_mm": [round(float(s) * attention.stride, 2) for s in frame.spacing],
         "radius_tokens": radius,
         "chance_level": round(chance_focus(attention.grid, radius), 4),
+        "lesion_source": "the model's own segmentation (label > 0); its mirror across the plane, minus the lesion",
         "head": _stats(focus[head]),
         "lesion": _stats(inside),
         "contralateral_mirror": _stats(mirrored),

@@ -377,6 +377,7 @@ def segment_case(
                 label_colors={l.value: l.color for l in card.labels},
                 label_names=names,
                 title=f"{case_id} - {card.name or card.architecture} {card.version}",
+                maps=None if attention_maps is None else {"mirror focus": attention_maps.mirror_focus},
             )
         stages.end()
         report = lesion_report(native, labels_native, plane.normal, plane.point, names)
