@@ -15,7 +15,7 @@ from . import segment
 EXAMPLE = """examples:
   symmetryaware attention --sample --output-dir maps
   symmetryaware attention case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz -o maps
-  symmetryaware attention --sample -o maps --attention-from -40,-10,20
+  symmetryaware attention --sample -o maps --attention-from=-40,-10,20
 
 Per case, <output-dir>/<case_id>/ receives attention.nii.gz (mirror focus: how much of each
 region's SACA attention, at the model's finest SACA stage, falls on and around its mirror

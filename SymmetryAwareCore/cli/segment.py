@@ -17,8 +17,9 @@ EXAMPLE = """examples:
   symmetryaware segment case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz -o out
   symmetryaware segment cases/ -o out --device cuda --tta       (one sub-folder per case)
   symmetryaware segment cases.csv -o out                        (case_id,t1,t1ce,t2,flair)
-  symmetryaware segment scan/ -o out --roi-center -30,12,20 --roi-size 50,50,50
-  symmetryaware segment --sample -o out --attention-from -40,-10,20   (where that point attends)
+  symmetryaware segment scan/ -o out --roi-center=-30,12,20 --roi-size 50,50,50
+  symmetryaware segment --sample -o out --attention-from=-40,-10,20  (where that point attends;
+                                            "=" because the value starts with "-")
 
 Per case, <output-dir>/<case_id>/ receives segmentation.nii.gz and segmentation.seg.nrrd
 (on the first input's grid), attention.nii.gz (mirror focus, 0..1, models with SACA),
@@ -85,7 +86,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention-from", type=_triple, metavar="R,A,S",
         help="also write attention_from.nii.gz: where this RAS point (mm) attends in the other hemisphere "
-        "(models with SACA)",
+        "(models with SACA); write --attention-from=-40,10,20 when the first value is negative",
     )
     parser.add_argument("--case-id", help="name of the output folder (one case only)")
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
