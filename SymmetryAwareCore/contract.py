@@ -58,8 +58,10 @@ OUTPUT_FILES: Dict[str, str] = {
     "plane": "msp.mrk.json",
     "report": "report.json",
     "overview": "overview.png",
+    "attention_from": "attention_from.nii.gz",
 }
-"""File names inside ``<output_dir>/<case_id>/``, by key (every run writes these)."""
+"""File names inside ``<output_dir>/<case_id>/``, by key (``attention_from`` only with
+``--attention-from``; the others on every run)."""
 
 DICOM_SEG_FILE = "segmentation.dcm"
 """The DICOM Segmentation object written with ``--dicom-seg`` (DICOM inputs only)."""
@@ -236,6 +238,10 @@ class RunOptions:
     require_head: bool = option_field(False, "--require-head", "refuse a scan that does not look like a head (default: a warning in the report)")
     roi_center: Optional[Tuple[float, float, float]] = option_field(None, "--roi-center", "run on a box around this RAS point (mm), R,A,S", kind="triple")
     roi_size: Optional[Tuple[float, float, float]] = option_field(None, "--roi-size", "size of that box in mm, X,Y,Z", kind="triple", minimum=0.0, maximum=500.0)
+    attention_from: Optional[Tuple[float, float, float]] = option_field(
+        None, "--attention-from",
+        "also write attention_from.nii.gz: where this RAS point (mm) attends in the other hemisphere (models with SACA)",
+        kind="triple")
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
 
     def __post_init__(self) -> None:

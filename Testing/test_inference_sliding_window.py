@@ -205,7 +205,8 @@ def test_tta_is_exact_for_an_lr_equivariant_model_and_changes_others():
 def test_hemispheric_attention_levels(attention, expected):
     model = ConstantModel(attention=attention)
     result = mirror_paired_sliding_window(
-        np.zeros((1, 80, 64, 64), np.float32), model, (64, 64, 64), 0.5, 2, return_attention=True, tta_flip=True
+        np.zeros((1, 80, 64, 64), np.float32), model, (64, 64, 64), 0.5, 2, return_attention=True, tta_flip=True,
+        attention_radius=0,  # the mirror token only: 2x2x2 tokens, radius 1 would hold them all
     )
     assert result.attention.shape == (80, 64, 64)
     torch.testing.assert_close(result.attention, torch.full((80, 64, 64), expected))
@@ -217,9 +218,11 @@ def test_hemispheric_attention_is_located_and_flipped_back_with_tta():
     # on the left. With one window covering the volume, TTA averages that with its mirror.
     model = ConstantModel(attention="shifted")
     volume = np.zeros((1, 64, 64, 64), np.float32)
-    plain = mirror_paired_sliding_window(volume, model, (64, 64, 64), 0.5, 1, return_attention=True).attention
+    plain = mirror_paired_sliding_window(volume, model, (64, 64, 64), 0.5, 1, return_attention=True, attention_radius=0).attention
     assert plain[:8].max() < 0.01 and plain[-8:].min() > 0.99
-    both = mirror_paired_sliding_window(volume, model, (64, 64, 64), 0.5, 1, return_attention=True, tta_flip=True)
+    both = mirror_paired_sliding_window(
+        volume, model, (64, 64, 64), 0.5, 1, return_attention=True, tta_flip=True, attention_radius=0
+    )
     torch.testing.assert_close(both.attention, torch.full((64, 64, 64), 0.5))
 
 

@@ -104,9 +104,10 @@ def test_forward_is_forward_head_of_forward_features_and_attention_layout():
         assert tuple(f[5].shape[2:]) == token_grid_shape(x.shape[2:], 4) == (2, 1, 3)
         assert net.counterpart_feature_indices == (4, 5)
         only_needed = [t if i in net.counterpart_feature_indices else None for i, t in enumerate(fc)]
-        logits, attn = net.forward_head(f, only_needed, return_attention=True)
-        _, attn3 = net.forward_head(f, fc, return_attention=True, attention_stage=3)
+        logits, attn3 = net.forward_head(f, only_needed, return_attention=True)  # the finest stage
+        _, attn = net.forward_head(f, fc, return_attention=True, attention_stage=4)
         torch.testing.assert_close(net(x, xc), logits)
+    assert net.attention_stage == 3 and net.attention_token_stride == 16
     assert logits.shape == (1, 2, 64, 32, 96)
     assert attn.shape == (1, 24, 6, 6)  # (B, heads, Nq, Nk), 2*1*3 bottleneck tokens
     assert attn3.shape == (1, 12, 48, 48)  # stage 3 (1/16): 4*2*6 tokens

@@ -15,12 +15,16 @@ from . import segment
 EXAMPLE = """examples:
   symmetryaware attention --sample --output-dir maps
   symmetryaware attention case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz -o maps
+  symmetryaware attention --sample -o maps --attention-from=-40,-10,20
 
-Per case, <output-dir>/<case_id>/ receives attention.nii.gz (how strongly each region's
-SACA attention falls on its mirror position, 0..1), asymmetry.nii.gz (p(x) - p(mirror x)),
-msp.mrk.json and report.json, on the first input's grid."""
+Per case, <output-dir>/<case_id>/ receives attention.nii.gz (mirror focus: how much of each
+region's SACA attention, at the model's finest SACA stage, falls on and around its mirror
+position, 0..1, 0 outside the head), asymmetry.nii.gz (p(x) - p(mirror x)), msp.mrk.json
+and report.json (mirror focus in the lesion against its contralateral mirror), on the first
+input's grid; with --attention-from R,A,S also attention_from.nii.gz (where that point
+attends in the other hemisphere, per mL). See docs/attention.md."""
 
-OUTPUTS = ("attention", "asymmetry", "plane")
+OUTPUTS = ("attention", "attention_from", "asymmetry", "plane")
 
 
 def add_parser(subparsers) -> None:

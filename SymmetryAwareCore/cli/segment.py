@@ -19,11 +19,15 @@ EXAMPLE = """examples:
   symmetryaware segment case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz -o out
   symmetryaware segment cases/ -o out --device cuda --tta       (one sub-folder per case)
   symmetryaware segment cases.csv -o out                        (case_id,t1,t1ce,t2,flair)
-  symmetryaware segment scan/ -o out --roi-center -30,12,20 --roi-size 50,50,50
+  symmetryaware segment scan/ -o out --roi-center=-30,12,20 --roi-size 50,50,50
+  symmetryaware segment --sample -o out --attention-from=-40,-10,20  (where that point attends;
+                                            "=" because the value starts with "-")
 
 Per case, <output-dir>/<case_id>/ receives segmentation.nii.gz and segmentation.seg.nrrd
-(on the first input's grid), attention.nii.gz, asymmetry.nii.gz, msp.mrk.json,
-overview.png and report.json. Finished cases are skipped unless --overwrite."""
+(on the first input's grid), attention.nii.gz (mirror focus, 0..1, models with SACA),
+asymmetry.nii.gz, msp.mrk.json, overview.png and report.json; with --attention-from also
+attention_from.nii.gz (attention per mL of that point over the other hemisphere). The maps
+are explained in docs/attention.md. Finished cases are skipped unless --overwrite."""
 
 
 def add_budget_argument(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +112,8 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     output_dir = check_output_dir(args.output_dir, inputs)
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
+    if run_options.attention_from is not None and not getattr(model.network, "use_saca", False):
+        raise InputError(f"--attention-from needs a model with symmetry-aware cross-attention; {run_options.model!r} has none")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
     cases = discover_cases(inputs, channels, case_id=args.case_id)
     if run_options.dicom_seg:
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         require_head=run_options.require_head,
         roi_center_ras=run_options.roi_center,
         roi_size_mm=run_options.roi_size,
+        attention_from_ras=run_options.attention_from,
         overview=not args.no_overview,
         overwrite=args.overwrite,
         outputs=tuple(outputs) if outputs else None,

@@ -37,7 +37,9 @@ class InferenceSettings:
             ``"float16"`` (accelerators only: full precision once on the CPU) or
             ``"bfloat16"``.
         tta_flip: average with the left-right flipped prediction (no extra encoder work).
-        return_attention: build the hemispheric attention map.
+        return_attention: collect the attention of the model's finest SACA stage
+            (``PairedResult.attention_windows``) and build the mirror-focus map
+            (:mod:`.attention_maps`).
         cpu_fallback: after a batch of 1 runs out of accelerator memory, finish on the CPU.
     """
 

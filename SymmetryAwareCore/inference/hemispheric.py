@@ -3,13 +3,15 @@
 Both work on volumes aligned to the mid-sagittal plane (RAS, axis 0 = left-right, the
 plane at the centre of axis 0), as the sliding-window engine produces them.
 
-Hemispheric attention (:func:`mirror_token_focus`). SACA lets each bottleneck token of a
-window (query) attend to the tokens of the window's counterpart (keys). The counterpart
+Hemispheric attention (:func:`mirror_token_focus`, the token-level definition of the
+"mirror focus" that :mod:`.attention_maps` turns into voxel maps). SACA lets each token of
+a window at a SACA stage (query) attend to the tokens of the window's counterpart (keys). The counterpart
 is the mirrored crop, flipped, so the key token at grid position ``(i, j, k)`` covers the
 mirror of the region of the query token at the same position ``(i, j, k)``. The focus of
 a query is the attention mass, averaged over heads, on the keys within ``radius`` tokens
 (Chebyshev distance) of that mirror position. It lies in ``[0, 1]``: 1 means the region
-looks only at its own mirror image, ``n_neighbours / Nk`` is what uniform attention gives.
+looks only at its own mirror neighbourhood, 0 only elsewhere, ``n_neighbours / Nk`` is what
+uniform attention gives.
 
 Signed asymmetry (:func:`signed_asymmetry`): ``p(x) - p(mirror(x))`` for the foreground
 probability ``p``; positive where a voxel is more likely lesion than its mirror voxel
@@ -32,7 +34,8 @@ BOTTLENECK_STRIDE = 32
 
 
 def token_grid(roi_size: Sequence[int], stride: int = BOTTLENECK_STRIDE) -> tuple:
-    """The bottleneck token grid ``(gx, gy, gz) = roi // stride`` of a window."""
+    """The token grid ``(gx, gy, gz) = roi // stride`` of a window (stride 32: the bottleneck,
+    ``2**(s+1)`` at SACA stage ``s``)."""
     grid = tuple(int(r) // stride for r in roi_size)
     if min(grid) < 1:
         raise ValueError(f"roi_size {tuple(roi_size)} is smaller than the token stride {stride}")
@@ -66,7 +69,7 @@ def mirror_token_focus(attention: torch.Tensor, grid: Sequence[int], radius: int
     if attention.shape[-1] != n or attention.shape[-2] != n:
         raise ValueError(
             f"attention over {tuple(attention.shape[-2:])} tokens does not match the token grid {tuple(grid)} "
-            f"({n} tokens = roi // {BOTTLENECK_STRIDE})"
+            f"({n} tokens)"
         )
     mask = _mirror_neighbourhood(grid, radius, attention.device).to(torch.float32)
     focus = (attention.float() * mask).sum(dim=-1).mean(dim=1)

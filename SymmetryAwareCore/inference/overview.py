@@ -174,6 +174,7 @@ def write_overview_png(
     title: Optional[str] = None,
     channel: int = 0,
     dpi: int = 100,
+    maps: Optional[Mapping[str, np.ndarray]] = None,
 ) -> Path:
     """Write an overview PNG (axial, coronal, sagittal through the lesion centroid), atomically.
 
@@ -187,6 +188,8 @@ def write_overview_png(
             missing labels take :data:`DEFAULT_LABEL_COLORS`, then tab10.
         label_names: ``{label: name}`` for the legend.
         convention: ``"radiological"`` or ``"neurological"``.
+        maps: ``{name: (X, Y, Z) map on the image's grid}``, one extra row each (same
+            views, inferno colours from 0 to the map's maximum), e.g. the mirror focus.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -206,9 +209,21 @@ def write_overview_png(
     if high <= low:
         high = low + 1.0
 
-    fig = Figure(figsize=(12, 4.6), dpi=dpi, facecolor="black")
+    maps = dict(maps or {})
+    fig = Figure(figsize=(12, 4.6 * (1 + len(maps))), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    grid = fig.subplots(1 + len(maps), 3, squeeze=False)
+    axes = grid[0]
+    for row, (name, values) in zip(grid[1:], maps.items()):
+        # The same views as the image row: the map as the "image", the same labels pick the slices.
+        map_panels = overview_panels(Image(np.asarray(values, np.float32), image.affine), labelmap, plane_normal, plane_point, convention, 0)
+        top = max(1e-6, float(np.max(values)))
+        for ax, panel in zip(row, map_panels):
+            shown = ax.imshow(panel.image, cmap="inferno", vmin=0.0, vmax=top, aspect=panel.aspect, interpolation="nearest")
+            ax.set_title(f"{panel.name}: {name}", color="white", fontsize=10)
+            ax.set_axis_off()
+        bar = fig.colorbar(shown, ax=list(row), fraction=0.02, pad=0.01)
+        bar.ax.tick_params(colors="white", labelsize=8)
     for ax, panel in zip(axes, panels):
         ax.imshow(panel.image, cmap="gray", vmin=low, vmax=high, aspect=panel.aspect, interpolation="nearest")
         overlay = np.zeros(panel.labels.shape + (4,), np.float32)

@@ -37,6 +37,7 @@ from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
 from ..preprocessing import PreparedCase, Preprocessing, brain_box, prepare_case
+from .attention_maps import NativeAttentionMaps, attention_point_voxel, native_attention_maps
 from .engine import InferenceSettings, run_paired_inference
 from .hemispheric import signed_asymmetry
 from .model_source import LoadedModel
@@ -74,6 +75,8 @@ class SegmentOptions:
         overview: write the PNG overview.
         overwrite: replace an existing result folder of the same case.
         outputs: keys of :data:`OUTPUT_FILES` to write (the report always is); None: all.
+        attention_from_ras: a RAS point (mm) whose SACA attention over the other hemisphere
+            is written as ``attention_from.nii.gz`` (models with SACA only).
     """
 
     device: str = "auto"
@@ -88,6 +91,7 @@ class SegmentOptions:
     overview: bool = True
     overwrite: bool = False
     outputs: Optional[Sequence[str]] = None
+    attention_from_ras: Optional[Sequence[float]] = None
 
     def wants(self, key: str) -> bool:
         if key == "overview" and not self.overview:
@@ -182,19 +186,22 @@ class Prediction:
     Attributes:
         probabilities: ``(out, W, H, D)`` float32, the card's activation applied; voxels
             outside the brain box hold the background probabilities.
-        attention: ``(W, H, D)`` float32 hemispheric attention in ``[0, 1]``, or None.
+        attention: the finest SACA stage's per-window attention (for :mod:`.attention_maps`),
+            or None for a model without SACA.
+        attention_point: the ``--attention-from`` voxel on the brain box's grid, or None.
         settings: the inference settings used.
         n_windows, n_encoded: windows and encoder passes.
         device: where it finally ran; ``events``: out-of-memory fallbacks.
     """
 
     probabilities: np.ndarray
-    attention: Optional[np.ndarray]
+    attention: Optional[object]
     settings: InferenceSettings
     n_windows: int
     n_encoded: int
     device: str
     events: List[str] = field(default_factory=list)
+    attention_point: Optional[Tuple[int, int, int]] = None
 
 
 def predict_case(
@@ -211,6 +218,11 @@ def predict_case(
     """
     options = options or SegmentOptions()
     card = model.card
+    attention_point = None
+    if options.attention_from_ras is not None:  # checked before the costly part
+        if not getattr(model.network, "use_saca", False):
+            raise InputError("--attention-from needs a model with symmetry-aware cross-attention (SACA)")
+        attention_point = attention_point_voxel(prepared.frame, prepared.box, options.attention_from_ras)
     settings = InferenceSettings(
         roi_size=tuple(model_preprocessing(model).roi_size),
         overlap=options.overlap,
@@ -229,12 +241,8 @@ def predict_case(
     probabilities = np.empty((len(outside),) + tuple(full_shape), np.float32)
     probabilities[:] = outside[:, None, None, None]
     probabilities[(slice(None),) + box] = probabilities_from_logits(result.logits.numpy(), card)
-    attention = None
-    if result.attention is not None:
-        attention = np.zeros(full_shape, np.float32)
-        attention[box] = result.attention.numpy()
-    return Prediction(probabilities, attention, settings, result.n_windows, result.n_encoded, str(fallback.device),
-                      list(fallback.events))
+    return Prediction(probabilities, result.attention_windows, settings, result.n_windows, result.n_encoded,
+                      str(fallback.device), list(fallback.events), attention_point)
 
 
 def probabilities_to_native(probabilities: np.ndarray, prepared: PreparedCase, card) -> np.ndarray:
@@ -265,12 +273,13 @@ class NativeOutputs:
     Attributes:
         labels: ``(X, Y, Z)`` uint8 label values of the card.
         asymmetry: ``(X, Y, Z)`` float32 ``p(x) - p(mirror x)`` of the lesion probability.
-        attention: ``(X, Y, Z)`` float32 in ``[0, 1]``, or None.
+        attention: mirror focus (and point attention) on the input grid with their summary
+            (:class:`~.attention_maps.NativeAttentionMaps`), or None.
     """
 
     labels: np.ndarray
     asymmetry: np.ndarray
-    attention: Optional[np.ndarray] = None
+    attention: Optional[NativeAttentionMaps] = None
 
 
 def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: LoadedModel,
@@ -289,7 +298,10 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     asymmetry = prepared.frame.to_native(signed_asymmetry(_foreground(prediction.probabilities, card)), "linear")
     attention = None
     if prediction.attention is not None:
-        attention = np.clip(prepared.frame.to_native(prediction.attention, "linear"), 0, 1)
+        # The lesion for the map's summary is the frame's own reading of the probabilities.
+        attention = native_attention_maps(prediction.attention, prepared.volume, prepared.box, prepared.frame,
+                                          labels_from_probabilities(prediction.probabilities, card),
+                                          prediction.attention_point, prepared.image.array)
     return NativeOutputs(labels, asymmetry, attention)
 
 
@@ -417,7 +429,9 @@ def write_case_outputs(
         if options.wants("segmentation"):
             write_seg_nrrd(labels_native, native, out("segmentation"), _label_infos(model), inputs=paths)
         if outputs.attention is not None and options.wants("attention"):
-            write_map(outputs.attention, native, out("attention"), "uint8", paths)
+            write_map(outputs.attention.mirror_focus, native, out("attention"), "uint8", paths)
+        if outputs.attention is not None and outputs.attention.point_density is not None and options.wants("attention_from"):
+            write_map(outputs.attention.point_density, native, out("attention_from"), "float16", paths)
         if options.wants("asymmetry"):
             write_map(outputs.asymmetry, native, out("asymmetry"), "float16", paths)
         if options.wants("plane"):
@@ -433,6 +447,7 @@ def write_case_outputs(
                 label_colors={l.value: l.color for l in card.labels},
                 label_names=names,
                 title=f"{case_id} - {card.name or card.architecture} {card.version}",
+                maps=None if outputs.attention is None else {"mirror focus": outputs.attention.mirror_focus},
             )
         stages.end()
         report = lesion_report(native, labels_native, plane.normal, plane.point, names)
@@ -469,13 +484,17 @@ def write_case_outputs(
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                 },
                 "maps": {
-                    "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: attention mass on the mirror-position tokens",
+                    "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: mirror focus "
+                    "(see 'attention' and docs/attention.md), 0 outside the head",
+                    "attention_from": "float16 precision (stored float32): SACA attention per mL of the "
+                    "--attention-from point over the other hemisphere",
                     "asymmetry": "float16 precision (stored float32): p(x) - p(mirror x), foreground probability, in [-1, 1]",
                 },
                 "roi": None
                 if options.roi_center_ras is None
                 else {"center_ras": list(map(float, options.roi_center_ras)), "size_mm": list(map(float, options.roi_size_mm))},
                 "zero_shot_asymmetry": None,
+                "attention": None if outputs.attention is None else outputs.attention.summary,
                 "notes": notes,
                 "software": {"symmetryaware": __version__, "torch": torch.__version__},
                 "runtime_s": {**prepared.times, **stages.times, "total": round(time.perf_counter() - started, 3)},

@@ -11,8 +11,11 @@ The model contract (SASwinUNETR and any test double)::
     model.forward_features(x: (B, C, *roi)) -> list of tensors, batch first (opaque here)
     model.forward_head(features, features_counterpart, return_attention=False)
         -> logits (B, out, *roi)  or  (logits, attention (B, heads, Nq, Nk))
+    model.attention_token_stride  (optional, default 32: the bottleneck)
+    model.attention_stage         (optional, recorded with the attention)
 
-with ``Nq == Nk`` the bottleneck tokens, grid ``roi // 32``, row-major over (x, y, z).
+with ``Nq == Nk`` the tokens of the SACA stage the head returns (SASwinUNETR: its finest),
+grid ``roi // attention_token_stride``, row-major over (x, y, z).
 
 Encoder work. The encoder is not flip-equivariant, so a window's own features and the
 features of its flipped counterpart are different computations. The window grid is
@@ -33,7 +36,10 @@ as it has ``sw_batch_size`` crops, and one pair adds at most 4). A model with a
 ``counterpart_feature_indices`` attribute (the hidden states its head reads from the
 counterpart; SASwinUNETR: the bottleneck only) lets counterpart crops keep only those
 when ``tta_flip`` is off, so about half the cache is skip features of windows. Blending accumulators
-live on the CPU in float32: ``(out + 1)`` volumes, plus 2 when attention is asked for.
+live on the CPU in float32: ``(out + 1)`` volumes. With attention, each window's
+head-averaged ``(N, N)`` attention is kept on the CPU (``4 N^2`` bytes a window: 1 MiB at
+stage 2 of a 64^3 window, 12 MiB of a 96^3 one) and the maps are built from them
+(:mod:`.attention_maps`).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from monai.data.utils import compute_importance_map
 
 from ..geometry.mirror import extract_counterpart, flip_lr
 from .device import autocast, resolve_device
-from .hemispheric import mirror_token_focus, token_grid
+from .attention_maps import DEFAULT_RADIUS, AttentionWindows, WindowAttention, flip_token_layout, mirror_focus_map
+from .hemispheric import BOTTLENECK_STRIDE, token_grid
 from .window_grid import mirror_pairs, padding_for_roi, window_starts
 
 __all__ = ["PairedResult", "mirror_paired_sliding_window"]
@@ -65,9 +72,11 @@ class PairedResult:
 
     Attributes:
         logits: ``(out, X, Y, Z)`` float32 CPU tensor on the input grid (X = left-right).
-        attention: ``(X, Y, Z)`` float32 CPU tensor of hemispheric attention (attention
-            mass on the mirror-position tokens, see :mod:`.hemispheric`), blended like the
+        attention: ``(X, Y, Z)`` float32 CPU tensor, the mirror focus of the attention
+            stage (:func:`.attention_maps.mirror_focus_map`, not masked), blended like the
             logits; None unless asked for.
+        attention_windows: every window's head-averaged attention, from which
+            :mod:`.attention_maps` builds the maps; None unless asked for.
         n_windows: windows in the grid (after padding).
         n_encoded: crops passed through ``forward_features`` (each distinct crop once).
         windows: the window start corners on the padded grid.
@@ -80,6 +89,7 @@ class PairedResult:
     n_encoded: int = 0
     windows: List[Start] = field(default_factory=list)
     padding: List[Tuple[int, int]] = field(default_factory=list)
+    attention_windows: Optional[AttentionWindows] = None
 
 
 def _as_volume(volume) -> torch.Tensor:
@@ -123,7 +133,7 @@ def mirror_paired_sliding_window(
     tta_flip: bool = False,
     sigma_scale: float = 0.125,
     pad_value: float = 0.0,
-    attention_radius: int = 0,
+    attention_radius: int = DEFAULT_RADIUS,
 ) -> PairedResult:
     """Segment an aligned volume window by window, each window paired with its counterpart.
 
@@ -138,13 +148,15 @@ def mirror_paired_sliding_window(
         mode: ``"gaussian"`` or ``"constant"`` blending (monai's importance map).
         device: where the model runs (see :func:`.device.resolve_device`).
         amp_dtype: autocast dtype (``torch.float16`` on CUDA...), or None for full precision.
-        return_attention: also build the hemispheric attention map.
+        return_attention: also collect the attention of the model's attention stage and
+            build the mirror-focus map.
         progress: called as ``progress(done_windows, total_windows)`` after each window.
         tta_flip: average with the prediction on the left-right flipped volume, flipped
             back (costs head work only, see the module docstring).
         sigma_scale: Gaussian sigma as a fraction of the window size.
         pad_value: value of the padding added to volumes smaller than the window.
-        attention_radius: token neighbourhood of the mirror position counted as "mirror".
+        attention_radius: token neighbourhood of the mirror position counted as "mirror"
+            in ``PairedResult.attention``.
 
     Returns:
         :class:`PairedResult` on the CPU, on the input grid.
@@ -168,11 +180,15 @@ def mirror_paired_sliding_window(
     starts = window_starts(padded_shape, roi, overlap)
     groups = _group_pairs(mirror_pairs(starts, roi, padded_shape), sw_batch_size)
     importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device="cpu").float()
-    grid = token_grid(roi) if return_attention else None
+    stride = int(getattr(model, "attention_token_stride", None) or BOTTLENECK_STRIDE)
+    grid = token_grid(roi, stride) if return_attention else None
+    n_tokens = int(np.prod(grid)) if grid is not None else 0
 
     out_sum: Optional[torch.Tensor] = None
     weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
-    att_sum = torch.zeros(padded_shape, dtype=torch.float32) if return_attention else None
+    # Per window: the sum of its views' head-averaged attention, and the number of views.
+    att_sum: Dict[Start, torch.Tensor] = {}
+    att_views: Dict[Start, int] = {}
     n_encoded, done, total = 0, 0, len(starts)
 
     # Without TTA a counterpart crop only feeds the head's counterpart side; a model that
@@ -228,10 +244,13 @@ def mirror_paired_sliding_window(
                 if return_attention and attention is None:
                     raise ValueError("return_attention was asked for but the model's head returned no attention")
                 logits = logits.float().cpu()
-                focus = None
                 if attention is not None:
-                    focus = mirror_token_focus(attention, grid, attention_radius)[:, None]
-                    focus = F.interpolate(focus, size=roi, mode="trilinear", align_corners=False).cpu()
+                    if attention.ndim != 4 or tuple(attention.shape[-2:]) != (n_tokens, n_tokens):
+                        raise ValueError(
+                            f"attention of shape {tuple(attention.shape)} does not match the token grid {grid} "
+                            f"(roi {roi} // token stride {stride})"
+                        )
+                    attention = attention.float().mean(dim=1).cpu()  # (B, Nq, Nk), heads averaged
                 for b, (s, _, _, flip_back) in enumerate(chunk):
                     box = tuple(slice(a, a + r) for a, r in zip(s, roi))
                     win = flip_lr(logits[b], 1) if flip_back else logits[b]
@@ -239,9 +258,10 @@ def mirror_paired_sliding_window(
                         out_sum = torch.zeros((win.shape[0],) + padded_shape, dtype=torch.float32)
                     out_sum[(slice(None),) + box] += importance * win
                     weight_sum[box] += importance
-                    if focus is not None:
-                        f = flip_lr(focus[b, 0], 0) if flip_back else focus[b, 0]
-                        att_sum[box] += importance * f
+                    if attention is not None:
+                        a = flip_token_layout(attention[b], grid) if flip_back else attention[b]
+                        att_sum[s] = att_sum[s] + a if s in att_sum else a.clone()
+                        att_views[s] = att_views.get(s, 0) + 1
                     views_left[s] -= 1
                     if views_left[s] == 0:
                         done += 1
@@ -251,7 +271,11 @@ def mirror_paired_sliding_window(
 
     crop = tuple(slice(b, n - a) for (b, a), n in zip(padding, padded_shape))
     logits = (out_sum / weight_sum)[(slice(None),) + crop].contiguous()
-    attention_map = None
-    if att_sum is not None:
-        attention_map = (att_sum / weight_sum)[crop].contiguous()
-    return PairedResult(logits, attention_map, total, n_encoded, list(starts), padding)
+    attention_map, windows_attention = None, None
+    if return_attention:
+        windows_attention = AttentionWindows(
+            roi, stride, getattr(model, "attention_stage", None), padded_shape, padding,
+            [WindowAttention(s, att_sum[s] / att_views[s]) for s in starts], mode, sigma_scale,
+        )  # fmt: skip
+        attention_map = torch.from_numpy(mirror_focus_map(windows_attention, attention_radius))
+    return PairedResult(logits, attention_map, total, n_encoded, list(starts), padding, windows_attention)

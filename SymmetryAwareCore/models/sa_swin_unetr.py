@@ -36,6 +36,21 @@ class SASwinUNETR(nn.Module):
     default); a UNETR decoder builds the mask from the patch's own skips, with the SACA
     output in place of the hidden state of each SACA stage.
 
+    How a SACA stage feeds the decoder. SACA at stage ``s`` replaces the hidden state
+    ``h_s`` by ``SACA(h_s, h~_s) = h_s + attention + MLP`` (a residual block, so at
+    initialisation it adds to the skip rather than replacing it), and that is the feature
+    the decoder reads at that resolution: stage 4 through ``encoder10`` (the bottleneck),
+    stage 3 as ``decoder5``'s skip, stage 2 through ``encoder4`` as ``decoder4``'s skip,
+    stage 1 through ``encoder3``. The deeper Swin stages still see the plain ``h_s``: the
+    encoder runs once per crop, untouched by SACA, so one crop's features can serve both
+    as a window and as another window's counterpart (see
+    :mod:`SymmetryAwareCore.inference.sliding_window`), and with ``saca_stages=(4,)`` the
+    network is the paper's. SACA is global over the stage's tokens: at stage ``s`` a
+    ``r^3`` window has ``(r / 2**(s+1))**3`` tokens and the attention matrix is that
+    squared per head (stage 2, 96^3: 1728 tokens), so stage 1 is rarely affordable.
+    The attention maps (:mod:`SymmetryAwareCore.inference.attention_maps`) come from the
+    finest SACA stage (:attr:`attention_stage`).
+
     Shapes: inputs ``(B, in_channels, X, Y, Z)`` with X, Y, Z divisible by 32 (at least
     64 for the bottleneck's instance norm); output logits ``(B, out_channels, X, Y, Z)``.
     Axis 2 (first spatial) is left-right in an MSP-aligned RAS array.
@@ -49,7 +64,9 @@ class SASwinUNETR(nn.Module):
         downsample, use_v2: as in MONAI's ``SwinUNETR``.
         spatial_dims: must be 3 (the mirror relation is defined on 3D volumes).
         use_saca: False gives exactly MONAI's SwinUNETR (no counterpart needed).
-        saca_stages: Swin stages (1..4) followed by SACA; ``(4,)`` is the bottleneck.
+        saca_stages: Swin stages (1..4) followed by SACA; ``(4,)`` is the bottleneck
+            (the paper, and the default: checkpoints without this key load unchanged);
+            e.g. ``(2, 4)`` adds SACA at 1/8 resolution for attention maps that show anatomy.
         saca_heads: SACA heads; None takes the Swin stage's ``num_heads``.
         saca_mlp_ratio, saca_dropout_rate: of the SACA blocks.
         saca_position_encoding: None (paper), ``"sinusoidal"`` or ``"learned"``.
@@ -136,6 +153,18 @@ class SASwinUNETR(nn.Module):
         return () if self.saca is None else tuple(int(k[len("stage"):]) for k in self.saca.keys())
 
     @property
+    def attention_stage(self) -> Optional[int]:
+        """The finest SACA stage (smallest ``s``): the one whose attention ``forward_head``
+        returns by default and the attention maps are made of; None without SACA."""
+        return min(self.saca_stages) if self.saca is not None else None
+
+    @property
+    def attention_token_stride(self) -> Optional[int]:
+        """Voxels per token edge at :attr:`attention_stage` (``2**(s+1)``: 8 at stage 2)."""
+        stage = self.attention_stage
+        return None if stage is None else 2 ** (stage + 1)
+
+    @property
     def counterpart_feature_indices(self) -> Tuple[int, ...]:
         """Entries of ``forward_features(x_counterpart)`` that ``forward_head`` reads.
 
@@ -170,13 +199,14 @@ class SASwinUNETR(nn.Module):
                 counterpart, same shapes; entries not in ``counterpart_feature_indices``
                 may be None. Ignored (may be None) when ``use_saca`` is False.
             return_attention: also return SACA's attention weights.
-            attention_stage: which SACA stage's weights to return (default: the deepest).
+            attention_stage: which SACA stage's weights to return (default: the finest,
+                :attr:`attention_stage`).
 
         Returns:
             logits ``(B, out_channels, X, Y, Z)``; with ``return_attention``
             ``(logits, attention)``, attention ``(B, heads, N, N)`` where
-            ``N = X' * Y' * Z'`` tokens of that stage's grid (``(X, Y, Z) / 32`` at the
-            bottleneck, see :func:`~SymmetryAwareCore.models.encoder.token_grid_shape`),
+            ``N = X' * Y' * Z'`` tokens of that stage's grid (``(X, Y, Z) / 2**(s+1)``:
+            ``/ 32`` at the bottleneck, ``/ 8`` at stage 2; see :func:`~SymmetryAwareCore.models.encoder.token_grid_shape`),
             rows = patch tokens (queries), columns = counterpart tokens (keys), both
             row-major over ``(x, y, z)``; counterpart token ``n`` is the mirror of patch
             token ``n``.
@@ -185,7 +215,7 @@ class SASwinUNETR(nn.Module):
             raise ValueError(f"features must be the 6 entries of forward_features, got {len(features)}")
         attention = None
         if self.saca is not None:
-            stage = max(self.saca_stages) if attention_stage is None else attention_stage
+            stage = self.attention_stage if attention_stage is None else attention_stage
             if return_attention and stage not in self.saca_stages:
                 raise ValueError(f"attention_stage {stage} is not a SACA stage {self.saca_stages}")
             features, attention = apply_saca(

@@ -118,6 +118,42 @@ class SACABlock(nn.Module):
         self.mlp = MLPBlock(hidden_size, int(hidden_size * mlp_ratio), dropout_rate)
         self.pos_proj = nn.Linear(hidden_size, hidden_size) if position_encoding == "learned" else None
 
+    @torch.no_grad()
+    def set_mirror_prior(self, sharpness: float = 10.0, content: float = 0.2) -> "SACABlock":
+        """Set the weights so that each token attends most to its own mirror token.
+
+        For tests and demonstrations of the attention maps: a network whose answer is known.
+        Needs ``position_encoding="learned"``. In every head, six channels carry the same
+        slice of the sine-cosine code (sine and cosine of its second-lowest frequency along
+        each axis, 0.32 rad per token, so their dot product ``sum_a cos(0.32 * d_a)`` falls
+        monotonically with the token distance ``d`` up to 9 tokens) and the remaining
+        channels carry the LayerNorm'd features times ``content`` (0: attention by position
+        only). Queries and keys are ``sharpness`` times that. Values, output and MLP are
+        left as they were.
+        """
+        if self.position_encoding != "learned":
+            raise ValueError("set_mirror_prior needs position_encoding='learned'")
+        d, heads = self.hidden_size, self.num_heads
+        per_axis, head_dim = d // 3, d // heads
+        # Indices of sin and cos of frequency 1 for axes x, y, z in the sinusoidal code.
+        picks = [a * per_axis + part * (per_axis // 2) + 1 for a in range(3) for part in (0, 1)]
+        if head_dim <= len(picks):
+            raise ValueError(f"set_mirror_prior needs more than {len(picks)} channels per head, got {head_dim}")
+        proj = torch.zeros(d, d)
+        gain = torch.full((d,), float(content))
+        for h in range(heads):
+            for row, col in enumerate(picks):
+                proj[h * head_dim + row, col] = 1.0
+            gain[h * head_dim : h * head_dim + len(picks)] = 0.0  # position channels: no content
+        self.pos_proj.weight.copy_(proj)
+        self.pos_proj.bias.zero_()
+        self.attn.in_proj_weight[: 2 * d] = sharpness * torch.eye(d).repeat(2, 1)
+        self.attn.in_proj_bias[: 2 * d] = 0.0
+        for norm in (self.norm_query, self.norm_context):
+            norm.weight.copy_(gain)
+            norm.bias.zero_()
+        return self
+
     def _position_code(self, grid, like: torch.Tensor) -> Optional[torch.Tensor]:
         if self.position_encoding is None:
             return None
