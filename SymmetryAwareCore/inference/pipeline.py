@@ -29,6 +29,7 @@ import torch
 
 from .. import __version__
 from ..contract import OUTPUT_FILES  # re-exported here for compatibility; defined in the contract
+from ..contract import RunOptions
 from ..errors import InputError
 from ..geometry.markups import write_plane_markups
 from ..io.atomic import staged_folder
@@ -50,6 +51,8 @@ __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brai
            "probabilities_to_native", "write_case_outputs"]
 
 log = logging.getLogger(__name__)
+
+_RUN_DEFAULTS = RunOptions()
 
 # Share of the progress bar per stage (inference dominates).
 _STAGES = (("loading", 0.03), ("aligning", 0.12), ("inference", 0.75), ("writing", 0.10))
@@ -79,13 +82,14 @@ class SegmentOptions:
             is written as ``attention_from.nii.gz`` (models with SACA only).
     """
 
-    device: str = "auto"
-    overlap: float = 0.25
-    sw_batch_size: int = 2
-    tta: bool = False
-    amp: str = "auto"
-    msp_on_failure: str = "error"
-    require_head: bool = False
+    # Defaults are the contract's (the one definition the CLI and Slicer share).
+    device: str = _RUN_DEFAULTS.device
+    overlap: float = _RUN_DEFAULTS.overlap
+    sw_batch_size: int = _RUN_DEFAULTS.sw_batch
+    tta: bool = _RUN_DEFAULTS.tta
+    amp: str = _RUN_DEFAULTS.amp
+    msp_on_failure: str = _RUN_DEFAULTS.msp_fallback
+    require_head: bool = _RUN_DEFAULTS.require_head
     roi_center_ras: Optional[Sequence[float]] = None
     roi_size_mm: Optional[Sequence[float]] = None
     overview: bool = True
