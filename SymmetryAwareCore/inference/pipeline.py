@@ -451,7 +451,10 @@ def write_case_outputs(
                 label_colors={l.value: l.color for l in card.labels},
                 label_names=names,
                 title=f"{case_id} - {card.name or card.architecture} {card.version}",
-                maps=None if outputs.attention is None else {"mirror focus": outputs.attention.mirror_focus},
+                # A map that is 1 by construction (SACA only over the whole-window bottleneck)
+                # would only fill the figure with one colour: no row then.
+                maps=None if outputs.attention is None or outputs.attention.summary.get("chance_level", 0.0) >= 1.0
+                else {"mirror focus": outputs.attention.mirror_focus},
             )
         stages.end()
         report = lesion_report(native, labels_native, plane.normal, plane.point, names)
