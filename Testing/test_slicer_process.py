@@ -38,7 +38,7 @@ def alive(pid: int) -> bool:
 
 def script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "child.py"
-    path.write_text(textwrap.dedent(body))
+    path.write_text(textwrap.dedent(body), encoding="utf-8")  # whatever the locale (CI runs with ASCII)
     return path
 
 
