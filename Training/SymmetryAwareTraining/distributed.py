@@ -69,7 +69,13 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # Every rank reaches this point before any tears gloo down: a rank that destroyed its
+        # group while the other still had a collective in flight aborted the other at exit
+        # ("terminate called without an active exception"), seen once in CI after an early stop.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:
