@@ -81,8 +81,12 @@ def read_volume(scene, path, class_name: str, name: str):
     except ImportError:
         scene.RemoveNode(node)
         raise ValueError(f"{path}: Slicer cannot read this image and nibabel is not installed") from None
-    image = nibabel.load(str(path))
-    data = np.asarray(image.get_fdata(dtype=np.float32) if class_name != "vtkMRMLLabelMapVolumeNode" else np.asarray(image.dataobj))
+    try:
+        image = nibabel.load(str(path))
+        data = np.asarray(image.get_fdata(dtype=np.float32) if class_name != "vtkMRMLLabelMapVolumeNode" else np.asarray(image.dataobj))
+    except Exception as error:  # nibabel's ImageFileError, a truncated gzip...: no half-made node stays
+        scene.RemoveNode(node)
+        raise ValueError(f"{path}: not a readable image ({error})") from None
     if data.ndim != 3:
         scene.RemoveNode(node)
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
