@@ -86,6 +86,7 @@ class SymmetryAwareSegPanel:
         self._point_node = None  # the fiducial list holding the query point
         self._point_observers: List = []
         self._point_again = False  # the point was moved while its run was running: run again after it
+        self._point_asked = None  # the RAS point of the last point run started (one run per position)
         self._point_map = None  # the last point run's map node (replaced by the next one)
         self._mirror_node = None  # the fiducial list holding the point's mirror
         self._last = None  # (segmentation node, reference volume) of the last loaded result
@@ -289,8 +290,12 @@ class SymmetryAwareSegPanel:
             self.ui.statusLabel.text = _("Done.")
         except ProcessCancelled:
             self.ui.statusLabel.text = _("Cancelled.")
+            if point:
+                self._point_asked = None  # the same position may be asked again
         except ProcessFailed as error:
             self.ui.statusLabel.text = _("Failed.")
+            if point:
+                self._point_asked = None
             what = _("Point attention failed: {error}") if point else _("Segmentation failed: {error}")
             slicer.util.errorDisplay(what.format(error=error), detailedText="\n".join(t for _s, t in child.log[-200:]))
         except (ValueError, RuntimeError, OSError) as error:
@@ -378,6 +383,7 @@ class SymmetryAwareSegPanel:
             return
         node = self._ensure_point_node()
         node.RemoveAllControlPoints()  # re-placing: the new click defines the point again
+        self._point_asked = None
         # vtkSlicerMarkupsLogic.h: SetActiveListID selects the list, StartPlaceMode(persistent)
         # puts the interaction node in place mode; one click then adds the point.
         markups_logic = slicer.modules.markups.logic()
@@ -411,6 +417,10 @@ class SymmetryAwareSegPanel:
     def _on_point_placed(self, caller, _event) -> None:
         if caller.GetNumberOfControlPoints() == 0:
             return
+        position = [0.0, 0.0, 0.0]
+        caller.GetNthControlPointPositionWorld(0, position)
+        if self._point_asked is not None and max(abs(a - b) for a, b in zip(position, self._point_asked)) < 1e-6:
+            return  # the same position again (a click that did not move it, or both events of one placement)
         if self._child is not None:
             if self._pending_kind == "point":  # moved during a run: that run is stale
                 self._point_again = True
@@ -443,6 +453,7 @@ class SymmetryAwareSegPanel:
         inputs = self._inputs.files(self.logic, ordered)
         point = [0.0, 0.0, 0.0]
         node.GetNthControlPointPositionWorld(0, point)
+        self._point_asked = tuple(point)
         try:
             options = run_options(p)
         except OptionError as error:
