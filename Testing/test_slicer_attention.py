@@ -22,7 +22,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is needed for the Sli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SymmetryAwareSeg"))
 from SymmetryAwareCore.cli.main import build_parser  # noqa: E402
-from SymmetryAwareCore.contract import OUTPUT_FILES, RunOptions  # noqa: E402
+from SymmetryAwareCore.contract import OUTPUT_FILES, RunOptions, segment_command  # noqa: E402
 from SymmetryAwareSegLib.attention import MIRROR_LIST_NAME, ExportedInputs, mirror_label, point_summary  # noqa: E402
 from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic  # noqa: E402
 from SymmetryAwareSegLib.nodes import array_from_volume, new_scene  # noqa: E402
@@ -143,6 +143,8 @@ def test_point_command_carries_the_point_as_the_contracts_flag():
     assert parsed.attention_from == (-30.5, 12.0, 20.25) and parsed.model == "m" and parsed.roi_center is None
     with pytest.raises(ValueError, match=ATTENTION_FLAG):
         logic.point_attention_command(["/in/a_t1.nii.gz"], "/out", (float("nan"), 0, 0))
+    with pytest.raises(ValueError, match="subcommand"):
+        segment_command("py", ["/in/a_t1.nii.gz"], "/out", RunOptions(), subcommand="train")
 
 
 def test_point_run_through_a_child_places_the_mirror_from_the_report_and_shows_the_map(tmp_path, fake_core, t1_file):
