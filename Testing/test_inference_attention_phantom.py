@@ -79,8 +79,8 @@ def test_mirror_focus_varies_inside_the_head_and_is_zero_outside(run):
     assert inside.min() >= 0 and inside.max() <= 1 + 1e-6
     assert inside.std() / inside.mean() > 0.05  # not a constant map (about 0.1 here)
     summary = result.report["attention"]
-    assert summary["saca_stage"] == 2 and summary["token_voxels"] == 8 and summary["radius_tokens"] == 1
-    assert summary["chance_level"] == pytest.approx(27 / 512, abs=1e-4)
+    assert summary["saca_stage"] == 2 and summary["token_voxels"] == 8 and summary["radius_tokens"] == 0
+    assert summary["chance_level"] == pytest.approx(1 / 512, abs=1e-5)
 
 
 def test_mirror_focus_differs_between_the_lesion_and_its_mirror(run):

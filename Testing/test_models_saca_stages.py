@@ -33,14 +33,15 @@ def test_finer_stage_round_trips_through_the_model_card(tmp_path):
         torch.testing.assert_close(loaded(x, c), net(x, c), rtol=0, atol=0)
 
 
-def test_bundled_checkpoint_loads_key_for_key_with_the_default_stage():
-    card_path = sorted(BUNDLED_DIR.glob("*.json"))[0]
+def test_cards_without_the_setting_mean_the_bottleneck_and_the_bundled_model_loads_key_for_key():
+    card_path = BUNDLED_DIR / "glioma_phantom_saswin_f12.json"
     card = read_card(card_path)
     # Cards written before the setting existed keep working: without the key the default is the bottleneck.
-    kwargs = {k: v for k, v in card.kwargs.items() if k != "saca_stages"}
+    kwargs = {k: v for k, v in card.kwargs.items() if k not in ("saca_stages", "saca_position_encoding")}
     assert SASwinUNETR(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}).saca_stages == (4,)
     net, _ = load_model(card_path)  # strict: missing or unexpected keys raise
-    assert net.saca_stages == (4,) and net.attention_stage == 4 and net.attention_token_stride == 32
+    # The bundled model (0.4.0) has SACA at stage 2 too, for attention maps with anatomy.
+    assert net.saca_stages == (2, 4) and net.attention_stage == 2 and net.attention_token_stride == 8
 
 
 def test_finer_stage_feeds_the_decoder_through_its_skip():

@@ -12,9 +12,10 @@ the flipped view's attention is put back in the direct view's layout and average
 Mirror focus (:func:`mirror_focus_map`), a scalar map in ``[0, 1]``. For a query token it
 is the attention mass, averaged over heads, that the token puts on the key tokens within
 ``radius`` tokens (Chebyshev distance, so a ``(2r+1)^3`` block, cut at the window's edge)
-of its own mirror position. 1: the region looks only at its mirror neighbourhood; 0: it
-looks only elsewhere in the other hemisphere's window. Uniform attention gives
-``block / N`` (:func:`chance_focus`; 27/512 = 0.053 at radius 1 on an 8^3 token grid).
+of its own mirror position (default 0: the mirror token itself). 1: the region looks only
+at its mirror position; 0: it looks only elsewhere in the other hemisphere's window.
+Uniform attention gives ``block / N`` (:func:`chance_focus`; 1/512 = 0.002 at radius 0,
+27/512 = 0.053 at radius 1, on an 8^3 token grid).
 Tokens become voxels by trilinear interpolation between token centres (``align_corners``
 False: a token's value sits at the centre of its voxel block, constant beyond the outer
 centres), windows are blended with the same Gaussian importance map as the logits
@@ -67,8 +68,11 @@ __all__ = [
     "native_attention_maps",
 ]
 
-DEFAULT_RADIUS = 1
-"""Mirror neighbourhood of the mirror focus, in tokens (1: the mirror token and its 26 neighbours)."""
+DEFAULT_RADIUS = 0
+"""Mirror neighbourhood of the mirror focus, in tokens: 0, the mirror token itself (at stage 2
+and 3 mm already a 24 mm block). Radius 1 (the mirror token and its 26 neighbours, 72 mm at
+3 mm) saturates near 1 for any network that prefers the mirror position at all, so it hides
+the differences a reader is looking for."""
 
 Start = Tuple[int, int, int]
 
@@ -349,7 +353,7 @@ def native_attention_maps(
         "token_voxels": attention.stride,
         "token_mm": [round(float(s) * attention.stride, 2) for s in frame.spacing],
         "radius_tokens": radius,
-        "chance_level": round(chance_focus(attention.grid, radius), 4),
+        "chance_level": float(f"{chance_focus(attention.grid, radius):.4g}"),
         "lesion_source": "the model's own segmentation (label > 0); its mirror across the plane, minus the lesion",
         "head": _stats(focus[head]),
         "lesion": _stats(inside),

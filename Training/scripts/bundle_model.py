@@ -75,11 +75,10 @@ def main() -> None:
         preprocessing=Preprocessing.from_card(run_card.preprocessing, source=str(args.run)).to_card(),
         version=args.version,
         licence="Apache-2.0",
-        training_data=args.training_data or (
+        training_data=(args.training_data or (
             f"{args.datalist.parent.name}/{args.datalist.name}: synthetic glioma phantoms (symmetryaware phantom --kind glioma --spacing {spacing:g}), "
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
-            + (f"; {args.note}" if args.note else "")
-        ),
+        )) + (f"; {args.note}" if args.note else ""),
         extra={
             "training_run": config,
             "limits": f"synthetic training data; {spacing:g} mm; adult-brain anatomy of MNI152 only",

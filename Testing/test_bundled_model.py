@@ -1,0 +1,85 @@
+"""The bundled glioma model on the bundled sample, as `symmetryaware segment --sample` runs it.
+
+One ``segment_case`` run (the README's main job, about half a minute on 2 cores) feeds every
+test: the segmentation is good, and the mirror-focus map is made of a SACA stage fine enough
+to show anatomy (issue #17: with SACA only at the bottleneck the map was one value
+everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from SymmetryAwareCore.geometry.mirror import mirror_points_ras
+from SymmetryAwareCore.inference.model_source import resolve_model
+from SymmetryAwareCore.inference.pipeline import OUTPUT_FILES, SegmentOptions, segment_case
+from SymmetryAwareCore.phantoms import sample_case_paths
+
+CHANNELS = ("t1", "t1ce", "t2", "flair")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="module")
+def run(model, tmp_path_factory):
+    paths = sample_case_paths()
+    out = tmp_path_factory.mktemp("sample")
+    result = segment_case([paths[c] for c in CHANNELS], out, model, SegmentOptions(device="cpu", overview=False),
+                          case_id="sample_glioma")
+    return paths, result
+
+
+def test_bundled_model_has_a_saca_stage_finer_than_the_bottleneck(model):
+    network = model.network
+    assert network.attention_stage is not None and network.attention_stage < 4
+    extra = model.card.extra
+    assert extra["attention"]["map_stage"] == network.attention_stage
+    assert extra["attention"]["token_voxels"] == network.attention_token_stride
+
+
+def test_sample_segmentation_is_good(run):
+    paths, result = run
+    pred = np.asarray(nib.load(str(result.output_dir / OUTPUT_FILES["labelmap"])).dataobj)
+    truth = np.asarray(nib.load(str(paths["label"])).dataobj)
+    whole = lambda a: a > 0  # noqa: E731
+    dice = 2 * np.sum(whole(pred) & whole(truth)) / (np.sum(whole(pred)) + np.sum(whole(truth)))
+    assert dice > 0.85, dice
+
+
+def test_mirror_focus_varies_in_the_head_is_zero_outside_and_sides_differ(run):
+    paths, result = run
+    image = nib.load(str(paths["flair"]))
+    focus_image = nib.load(str(result.output_dir / OUTPUT_FILES["attention"]))
+    assert focus_image.shape == image.shape
+    np.testing.assert_allclose(focus_image.affine, image.affine, atol=1e-5)
+    focus = np.asarray(focus_image.get_fdata())
+    head = np.asarray(image.dataobj) != 0
+    assert np.all(focus[~head] == 0)
+    inside = focus[head]
+    assert inside.std() / inside.mean() > 0.05  # not one value everywhere (0 with the bottleneck-only model)
+
+    # The lesion against its contralateral mirror region, through the plane the run wrote.
+    truth = np.asarray(nib.load(str(paths["label"])).dataobj) > 0
+    report = json.loads((result.output_dir / OUTPUT_FILES["report"]).read_text())
+    plane = report["msp"]
+    lesion_ijk = np.argwhere(truth)
+    lesion_ras = nib.affines.apply_affine(image.affine, lesion_ijk)
+    mirror_ras = mirror_points_ras(lesion_ras, np.asarray(plane["normal"]), np.asarray(plane["point"]))
+    mirror_ijk = np.round(nib.affines.apply_affine(np.linalg.inv(image.affine), mirror_ras)).astype(int)
+    keep = np.all((mirror_ijk >= 0) & (mirror_ijk < np.array(image.shape)), axis=1)
+    mirror = np.zeros_like(truth)
+    mirror[tuple(mirror_ijk[keep].T)] = True
+    mirror &= head & ~truth
+    assert mirror.sum() > 100
+    lesion_mean, mirror_mean = focus[truth & head].mean(), focus[mirror].mean()
+    spread = inside.std()
+    assert abs(lesion_mean - mirror_mean) > 0.25 * spread, (lesion_mean, mirror_mean, spread)
+    summary = report["attention"]
+    assert summary["saca_stage"] < 4
