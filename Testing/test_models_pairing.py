@@ -135,9 +135,9 @@ class DoubleModel(nn.Module):
 
 def _reference(volume, model, roi, overlap):
     """Mirror-pair inference written out with one ``model(x, x_counterpart)`` call per view:
-    window ``a`` (the one of its pair nearer x = 0) from its own crop with its counterpart
-    crop as context; its mirror window ``a'`` from that counterpart crop with ``a`` as
-    context, flipped back; a window on the plane both ways, averaged; Gaussian blending."""
+    window ``a`` (the one of its pair nearer x = 0, or on the plane) from its own crop with
+    its counterpart crop as context; its mirror window ``a'`` from that counterpart crop with
+    ``a`` as context, flipped back; Gaussian blending."""
     vol = torch.from_numpy(volume)
     shape = tuple(vol.shape[1:])
     importance = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=0.125, device="cpu").float()
@@ -150,10 +150,10 @@ def _reference(volume, model, roi, overlap):
         with torch.no_grad():
             if s[0] <= m[0]:
                 views.append(model(vol[box][None], extract_counterpart(vol, s, roi, 1)[None])[0])
-            if s[0] >= m[0]:
+            else:
                 mbox = (slice(None),) + tuple(slice(a, a + r) for a, r in zip(m, roi))
                 views.append(flip_lr(model(extract_counterpart(vol, m, roi, 1)[None], vol[mbox][None])[0], 1))
-        out[box] += importance * sum(views) / len(views)
+        out[box] += importance * views[0]
         weight[box[1:]] += importance
     return out / weight
 
@@ -169,7 +169,8 @@ def test_mirror_pair_sliding_window_is_the_reference_at_one_encoder_pass_per_win
     with torch.no_grad():
         result = mirror_paired_sliding_window(volume, net, roi, overlap=0.5, sw_batch_size=2)
     assert result.pairing == "mirror-pair" and result.n_windows == 3
-    # One pass per window; the window on the plane is its own mirror and needs its flip too.
+    # One pass per window; the window on the plane is its own mirror and needs its flip too
+    # (as context: one head per window).
     assert result.n_encoded == counter.crops == result.n_windows + 1
     torch.testing.assert_close(result.logits, reference, atol=1e-4, rtol=1e-4)
     # The same model with input pairing: two passes per window, and another result.
@@ -180,24 +181,27 @@ def test_mirror_pair_sliding_window_is_the_reference_at_one_encoder_pass_per_win
     assert (paper.logits - result.logits).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("shape", [(1, 45, 36, 20), (1, 46, 30, 20)])
-def test_mirror_pair_double_matches_reference_and_left_stays_left(shape):
+@pytest.mark.parametrize("shape,on_plane", [((1, 45, 36, 20), False), ((1, 46, 30, 20), True)])
+def test_mirror_pair_double_matches_reference_and_left_stays_left(shape, on_plane):
     volume = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     roi = (16, 16, 16)
     model = DoubleModel()
     result = mirror_paired_sliding_window(volume, model, roi, overlap=0.5, sw_batch_size=3)
     starts = window_starts(shape[1:], roi, 0.5)
     planes = sum(1 for s in starts if counterpart_start(s[0], roi[0], shape[1]) == s[0])
+    assert (planes > 0) == on_plane
     assert result.n_encoded == model.encoded == result.n_windows + planes
     torch.testing.assert_close(result.logits, _reference(volume, model, roi, 0.5), atol=1e-5, rtol=1e-5)
     # Left stays left: a head that returns its own crop gives back the volume itself, so every
     # flipped view was flipped back onto the right window.
     ident = mirror_paired_sliding_window(volume, DoubleModel(identity=True), roi, overlap=0.5, sw_batch_size=3)
     torch.testing.assert_close(ident.logits[0], torch.from_numpy(volume[0]), atol=1e-5, rtol=1e-5)
-    # Each pair's two crops serve both of its windows, so flipping the volume flips the
-    # result exactly, for this asymmetric model; input pairing does not have that property.
+    # Each pair's two crops serve both of its windows, so without a window on the plane,
+    # flipping the volume flips the result exactly, for this asymmetric model; input pairing
+    # does not have that property.
     flipped = mirror_paired_sliding_window(np.ascontiguousarray(volume[:, ::-1]), model, roi, 0.5, 3)
-    torch.testing.assert_close(flip_lr(flipped.logits, 1), result.logits, atol=1e-5, rtol=1e-5)
+    difference = (flip_lr(flipped.logits, 1) - result.logits).abs().max()
+    assert difference < 1e-5 if planes == 0 else difference > 1e-3
     paper = mirror_paired_sliding_window(volume, model, roi, 0.5, 3, pairing="input")
     paper_flipped = mirror_paired_sliding_window(np.ascontiguousarray(volume[:, ::-1]), model, roi, 0.5, 3, pairing="input")
     assert (flip_lr(paper_flipped.logits, 1) - paper.logits).abs().max() > 1e-3

@@ -36,13 +36,15 @@ each mirror pair of windows ``(a, a')`` (``a`` the one nearer x = 0) costs two e
 passes, not four: window ``a`` and its counterpart crop ``flip(a')``. The head on ``a``
 with context ``flip(a')`` gives ``a``'s logits; the head on ``flip(a')`` with context ``a``
 gives the logits of ``flip(a')``, flipped back onto window ``a'``. So ``n_encoded ==
-n_windows`` on a grid whose x count is even; a window centred on the plane is its own
-mirror and still needs its flip encoded (``n_encoded = n_windows + n_plane``), and its
-two heads (the direct view and the flipped one, a flip-TTA that costs no encoder work)
-are averaged, each weighted 1/2 so that the window weighs in the blend as much as any
-other. With ``tta_flip`` every crop is encoded as in the input path and every window gets
-both views, which is what a mirror-pair model's TTA is; the result is then the same as
-the input path with ``tta_flip``.
+n_windows`` on a grid whose x count is even, and one head per window. A window centred on
+the plane is its own mirror and still needs its flip encoded, as its context
+(``n_encoded = n_windows + n_plane``). The head could also run on that flip (a flip-TTA
+of that window at no encoder cost); it does not: the head (decoder) is most of a window's
+cost at small widths, and a TTA of the plane column only would make it differ in kind
+from the rest of the volume. So every window gets one head, its direct view or (the
+mirror windows ``a'``) the flipped one. With ``tta_flip`` every crop is encoded as in the
+input path and every window gets both views, which is what a mirror-pair model's TTA is;
+the result is then the same as the input path's with ``tta_flip``.
 
 Memory. Windows are handled in groups of mirror pairs; a group's hidden states are
 cached on the compute device until every head of the group has run, then dropped. At
@@ -253,12 +255,13 @@ def mirror_paired_sliding_window(
             # counterpart crop of the mirror window m, context window m), whose output is
             # flipped back onto s. Input pairing: the direct view of every window, plus the
             # flipped view with TTA. Mirror-pair: pair (a, m) gives a's direct view and m's
-            # flipped view from the same two crops (a window on the plane gets both).
+            # flipped view from the same two crops (a window on the plane: its direct view).
             jobs = []
             if shared:
                 for a, m in group:
                     jobs.append((a, ("window", a), ("counterpart", a), False))
-                    jobs.append((m, ("counterpart", a), ("window", a), True))
+                    if m != a:
+                        jobs.append((m, ("counterpart", a), ("window", a), True))
             else:
                 for s in windows:
                     jobs.append((s, ("window", s), ("counterpart", s), False))
@@ -274,8 +277,8 @@ def mirror_paired_sliding_window(
             views_left = {s: 0 for s in windows}
             for s, *_ in jobs:
                 views_left[s] += 1
-            # Each view of a window weighs 1 / its views (exact for 1 and 2), so every window
-            # weighs the same in the blend however many views it got.
+            # Each view of a window weighs 1 / its views (exact for 1 and 2: TTA's halves give
+            # the same bits as the plain sum), so every window weighs the same in the blend.
             view_weight = {s: importance if n == 1 else importance * (1.0 / n) for s, n in views_left.items()}
 
             for i in range(0, len(jobs), sw_batch_size):
