@@ -247,7 +247,22 @@ def case(args, device, dtype, networks):
                                            overlap=args.overlap, mode="gaussian", sw_device=device, device="cpu")
         last["monai_shape"] = tuple(out.shape)
 
+    # Count what the engine really runs, crop by crop, rather than trusting its own report.
+    pair_crops = {"encoded": 0, "headed": 0}
+    encode, head = pair.forward_features, pair.forward_head
+
+    def counted_encode(x):
+        pair_crops["encoded"] += x.shape[0]
+        return encode(x)
+
+    def counted_head(features, *rest, **kwargs):
+        pair_crops["headed"] += features[0].shape[0]
+        return head(features, *rest, **kwargs)
+
+    pair.forward_features, pair.forward_head = counted_encode, counted_head
+
     def run_pair():
+        pair_crops.update(encoded=0, headed=0)
         with torch.inference_mode(), fused_window_attention(pair):
             result = mirror_paired_sliding_window(volume, pair, roi, overlap=args.overlap,
                                                   sw_batch_size=args.sw_batch_size, mode="gaussian",
@@ -256,12 +271,14 @@ def case(args, device, dtype, networks):
 
     timed = _interleaved({"SwinUNETR": run_swin, "SA-Swin mirror-pair": run_pair}, args.case_repeats,
                          args.case_warmup, device, memory=True)
+    del pair.forward_features, pair.forward_head  # back to the class's methods
     result = last["pair"]
     assert tuple(result.logits.shape[1:]) == last["monai_shape"][2:] == tuple(args.case_size)
-    # (windows, encoder passes, head passes): a mirror-pair head runs on every encoded crop
-    # (a window on the plane gets two, its direct and its flipped view).
+    assert pair_crops["encoded"] == result.n_encoded
+    # (windows, encoder passes, head passes): one head per window in both engines; a
+    # mirror-pair window on the plane needs its flip encoded too (as context).
     work = {"SwinUNETR": (monai_crops[0], monai_crops[0], monai_crops[0]),
-            "SA-Swin mirror-pair": (result.n_windows, result.n_encoded, result.n_encoded)}
+            "SA-Swin mirror-pair": (result.n_windows, pair_crops["encoded"], pair_crops["headed"])}
     return timed, work
 
 
