@@ -13,6 +13,7 @@ The model contract (SASwinUNETR and any test double)::
         -> logits (B, out, *roi)  or  (logits, attention (B, heads, Nq, Nk))
     model.attention_token_stride  (optional, default 32: the bottleneck)
     model.attention_stage         (optional, recorded with the attention)
+    model.pairing                 (optional, default "input"; see below)
 
 with ``Nq == Nk`` the tokens of the SACA stage the head returns (SASwinUNETR: its finest),
 grid ``roi // attention_token_stride``, row-major over (x, y, z).
@@ -29,10 +30,27 @@ left-right test-time augmentation (``tta_flip``): flipping the whole volume turn
 ``a`` into the counterpart crop of window ``a'`` and its counterpart into window ``a'``
 itself, so the flipped pass only adds decoder (head) work.
 
+Mirror-pair models (``model.pairing == "mirror-pair"``, :data:`~SymmetryAwareCore.models.sa_swin_unetr.PAIRINGS`,
+docs/pairing.md) were trained to segment the counterpart crop too, so without ``tta_flip``
+each mirror pair of windows ``(a, a')`` (``a`` the one nearer x = 0) costs two encoder
+passes, not four: window ``a`` and its counterpart crop ``flip(a')``. The head on ``a``
+with context ``flip(a')`` gives ``a``'s logits; the head on ``flip(a')`` with context ``a``
+gives the logits of ``flip(a')``, flipped back onto window ``a'``. So ``n_encoded ==
+n_windows`` on a grid whose x count is even, and one head per window. A window centred on
+the plane is its own mirror and still needs its flip encoded, as its context
+(``n_encoded = n_windows + n_plane``). The head could also run on that flip (a flip-TTA
+of that window at no encoder cost); it does not: the head (decoder) is most of a window's
+cost at small widths, and a TTA of the plane column only would make it differ in kind
+from the rest of the volume. So every window gets one head, its direct view or (the
+mirror windows ``a'``) the flipped one. With ``tta_flip`` every crop is encoded as in the
+input path and every window gets both views, which is what a mirror-pair model's TTA is;
+the result is then the same as the input path's with ``tta_flip``.
+
 Memory. Windows are handled in groups of mirror pairs; a group's hidden states are
 cached on the compute device until every head of the group has run, then dropped. At
 most ``sw_batch_size + 3`` crops' hidden states are held at once (a group closes as soon
-as it has ``sw_batch_size`` crops, and one pair adds at most 4). A model with a
+as it has ``sw_batch_size`` crops, and one pair adds at most 4; 2 in mirror-pair
+inference without TTA, so ``sw_batch_size + 1``). A model with a
 ``counterpart_feature_indices`` attribute (the hidden states its head reads from the
 counterpart; SASwinUNETR: the bottleneck only) lets counterpart crops keep only those
 when ``tta_flip`` is off, so about half the cache is skip features of windows. Blending accumulators
@@ -53,6 +71,7 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 
 from ..geometry.mirror import extract_counterpart, flip_lr
+from ..models.sa_swin_unetr import PAIRINGS
 from .device import autocast, resolve_device
 from .attention_maps import DEFAULT_RADIUS, AttentionWindows, WindowAttention, flip_token_layout, mirror_focus_map
 from .hemispheric import BOTTLENECK_STRIDE, token_grid
@@ -78,9 +97,12 @@ class PairedResult:
         attention_windows: every window's head-averaged attention, from which
             :mod:`.attention_maps` builds the maps; None unless asked for.
         n_windows: windows in the grid (after padding).
-        n_encoded: crops passed through ``forward_features`` (each distinct crop once).
+        n_encoded: crops passed through ``forward_features`` (each distinct crop once):
+            ``2 * n_windows`` with input pairing, ``n_windows + n_plane`` with mirror-pair
+            pairing without TTA (see the module docstring).
         windows: the window start corners on the padded grid.
         padding: ``(before, after)`` per spatial axis that was added and cropped away.
+        pairing: the pairing that ran (``"input"`` or ``"mirror-pair"``).
     """
 
     logits: torch.Tensor
@@ -90,6 +112,7 @@ class PairedResult:
     windows: List[Start] = field(default_factory=list)
     padding: List[Tuple[int, int]] = field(default_factory=list)
     attention_windows: Optional[AttentionWindows] = None
+    pairing: str = "input"
 
 
 def _as_volume(volume) -> torch.Tensor:
@@ -106,11 +129,11 @@ def _crop(volume: torch.Tensor, key: CropKey, roi: Sequence[int]) -> torch.Tenso
     return extract_counterpart(volume, start, roi, spatial_start=1)
 
 
-def _group_pairs(pairs, sw_batch_size: int) -> List[List[Tuple[Start, Start]]]:
+def _group_pairs(pairs, sw_batch_size: int, two_crops_a_pair: bool = False) -> List[List[Tuple[Start, Start]]]:
     groups, current, crops = [], [], 0
     for start, mirror in pairs:
         current.append((start, mirror))
-        crops += 2 if start == mirror else 4
+        crops += 2 if (start == mirror or two_crops_a_pair) else 4
         if crops >= sw_batch_size:
             groups.append(current)
             current, crops = [], 0
@@ -134,6 +157,7 @@ def mirror_paired_sliding_window(
     sigma_scale: float = 0.125,
     pad_value: float = 0.0,
     attention_radius: int = DEFAULT_RADIUS,
+    pairing: Optional[str] = None,
 ) -> PairedResult:
     """Segment an aligned volume window by window, each window paired with its counterpart.
 
@@ -157,6 +181,9 @@ def mirror_paired_sliding_window(
         pad_value: value of the padding added to volumes smaller than the window.
         attention_radius: token neighbourhood of the mirror position counted as "mirror"
             in ``PairedResult.attention``.
+        pairing: ``"input"`` or ``"mirror-pair"`` (see the module docstring); None (the
+            default) takes the model's ``pairing`` attribute, which a model card sets,
+            else ``"input"``.
 
     Returns:
         :class:`PairedResult` on the CPU, on the input grid.
@@ -166,6 +193,11 @@ def mirror_paired_sliding_window(
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != 3 or min(roi) < 1:
         raise ValueError(f"roi_size must be 3 positive sizes, got {tuple(roi_size)}")
+    pairing = getattr(model, "pairing", "input") if pairing is None else pairing
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    # With TTA every crop is needed anyway and every window gets both views: the input path.
+    shared = pairing == "mirror-pair" and not tta_flip
     device = resolve_device(device)
     vol = _as_volume(volume)
     shape = tuple(vol.shape[1:])
@@ -178,7 +210,7 @@ def mirror_paired_sliding_window(
     padded_shape = tuple(vol.shape[1:])
 
     starts = window_starts(padded_shape, roi, overlap)
-    groups = _group_pairs(mirror_pairs(starts, roi, padded_shape), sw_batch_size)
+    groups = _group_pairs(mirror_pairs(starts, roi, padded_shape), sw_batch_size, two_crops_a_pair=shared)
     importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device="cpu").float()
     stride = int(getattr(model, "attention_token_stride", None) or BOTTLENECK_STRIDE)
     grid = token_grid(roi, stride) if return_attention else None
@@ -192,9 +224,10 @@ def mirror_paired_sliding_window(
     n_encoded, done, total = 0, 0, len(starts)
 
     # Without TTA a counterpart crop only feeds the head's counterpart side; a model that
-    # says which hidden states that side reads lets the cache drop the rest.
+    # says which hidden states that side reads lets the cache drop the rest. In mirror-pair
+    # inference counterpart crops are also heads' own crops: keep everything.
     keep = getattr(model, "counterpart_feature_indices", None)
-    keep = None if tta_flip or keep is None else set(int(i) for i in keep)
+    keep = None if tta_flip or shared or keep is None else set(int(i) for i in keep)
 
     def encode(keys: List[CropKey]) -> Dict[CropKey, List[Optional[torch.Tensor]]]:
         cache: Dict[CropKey, List[Optional[torch.Tensor]]] = {}
@@ -217,21 +250,36 @@ def mirror_paired_sliding_window(
     with torch.no_grad():
         for group in groups:
             windows = [s for pair in group for s in dict.fromkeys(pair)]
-            keys = list(dict.fromkeys(k for s in windows for k in (("window", s), ("counterpart", s))))
+            # One head job per (window, view): the direct view (own crop "window" s, context
+            # its counterpart crop), and the view from the flipped volume (own crop the
+            # counterpart crop of the mirror window m, context window m), whose output is
+            # flipped back onto s. Input pairing: the direct view of every window, plus the
+            # flipped view with TTA. Mirror-pair: pair (a, m) gives a's direct view and m's
+            # flipped view from the same two crops (a window on the plane: its direct view).
+            jobs = []
+            if shared:
+                for a, m in group:
+                    jobs.append((a, ("window", a), ("counterpart", a), False))
+                    if m != a:
+                        jobs.append((m, ("counterpart", a), ("window", a), True))
+            else:
+                for s in windows:
+                    jobs.append((s, ("window", s), ("counterpart", s), False))
+                    if tta_flip:
+                        m = (padded_shape[0] - roi[0] - s[0],) + s[1:]
+                        jobs.append((s, ("counterpart", m), ("window", m), True))
+            if shared:
+                keys = list(dict.fromkeys(k for job in jobs for k in job[1:3]))
+            else:  # every window and its counterpart crop, in window order
+                keys = list(dict.fromkeys(k for s in windows for k in (("window", s), ("counterpart", s))))
             cache = encode(keys)
             n_encoded += len(keys)
-
-            # One head job per (window, view): the direct view, and with TTA the view from
-            # the flipped volume, whose output is flipped back onto the window.
-            jobs = []
-            for s in windows:
-                jobs.append((s, ("window", s), ("counterpart", s), False))
-                if tta_flip:
-                    m = (padded_shape[0] - roi[0] - s[0],) + s[1:]
-                    jobs.append((s, ("counterpart", m), ("window", m), True))
             views_left = {s: 0 for s in windows}
             for s, *_ in jobs:
                 views_left[s] += 1
+            # Each view of a window weighs 1 / its views (exact for 1 and 2: TTA's halves give
+            # the same bits as the plain sum), so every window weighs the same in the blend.
+            view_weight = {s: importance if n == 1 else importance * (1.0 / n) for s, n in views_left.items()}
 
             for i in range(0, len(jobs), sw_batch_size):
                 chunk = jobs[i : i + sw_batch_size]
@@ -256,8 +304,8 @@ def mirror_paired_sliding_window(
                     win = flip_lr(logits[b], 1) if flip_back else logits[b]
                     if out_sum is None:
                         out_sum = torch.zeros((win.shape[0],) + padded_shape, dtype=torch.float32)
-                    out_sum[(slice(None),) + box] += importance * win
-                    weight_sum[box] += importance
+                    out_sum[(slice(None),) + box] += view_weight[s] * win
+                    weight_sum[box] += view_weight[s]
                     if attention is not None:
                         a = flip_token_layout(attention[b], grid) if flip_back else attention[b]
                         att_sum[s] = att_sum[s] + a if s in att_sum else a.clone()
@@ -278,4 +326,4 @@ def mirror_paired_sliding_window(
             [WindowAttention(s, att_sum[s] / att_views[s]) for s in starts], mode, sigma_scale,
         )  # fmt: skip
         attention_map = torch.from_numpy(mirror_focus_map(windows_attention, attention_radius))
-    return PairedResult(logits, attention_map, total, n_encoded, list(starts), padding, windows_attention)
+    return PairedResult(logits, attention_map, total, n_encoded, list(starts), padding, windows_attention, pairing)

@@ -21,6 +21,7 @@ import importlib
 _EXPORTS = {
     "SACABlock": "saca",
     "SASwinUNETR": "sa_swin_unetr",
+    "PAIRINGS": "sa_swin_unetr",
     "SASwinClassifier": "sa_swin_classifier",
     "SASwinPretrainer": "symmetry_head",
     "SymmetryAwareHead": "symmetry_head",

@@ -25,7 +25,22 @@ from .encoder import (
     encode,
 )
 
-__all__ = ["SASwinUNETR"]
+__all__ = ["PAIRINGS", "SASwinUNETR"]
+
+PAIRINGS = ("input", "mirror-pair")
+"""How patch and counterpart are paired in training and inference (``SASwinUNETR.pairing``).
+
+``"input"`` (the paper's input-space pairing): the counterpart is encoded only as context
+for the patch; only the patch is supervised, and sliding-window inference encodes every
+window and every window's counterpart crop (two encoder passes per window).
+``"mirror-pair"``: patch P and counterpart C are each other's counterparts exactly, so the
+batch ``[P; C]`` is encoded once, SACA of P reads C's tokens and SACA of C reads P's, and
+both are supervised (:meth:`SASwinUNETR.forward` with ``mirror_pair=True``); at inference a
+window and its mirror window's counterpart crop serve each other (one encoder pass per
+window, :mod:`SymmetryAwareCore.inference.sliding_window`). The network function is the
+same; the setting says how it was trained and how inference should pair windows.
+See docs/pairing.md.
+"""
 
 
 class SASwinUNETR(nn.Module):
@@ -70,6 +85,10 @@ class SASwinUNETR(nn.Module):
         saca_heads: SACA heads; None takes the Swin stage's ``num_heads``.
         saca_mlp_ratio, saca_dropout_rate: of the SACA blocks.
         saca_position_encoding: None (paper), ``"sinusoidal"`` or ``"learned"``.
+        pairing: ``"input"`` (default, the paper's; cards without the key load as before)
+            or ``"mirror-pair"``: see :data:`PAIRINGS`. Read by the training task and by
+            the sliding window; the weights and ``forward(x, x_counterpart)`` do not depend
+            on it.
 
     Raises:
         ValueError: bad arguments (in ``__init__``) or bad input shapes (in ``forward``).
@@ -101,6 +120,7 @@ class SASwinUNETR(nn.Module):
         saca_mlp_ratio: float = 4.0,
         saca_dropout_rate: float = 0.0,
         saca_position_encoding: Optional[str] = None,
+        pairing: str = "input",
     ) -> None:
         # Kept for the model card, which rebuilds the network from name + kwargs.
         init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -110,6 +130,9 @@ class SASwinUNETR(nn.Module):
             raise ValueError(f"SA-Swin is defined for 3D volumes (spatial_dims=3), got spatial_dims={spatial_dims}")
         if out_channels <= 0:
             raise ValueError(f"out_channels must be positive, got {out_channels}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        self.pairing = pairing
         self.in_channels = in_channels
         self.normalize = normalize
         fs = feature_size
@@ -237,9 +260,13 @@ class SASwinUNETR(nn.Module):
         return (logits, attention) if return_attention else logits
 
     def forward(
-        self, x: torch.Tensor, x_counterpart: Optional[torch.Tensor] = None, return_attention: bool = False
+        self,
+        x: torch.Tensor,
+        x_counterpart: Optional[torch.Tensor] = None,
+        return_attention: bool = False,
+        mirror_pair: bool = False,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """Segment a patch given its mirrored counterpart.
+        """Segment a patch given its mirrored counterpart (and, with ``mirror_pair``, the counterpart too).
 
         Args:
             x: ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right.
@@ -247,10 +274,31 @@ class SASwinUNETR(nn.Module):
                 (:func:`SymmetryAwareCore.geometry.mirror.extract_counterpart`); the
                 network never flips anything. Optional when ``use_saca`` is False.
             return_attention: see :meth:`forward_head`.
+            mirror_pair: segment both: ``[x; x_counterpart]`` (``2B`` crops) goes through the
+                encoder in ONE call, SACA of crop ``b`` reads the tokens of crop ``b + B`` and
+                vice versa (the token lists are swapped, nothing is flipped: token ``n`` of
+                the counterpart is already the mirror of token ``n`` of the patch). The
+                result is exactly ``forward(cat[x, xc], cat[xc, x])`` at one encoder pass per
+                crop instead of two. Training with ``pairing="mirror-pair"`` uses it.
 
         Returns:
-            ``(B, out_channels, X, Y, Z)`` logits (and attention, see :meth:`forward_head`).
+            ``(B, out_channels, X, Y, Z)`` logits (and attention, see :meth:`forward_head`);
+            with ``mirror_pair`` ``(2B, out_channels, X, Y, Z)``: rows ``:B`` for ``x``, rows
+            ``B:`` for ``x_counterpart`` in the counterpart's own (flipped) layout.
         """
+        if mirror_pair:
+            if x_counterpart is None or x_counterpart.shape != x.shape:
+                got = None if x_counterpart is None else tuple(x_counterpart.shape)
+                raise ValueError(f"mirror_pair needs x_counterpart of x's shape {tuple(x.shape)}, got {got}")
+            features = self.forward_features(torch.cat([x, x_counterpart]))
+            if self.saca is None:
+                return self.forward_head(features, None, return_attention)
+            n = x.shape[0]
+            # Crop b's counterpart is crop b + B and vice versa: swap the halves of the
+            # hidden states SACA reads; the others are never read from the counterpart.
+            keep = set(self.counterpart_feature_indices)
+            swapped = [torch.cat([h[n:], h[:n]]) if i in keep else None for i, h in enumerate(features)]
+            return self.forward_head(features, swapped, return_attention)
         features = self.forward_features(x)
         if self.saca is None:
             return self.forward_head(features, None, return_attention)

@@ -82,7 +82,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which network: a name the model library knows and its keyword arguments (MONAI names)."""
+    """Which network: a name the model library knows and its keyword arguments (MONAI names).
+
+    ``kwargs.pairing`` (SASwinUNETR): ``input`` (default, the paper's: the counterpart is
+    context only) or ``mirror-pair`` (patch and counterpart encoded once each in one call,
+    SACA across the pair, both supervised; ``data.batch_size`` then counts pairs, two
+    supervised crops each). It is a network argument so the model card carries it and
+    inference pairs windows the same way (docs/pairing.md).
+    """
 
     name: str = "SASwinUNETR"
     kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -219,6 +226,13 @@ def check_config(config: RunConfig) -> None:
              f"model.kwargs.feature_size must be a multiple of 12 in 12..{_MAX_FEATURE} (the paper: 48), got {fs!r}")
         ic = m.kwargs.get("in_channels", 1)
         need(isinstance(ic, int) and 0 < ic <= 64, f"model.kwargs.in_channels must be 1..64, got {ic!r}")
+        if "pairing" in m.kwargs:
+            from SymmetryAwareCore.models.sa_swin_unetr import PAIRINGS
+
+            need(m.name == "SASwinUNETR", f"model.kwargs.pairing is a SASwinUNETR (segmentation) setting, "
+                                          f"not one of {m.name}")
+            need(m.kwargs["pairing"] in PAIRINGS,
+                 f"model.kwargs.pairing must be one of {', '.join(PAIRINGS)}, got {m.kwargs['pairing']!r}")
     need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")
     need(0 <= d.num_workers <= 256, f"data.num_workers must be 0..256, got {d.num_workers}")
     need(0.0 <= d.pos_fraction <= 1.0, f"data.pos_fraction must be in [0, 1], got {d.pos_fraction}")

@@ -151,7 +151,8 @@ def augment_pair(patch: np.ndarray, counterpart: np.ndarray, label: Optional[np.
 
 def paired_crop(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator,
                 label: Optional[np.ndarray] = None, pos_fraction: float = 0.0,
-                augment: bool = False, params: Optional[AugmentParams] = None) -> Dict[str, object]:
+                augment: bool = False, params: Optional[AugmentParams] = None,
+                counterpart_label: bool = False) -> Dict[str, object]:
     """One training sample: a random box of ``volume`` with its mirrored counterpart.
 
     Args:
@@ -160,9 +161,12 @@ def paired_crop(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Gene
         pos_fraction: probability that the box is centred on a random foreground voxel.
         augment: draw :class:`AugmentParams` from ``rng`` and apply them.
         params: apply these instead of drawing (tests, reproducing a sample).
+        counterpart_label: also return ``label_counterpart``, the label of the counterpart
+            crop: the label's mirror box, flipped and augmented exactly as the counterpart
+            was (mirror-pair training supervises the counterpart too).
     Returns a dict with ``image`` and ``counterpart`` ``(C, *roi_size)`` float32, ``label``
-    ``(*roi_size)`` when given, ``start`` (the box, in the padded and possibly LR-flipped
-    volume) and ``params``.
+    (and with ``counterpart_label`` ``label_counterpart``) ``(*roi_size)`` when given,
+    ``start`` (the box, in the padded and possibly LR-flipped volume) and ``params``.
     """
     roi_size = tuple(int(r) for r in roi_size)
     if params is None:
@@ -180,7 +184,14 @@ def paired_crop(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Gene
     start = sample_box(volume.shape[1:], roi_size, rng, centre)
     patch, counterpart = crop_pair(volume, start, roi_size)
     label_crop = None if label is None else crop(label, start, roi_size, spatial_start=0)
+    pair_labels = counterpart_label and label is not None
+    if pair_labels:
+        # Stacked, so the crop-level transforms act on both labels in one call, identically.
+        label_crop = np.stack([label_crop, extract_counterpart(label, start, roi_size, spatial_start=0)])
     patch, counterpart, label_crop = augment_pair(patch, counterpart, label_crop, params)
+    label_counterpart = None
+    if pair_labels:
+        label_crop, label_counterpart = label_crop[0], label_crop[1]
     out: Dict[str, object] = {
         "image": np.ascontiguousarray(patch, dtype=np.float32),
         "counterpart": np.ascontiguousarray(counterpart, dtype=np.float32),
@@ -189,4 +200,6 @@ def paired_crop(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Gene
     }
     if label_crop is not None:
         out["label"] = np.ascontiguousarray(label_crop)
+    if label_counterpart is not None:
+        out["label_counterpart"] = np.ascontiguousarray(label_counterpart)
     return out

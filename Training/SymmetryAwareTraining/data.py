@@ -78,16 +78,19 @@ class PairedCropDataset(Dataset):
     """Random ``roi_size`` crops with their mirrored counterparts (segmentation, pretraining).
 
     Sample keys: ``image``, ``counterpart`` ``(C, *roi)``; ``label`` ``(3, *roi)`` float
-    BraTS regions TC, WT, ET when ``segmentation``; ``status`` (0 healthy, 1 patient, -1
+    BraTS regions TC, WT, ET when ``segmentation`` (and ``label_counterpart``, the
+    counterpart crop's regions, with ``counterpart_label``: mirror-pair training); ``status`` (0 healthy, 1 patient, -1
     unknown, see :func:`.datalist.status_of`); ``case``; ``start`` (the box corner in the
     padded, possibly left-right flipped volume) and ``flip_lr``.
     """
 
     def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], spec: Preprocessing,
                  channel_names: Sequence[str], seed: int = 0, segmentation: bool = False, pos_fraction: float = 0.5,
-                 augment: bool = True, cache: bool = True, cache_dir: Optional[str] = None):
+                 augment: bool = True, cache: bool = True, cache_dir: Optional[str] = None,
+                 counterpart_label: bool = False):
         if not entries:
             raise InputError("no training cases")
+        self.counterpart_label = counterpart_label and segmentation
         self.entries = list(entries)
         self.roi_size = tuple(int(r) for r in roi_size)
         self.seed, self.segmentation = seed, segmentation
@@ -103,7 +106,8 @@ class PairedCropDataset(Dataset):
         volume, label = self.load(index)
         sample = paired_crop(np.asarray(volume, np.float32), self.roi_size, rng,
                              label=None if label is None else np.asarray(label),
-                             pos_fraction=self.pos_fraction if self.segmentation else 0.0, augment=self.augment)
+                             pos_fraction=self.pos_fraction if self.segmentation else 0.0, augment=self.augment,
+                             counterpart_label=self.counterpart_label)
         entry = self.entries[index]
         out: Dict[str, Any] = {
             "image": torch.from_numpy(sample["image"]),
@@ -115,6 +119,9 @@ class PairedCropDataset(Dataset):
         }
         if self.segmentation:
             out["label"] = torch.from_numpy(labels_to_regions(sample["label"].astype(np.int64)).astype(np.float32))
+        if self.counterpart_label:
+            regions = labels_to_regions(sample["label_counterpart"].astype(np.int64)).astype(np.float32)
+            out["label_counterpart"] = torch.from_numpy(regions)
         return out
 
 

@@ -12,6 +12,7 @@ is a task (see :class:`Task`)::
     describe_model() -> {"name": ..., "kwargs": {...}}     # optional: for the model card
     validation_entries() -> [datalist entries]             # optional: the held-out cases
     validate(model, env) -> validation.ValidationResult    # optional: scores on them
+    supervised_per_item: int                               # optional (1): supervised crops per item
 
 With ``validation.every`` > 0 the engine validates every that many steps and after the last
 (the task's ``validate``; segmentation: :func:`.validation.validate_segmentation`), keeps the
@@ -19,8 +20,10 @@ best weights by ``validation.metric`` in ``checkpoints/best.pt``, stops early af
 ``validation.patience`` validations without improvement, and publishes the best (or last,
 ``validation.publish``) weights in the model card with the reason recorded. Checkpoints keep
 ``last.pt`` and ``previous.pt``; ``--resume`` falls back to the previous one when the last is
-unreadable. Throughput (samples per second per device, validation excluded) is in the progress
-line and the summary.
+unreadable. Throughput (supervised samples per second per device, validation excluded) is in the
+progress line and the summary: ``data.batch_size`` items a micro-batch, each item
+``supervised_per_item`` supervised crops (2 for a mirror pair, see
+:class:`.tasks.SegmentationTask`).
 
 Datasets receive ``(epoch, index)`` rather than ``index`` so that all randomness of a sample
 (crop place, augmentation) can be derived from ``(seed, epoch, index)``: the data is then
@@ -106,7 +109,8 @@ class TrainResult:
     checkpoint: Optional[Path] = None
     model_card: Optional[Path] = None
     samples_per_second: float = 0.0
-    """Training samples per second per device (validation and checkpoint time excluded)."""
+    """Supervised training samples per second per device (validation and checkpoint time
+    excluded; a mirror pair counts 2)."""
     best: Optional[Dict[str, Any]] = None
     """The best validation: step, metric, value (None without validation)."""
     stopped_early: bool = False
@@ -236,7 +240,9 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     writer = _tensorboard(out / "tensorboard") if env.is_main else None
-    samples_per_step = config.data.batch_size * t.accumulate  # per device
+    # Supervised samples, per device: a mirror pair is one item and two supervised crops.
+    supervised_per_item = int(getattr(task, "supervised_per_item", 1))
+    samples_per_step = config.data.batch_size * t.accumulate * supervised_per_item
     progress = Progress(t.steps, start=step, every=t.log_every, enabled=env.is_main, samples_per_step=samples_per_step)
     start_step = step
 
@@ -330,6 +336,7 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
         _summary(out, config, step, seconds, last_losses, saved, card, env,
                  {"train_seconds": round(train_seconds, 3), "validation_and_checkpoint_seconds": round(paused, 3),
                   "samples_per_second_per_device": round(rate, 4),
+                  "supervised_samples_per_step": samples_per_step * env.world_size,
                   "samples_per_second": round(rate * env.world_size, 4),
                   "best": best, "stopped_early": stopped_early, "weights": selection})
     return TrainResult(out, step, not stopped, seconds, last_losses, saved, card, rate, best, stopped_early)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from SymmetryAwareCore.errors import InputError
@@ -255,7 +256,16 @@ class _ModelTask:
 
 
 class SegmentationTask(_ModelTask):
-    """BraTS-style regions TC, WT, ET as 3 sigmoid channels; loss Dice + BCE."""
+    """BraTS-style regions TC, WT, ET as 3 sigmoid channels; loss Dice + BCE.
+
+    ``model.kwargs.pairing`` (:data:`SymmetryAwareCore.models.sa_swin_unetr.PAIRINGS`, docs/pairing.md):
+    ``input`` (default) supervises the patch of each sample, its counterpart encoded as
+    context only; ``mirror-pair`` supervises both crops of each sample (the counterpart with
+    its own label, cropped and flipped as the counterpart was), encoded once each in one
+    encoder call. ``data.batch_size`` counts samples (pairs) either way, so a mirror-pair
+    step supervises ``2 * batch_size`` crops (:attr:`supervised_per_item`); the Dice and BCE
+    are means over all supervised crops.
+    """
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -263,6 +273,9 @@ class SegmentationTask(_ModelTask):
 
         self.dice = DiceLoss(sigmoid=True)
         self.bce = nn.BCEWithLogitsLoss()
+        self.pairing = config.model.kwargs.get("pairing", "input")
+        self.supervised_per_item = 2 if self.pairing == "mirror-pair" else 1
+        """Supervised crops per dataset item: the engine counts throughput in these."""
 
     def card_metadata(self) -> Dict[str, Any]:
         from SymmetryAwareCore.io.labels import brats_labels
@@ -306,13 +319,20 @@ class SegmentationTask(_ModelTask):
         d = self.config.data
         return PairedCropDataset(_train_entries(self.config), d.roi_size, run_preprocessing(self.config),
                                  _channel_names(self.config), self.config.train.seed, segmentation=True,
-                                 pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, cache_dir=d.cache_dir)
+                                 pos_fraction=d.pos_fraction, augment=d.augment, cache=d.cache, cache_dir=d.cache_dir,
+                                 counterpart_label=self.pairing == "mirror-pair")
 
     def loss(self, model, batch):
         # Losses in float32 whatever the autocast dtype: sums over 64^3 voxels in bfloat16 lose
         # the foreground (8 significant bits).
-        logits = model(batch["image"], batch["counterpart"]).float()
-        dice, bce = self.dice(logits, batch["label"]), self.bce(logits, batch["label"])
+        if self.pairing == "mirror-pair":
+            # [P; C] through the encoder once, SACA across the pair, both supervised.
+            logits = model(batch["image"], batch["counterpart"], mirror_pair=True).float()
+            label = torch.cat([batch["label"], batch["label_counterpart"]])
+        else:
+            logits = model(batch["image"], batch["counterpart"]).float()
+            label = batch["label"]
+        dice, bce = self.dice(logits, label), self.bce(logits, label)
         return {"loss": dice + bce, "dice": dice, "bce": bce}
 
 
