@@ -83,3 +83,4 @@ def test_mirror_focus_varies_in_the_head_is_zero_outside_and_sides_differ(run):
     assert abs(lesion_mean - mirror_mean) > 0.25 * spread, (lesion_mean, mirror_mean, spread)
     summary = report["attention"]
     assert summary["saca_stage"] < 4
+    assert report["inference"]["pairing"] == "input"  # the bundled model predates mirror-pair training

@@ -487,6 +487,7 @@ def write_case_outputs(
                     "tta": settings.tta_flip,
                     "windows": prediction.n_windows,
                     "encoded_crops": prediction.n_encoded,
+                    "pairing": str(getattr(model.network, "pairing", "input")),
                     "brain_box": [[s.start, s.stop] for s in box],
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                 },
