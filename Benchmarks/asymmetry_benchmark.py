@@ -143,11 +143,11 @@ def load_head(path: Optional[str]):
 def plan(args) -> List[tuple]:
     """``(group, seed, contrast)`` of every case, healthy first."""
     jobs = []
-    for i in range(args.healthy):
+    for i in range(args.healthy if "healthy" in args.groups else 0):
         jobs.append(("healthy" if i % 2 == 0 else "asymmetric", case_seed(args.seed, i), 1.0))
     for group, count, offset in (("unilateral", args.lesion, 10_000), ("bilateral", args.hard, 20_000),
                                  ("midline", args.hard, 30_000)):
-        for i in range(count):
+        for i in range(count if group in args.groups else 0):
             for c in args.contrasts:
                 jobs.append((group, case_seed(args.seed, offset + i), float(c)))
     return jobs
@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--cache", help="JSON-lines file of per-case results, reused and extended")
     parser.add_argument("--json", help="write the summary and every case here")
+    parser.add_argument("--groups", nargs="+", default=["healthy", "unilateral", "bilateral", "midline"],
+                        choices=("healthy", "unilateral", "bilateral", "midline"),
+                        help="compute only these groups (to split a run over processes; 'healthy' means both "
+                        "healthy kinds); tables need healthy cases, from this run or the cache")
     args = parser.parse_args(argv)
     if min(args.healthy, args.lesion) < 2 or args.hard < 0:
         parser.error("--healthy and --lesion must be at least 2, --hard at least 0")
