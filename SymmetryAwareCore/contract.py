@@ -60,9 +60,11 @@ OUTPUT_FILES: Dict[str, str] = {
     "report": "report.json",
     "overview": "overview.png",
     "attention_from": "attention_from.nii.gz",
+    "zero_shot": "zero_shot_asymmetry.nii.gz",
 }
 """File names inside ``<output_dir>/<case_id>/``, by key (``attention_from`` only with
-``--attention-from``; the others on every run)."""
+``--attention-from``; ``zero_shot`` only for models whose card names a symmetry head; the
+others on every run)."""
 
 DICOM_SEG_FILE = "segmentation.dcm"
 """The DICOM Segmentation object written with ``--dicom-seg`` (DICOM inputs only)."""

@@ -92,6 +92,8 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
         (["--cases", "3", "--folds", "5"], "--folds"),
         (["--cases", "2", "--spacing", "0"], "--spacing"),
         (["--cases", "2", "--healthy-fraction", "1.5"], "--healthy-fraction"),
+        (["--cases", "2", "--lesion-contrast", "2"], "--lesion-contrast"),
+        (["--cases", "2", "--variation", "-1"], "--variation"),
     ],
 )
 def test_bad_arguments_are_refused_before_writing(tmp_path, extra, words):
@@ -106,6 +108,8 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, extra, words):
             spacing=float(kwargs.get("spacing", 4.0)),
             folds=int(kwargs.get("folds", 2)),
             healthy_fraction=float(kwargs.get("healthy_fraction", 0.2)),
+            lesion_contrast=float(kwargs.get("lesion_contrast", 1.0)),
+            variation=float(kwargs.get("variation", 1.0)),
         )
     assert not out.exists()
 

@@ -135,8 +135,45 @@ def test_mass_effect_displaces_tissue_around_the_lesion_only():
         (dict(seed=1, scenario="sideways"), "scenario"),
         (dict(seed=1, kind="healthy", scenario="bilateral"), "healthy"),
         (dict(seed=1, orientation="XYZ"), "orientation"),
+        (dict(seed=1, lesion_contrast=0.0), "contrast"),
+        (dict(seed=1, lesion_contrast=1.5), "contrast"),
+        (dict(seed=1, variation=4.0), "variation"),
     ],
 )
 def test_bad_arguments_raise_input_error(kwargs, words):
     with pytest.raises(InputError, match=words):
         make_subject(**kwargs)
+
+
+def test_lesion_contrast_scales_the_lesion_minus_tissue_difference_only():
+    kwargs = dict(seed=21, kind="glioma", modality="mri", spacing=SPACING, scenario="unilateral", bias=False, noise=False)
+    full, half, faint = (make_subject(lesion_contrast=c, **kwargs) for c in (1.0, 0.5, 0.15))
+    assert np.array_equal(full.label.array, faint.label.array)
+    lesion = full.label.array > 0
+    flair_full, flair_half, flair_faint = (p.image.array[3] for p in (full, half, faint))
+    # value(c) = healthy + c * (lesioned - healthy): differences between levels are linear in c.
+    d1 = (flair_full - flair_faint)[lesion]
+    d2 = (flair_half - flair_faint)[lesion]
+    assert np.abs(d1).mean() > 100.0  # oedema is far brighter than WM at full contrast
+    np.testing.assert_allclose(d2, d1 * (0.5 - 0.15) / (1.0 - 0.15), rtol=1e-3, atol=0.05)
+    # Far from the lesion nothing changes.
+    far = ndimage.distance_transform_edt(~lesion) * SPACING > 30
+    np.testing.assert_allclose(flair_full[far], flair_faint[far], atol=1e-2)
+    # The faint lesion is within the range of normal tissue on FLAIR.
+    brain = full.brain_mask.array & ~lesion
+    assert np.median(flair_faint[full.label.array == 2]) < np.percentile(flair_full[brain], 99)
+    assert full.info["lesion_contrast"] == 1.0 and faint.info["lesion_contrast"] == 0.15
+
+
+def test_variation_one_is_the_default_and_more_variation_changes_anatomy():
+    default = make_subject(4, "healthy", "mri", SPACING)
+    same = make_subject(4, "healthy", "mri", SPACING, variation=1.0)
+    strong = make_subject(4, "healthy", "mri", SPACING, variation=2.5)
+    none = make_subject(4, "healthy", "mri", SPACING, variation=0.0)
+    assert np.array_equal(default.image.array, same.image.array)
+    assert default.info["pose"] == strong.info["pose"] == none.info["pose"]  # same draws, other amplitudes
+    # Head size departs further from the template's (variation 0) at 2.5 than at 1.
+    def volume_change(p):
+        return abs(p.brain_mask.array.sum() / none.brain_mask.array.sum() - 1.0)
+    assert volume_change(strong) > 1.5 * volume_change(default) > 0.0
+    assert strong.info["variation"] == 2.5

@@ -33,6 +33,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--et-label", type=int, choices=(3, 4), default=4, help="enhancing tumour label: 4 (BraTS 2021) or 3 (2023)")
     parser.add_argument("--prefix", default="case", help="case names <prefix>_0000... (default case); give "
                         "datasets used together different prefixes")
+    parser.add_argument("--lesion-contrast", type=float, default=1.0,
+                        help="share of the lesion-minus-tissue contrast kept, 0.05-1 (default 1); labels unchanged")
+    parser.add_argument("--variation", type=float, default=1.0,
+                        help="strength of healthy anatomical and intensity variation (warp, head size, bias "
+                        "field, tissue values), 0-3 (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     parser.set_defaults(func=run)
     return parser
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         healthy_fraction=args.healthy_fraction,
         et_label=args.et_label,
         prefix=args.prefix,
+        lesion_contrast=args.lesion_contrast,
+        variation=args.variation,
     )
     print(path)
     return 0

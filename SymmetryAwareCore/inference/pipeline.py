@@ -45,10 +45,12 @@ from .model_source import LoadedModel
 from .overview import write_overview_png
 from .postprocess import labels_from_probabilities, outside_probabilities, probabilities_from_logits
 from .report import lesion_report, write_report_json
+from .zero_shot import DEFINITION as ZERO_SHOT_DEFINITION
+from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
 
 __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
            "prepare_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
-           "probabilities_to_native", "write_case_outputs"]
+           "probabilities_to_native", "write_case_outputs", "model_symmetry_head"]
 
 log = logging.getLogger(__name__)
 
@@ -279,16 +281,38 @@ class NativeOutputs:
         asymmetry: ``(X, Y, Z)`` float32 ``p(x) - p(mirror x)`` of the lesion probability.
         attention: mirror focus (and point attention) on the input grid with their summary
             (:class:`~.attention_maps.NativeAttentionMaps`), or None.
+        zero_shot_score: the symmetry head's score in [0, 1] (:mod:`.zero_shot`), or None;
+            ``zero_shot_reason`` says why it is None.
+        zero_shot_map: ``(X, Y, Z)`` float32 its per-region map on the input grid, or None.
+        zero_shot_head: the head's name, card and SHA-256 for the report.
     """
 
     labels: np.ndarray
     asymmetry: np.ndarray
     attention: Optional[NativeAttentionMaps] = None
+    zero_shot_score: Optional[float] = None
+    zero_shot_map: Optional[np.ndarray] = None
+    zero_shot_reason: Optional[str] = None
+    zero_shot_head: Optional[dict] = None
+
+
+def model_symmetry_head(model: LoadedModel) -> Tuple[Optional[SymmetryHead], Optional[str]]:
+    """The symmetry head the model's card names (:mod:`.zero_shot`), or ``(None, reason)``.
+
+    Raises InputError for a head that is named but unusable: call it before heavy work.
+    """
+    spec = model_preprocessing(model)
+    return load_symmetry_head(model.card, _card_file(model), spec, spec.network_channels(len(model.card.channels)))
 
 
 def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: LoadedModel,
-                      options: Optional["SegmentOptions"] = None) -> NativeOutputs:
-    """Part 3: probabilities and maps onto the input's grid; labels decided there."""
+                      options: Optional["SegmentOptions"] = None,
+                      symmetry_head: Optional[Tuple[Optional[SymmetryHead], Optional[str]]] = None) -> NativeOutputs:
+    """Part 3: probabilities and maps onto the input's grid; labels decided there.
+
+    ``symmetry_head``: :func:`model_symmetry_head`'s result, for the zero-shot score and
+    map; None computes none (evaluation needs only the labels).
+    """
     options = options or SegmentOptions()
     card = model.card
     spec = model_preprocessing(model)
@@ -306,7 +330,18 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
         attention = native_attention_maps(prediction.attention, prepared.volume, prepared.box, prepared.frame,
                                           labels_from_probabilities(prediction.probabilities, card),
                                           prediction.attention_point, prepared.image.array)
-    return NativeOutputs(labels, asymmetry, attention)
+    score, native_map, head_info = None, None, None
+    head, reason = symmetry_head if symmetry_head is not None else (None, "not computed by this caller")
+    if head is not None:
+        result = zero_shot_for_model(prepared, head, prediction.device)
+        score, native_map, head_info = result.score, prepared.frame.to_native(result.frame_map, "linear"), head.describe
+    return NativeOutputs(labels, asymmetry, attention, score, native_map, reason, head_info)
+
+
+def _card_file(model: LoadedModel) -> Optional[Path]:
+    """The model's card file, when it was loaded from one (its head's card lies beside it)."""
+    path = Path(model.source)
+    return path if path.suffix == ".json" and path.is_file() else None
 
 
 def _label_infos(model: LoadedModel) -> List[LabelInfo]:
@@ -376,6 +411,7 @@ def segment_case(
 
     stages = _Stages(progress)
     started = time.perf_counter()
+    symmetry_head = model_symmetry_head(model)  # a broken head reference fails before the heavy work
 
     prepared = prepare_for_model(paths, model, options, progress=stages.stage)
 
@@ -389,7 +425,7 @@ def segment_case(
     prediction = predict_case(prepared, model, options, on_window)
 
     stages.begin("writing")
-    native_outputs = outputs_on_native(prepared, prediction, model, options)
+    native_outputs = outputs_on_native(prepared, prediction, model, options, symmetry_head)
     files, report = write_case_outputs(case_dir, case_id, paths, prepared, prediction, native_outputs, model, options,
                                        stages, started)
     if progress is not None:
@@ -438,6 +474,8 @@ def write_case_outputs(
             write_map(outputs.attention.point_density, native, out("attention_from"), "float16", paths)
         if options.wants("asymmetry"):
             write_map(outputs.asymmetry, native, out("asymmetry"), "float16", paths)
+        if outputs.zero_shot_map is not None and options.wants("zero_shot"):
+            write_map(outputs.zero_shot_map, native, out("zero_shot"), "float16", paths)
         if options.wants("plane"):
             write_plane_markups(plane, out("plane"))
         names = {l.value: l.name for l in card.labels}
@@ -497,11 +535,20 @@ def write_case_outputs(
                     "attention_from": "float16 precision (stored float32): SACA attention per mL of the "
                     "--attention-from point over the other hemisphere",
                     "asymmetry": "float16 precision (stored float32): p(x) - p(mirror x), foreground probability, in [-1, 1]",
+                    "zero_shot": "float16 precision (stored float32): the symmetry head's per-region zero-shot "
+                    "asymmetry in [0, 1] (token map resized to the brain box), 0 outside the head; only for "
+                    "models whose card names a symmetry head",
                 },
                 "roi": None
                 if options.roi_center_ras is None
                 else {"center_ras": list(map(float, options.roi_center_ras)), "size_mm": list(map(float, options.roi_size_mm))},
-                "zero_shot_asymmetry": None,
+                "zero_shot_asymmetry": None if outputs.zero_shot_score is None else {
+                    "score": round(outputs.zero_shot_score, 6),
+                    "map": OUTPUT_FILES["zero_shot"] if "zero_shot" in files else None,
+                    "head": outputs.zero_shot_head,
+                    "definition": ZERO_SHOT_DEFINITION,
+                },
+                "zero_shot_asymmetry_reason": outputs.zero_shot_reason,
                 "attention": None if outputs.attention is None else outputs.attention.summary,
                 "notes": notes,
                 "software": {"symmetryaware": __version__, "torch": torch.__version__},

@@ -34,21 +34,24 @@ def channels_for(modality: str) -> Tuple[str, ...]:
     return MRI_CHANNELS if modality == "mri" else CT_CHANNELS
 
 
-def subject_values(rng: np.random.Generator, modality: str) -> Dict[str, Dict[str, float]]:
+def subject_values(rng: np.random.Generator, modality: str, variation: float = 1.0) -> Dict[str, Dict[str, float]]:
     """Per-subject tissue values ``{channel: {compartment: value}}`` with small jitter.
 
     MRI: a global gain (0.8-1.2) and +-5 % per tissue. CT: brain tissues +-2 HU, bone
     900-1200 HU; air stays -1000 and blood is set per haemorrhage by the lesion.
+    ``variation`` scales the gain's and the jitter's ranges (1 = the values above; the
+    same number of draws at any value, so 1 reproduces earlier datasets exactly).
     """
     if modality == "mri":
-        gain = rng.uniform(0.8, 1.2)
+        gain = rng.uniform(1.0 - 0.2 * variation, 1.0 + 0.2 * variation)
+        spread = 0.05 * variation
         return {
-            ch: {t: float(v * gain * rng.uniform(0.95, 1.05)) for t, v in table.items()}
+            ch: {t: float(v * gain * rng.uniform(1.0 - spread, 1.0 + spread)) for t, v in table.items()}
             for ch, table in MRI_VALUES.items()
         }
     values = dict(CT_VALUES)
     for t in ("gm", "wm", "csf", "oedema"):
-        values[t] = float(values[t] + rng.uniform(-2.0, 2.0))
+        values[t] = float(values[t] + rng.uniform(-2.0 * variation, 2.0 * variation))
     values["skull"] = float(rng.uniform(900.0, 1200.0))
     return {"ct": values}
 

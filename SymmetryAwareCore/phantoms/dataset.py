@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..io.writers import write_nifti
-from .generator import MODALITIES, Phantom, label_names, make_subject
+from .generator import LESION_CONTRAST_RANGE, MODALITIES, VARIATION_RANGE, Phantom, label_names, make_subject
 
 __all__ = ["DATASET_KINDS", "case_seed", "plan_cases", "write_case", "write_dataset", "write_json"]
 
@@ -100,6 +100,14 @@ def _validate(output_dir: Path, cases, seed, kind, modality, spacing, folds, ove
         raise InputError("folder is not empty; use --overwrite to write into it anyway", output_dir)
 
 
+def _check_difficulty(lesion_contrast, variation) -> None:
+    # The generator's own ranges, checked before the first case is written.
+    for flag, value, (lo, hi) in (("--lesion-contrast", lesion_contrast, LESION_CONTRAST_RANGE),
+                                  ("--variation", variation, VARIATION_RANGE)):
+        if not (lo <= float(value) <= hi):
+            raise InputError(f"{flag} must be within {lo}-{hi}, got {value}")
+
+
 def write_dataset(
     output_dir: Union[str, Path],
     cases: int,
@@ -115,6 +123,8 @@ def write_dataset(
     validation_fraction: float = 0.2,
     prefix: str = "case",
     progress: Optional[Callable[[str], None]] = None,
+    lesion_contrast: float = 1.0,
+    variation: float = 1.0,
 ) -> Path:
     """Generate ``cases`` phantoms into ``output_dir`` and write ``datalist.json``; return its path.
 
@@ -124,10 +134,12 @@ def write_dataset(
     with a ``"fold"``; ``folds=0`` splits into ``"training"`` and ``"validation"``.
     Cases are named ``<prefix>_0000``...: give datasets that are used together (a
     pretraining set beside a labelled one) different prefixes, or the leakage check, which
-    matches cases by name, sees the same case in both.
+    matches cases by name, sees the same case in both. ``lesion_contrast`` and
+    ``variation`` are :func:`~.generator.make_subject`'s difficulty controls (1 = default).
     """
     output_dir = Path(output_dir)
     _validate(output_dir, cases, seed, kind, modality, float(spacing), folds, overwrite, healthy_fraction)
+    _check_difficulty(lesion_contrast, variation)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", prefix):
         raise InputError(f"--prefix must be letters, digits and '-', got {prefix!r}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -139,7 +151,8 @@ def write_dataset(
     channels: List[str] = []
     for item in plan:
         start = time.perf_counter()
-        phantom = make_subject(item["seed"], item["kind"], modality, spacing, et_label=et_label)
+        phantom = make_subject(item["seed"], item["kind"], modality, spacing, et_label=et_label,
+                               lesion_contrast=lesion_contrast, variation=variation)
         name = f"{prefix}_{item['index']:04d}"
         paths = write_case(phantom, output_dir, name)
         info = phantom.info
@@ -168,6 +181,8 @@ def write_dataset(
         "kind": kind,
         "modality": modality,
         "spacing_mm": float(spacing),
+        "lesion_contrast": float(lesion_contrast),
+        "variation": float(variation),
         "channels": channels,
         # Label values mean different things per finding (1 is necrotic core in a glioma,
         # the lesion itself in WML); each case JSON names its own.

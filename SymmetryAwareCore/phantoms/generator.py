@@ -85,7 +85,14 @@ def _bias_field(rng: np.random.Generator, head_points: np.ndarray, strength: flo
     return np.exp(log_field)
 
 
-def _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation):
+# Ranges of the difficulty controls: a contrast of 0 would leave a label with no lesion in
+# the image; a variation beyond 3 warps more than the template's support margin holds.
+LESION_CONTRAST_RANGE = (0.05, 1.0)
+VARIATION_RANGE = (0.0, 3.0)
+
+
+def _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation,
+              lesion_contrast=1.0, variation=1.0):
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if kind not in KINDS:
@@ -106,6 +113,12 @@ def _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_de
         raise InputError("max rotation must be within 0-45 degrees and max shift within 0-50 mm")
     if len(orientation) != 3 or set(orientation.upper()) - set("RLAPSI"):
         raise InputError(f"orientation must be a 3-letter code like RAS or LPS, got {orientation!r}")
+    lo, hi = LESION_CONTRAST_RANGE
+    if not (lo <= float(lesion_contrast) <= hi):
+        raise InputError(f"lesion contrast must be within {lo}-{hi} (1 = full contrast), got {lesion_contrast}")
+    lo, hi = VARIATION_RANGE
+    if not (lo <= float(variation) <= hi):
+        raise InputError(f"anatomical variation must be within {lo}-{hi} (1 = default), got {variation}")
 
 
 def make_subject(
@@ -122,6 +135,8 @@ def make_subject(
     bias: bool = True,
     noise: bool = True,
     orientation: str = "RAS",
+    lesion_contrast: float = 1.0,
+    variation: float = 1.0,
 ) -> Phantom:
     """Generate one subject, deterministic given all arguments (``seed`` drives every draw).
 
@@ -139,11 +154,22 @@ def make_subject(
         bias, noise: MRI bias field and Rician noise (CT: Gaussian noise only).
         orientation: stored voxel order of the outputs (``RAS``, ``LPS``...); world
             positions do not depend on it.
+        lesion_contrast: share of the lesion-minus-tissue contrast kept, in [0.05, 1]:
+            each voxel's value is ``healthy + c * (lesioned - healthy)``, where
+            ``healthy`` is the same subject without its lesion compartments (mass effect
+            kept), so a lesion at 0.15 differs from the tissue it replaced by 15 % of
+            what it does at 1. Labels do not change.
+        variation: strength of the healthy anatomical and intensity variation, in [0, 3]
+            (1 = default): scales the head-size range (+-5 %), the symmetric warp's
+            amplitude (2 mm), the bias field's strength and the per-subject tissue-value
+            jitter (MRI gain 0.8-1.2 and +-5 % per tissue; CT +-2 HU). The draws are the
+            same at every value, so 1 reproduces the default subjects exactly.
     Returns:
         a :class:`Phantom`.
     """
-    _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation)
-    spacing = float(spacing)
+    _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation,
+              lesion_contrast, variation)
+    spacing, lesion_contrast, variation = float(spacing), float(lesion_contrast), float(variation)
     rng = np.random.default_rng(int(seed))
     # Drawn even when given, so that naming the drawn scenario rebuilds the same subject.
     if kind == "healthy":
@@ -153,8 +179,8 @@ def make_subject(
     scenario = drawn if scenario is None else scenario
     anatomy = load_anatomy(spacing)
 
-    scale = 1.0 + rng.uniform(-0.05, 0.05, size=3)
-    warp = SmoothField.random(rng, amplitude_mm=2.0, wavelength_mm=70.0)
+    scale = 1.0 + rng.uniform(-0.05 * variation, 0.05 * variation, size=3)
+    warp = SmoothField.random(rng, amplitude_mm=2.0 * variation, wavelength_mm=70.0)
     hemisphere_scale, ventricle_push = 0.0, None
     if scenario == "asymmetric":
         hemisphere_scale = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.04))
@@ -165,11 +191,13 @@ def make_subject(
     lesions: List[Lesion] = []
     if kind != "healthy":
         lesions = place_lesions(rng, anatomy, kind, scenario, scale, mass_effect=mass_effect)
-    values = subject_values(rng, modality)
+    values = subject_values(rng, modality, variation)
     pose = random_pose(rng, max_rotation_deg, max_shift_mm)
 
-    # 6 mm of room for the warp (about 2 mm) and a hemisphere up to 4 % wider (about 3 mm).
-    extent = anatomy.head_extent_mm(with_scalp=modality == "ct") * scale + np.array([[-6.0], [6.0]])
+    # 6 mm of room for the warp (about 2 mm) and a hemisphere up to 4 % wider (about 3 mm);
+    # a stronger warp gets room in proportion.
+    room = 6.0 + 2.0 * max(variation - 1.0, 0.0)
+    extent = anatomy.head_extent_mm(with_scalp=modality == "ct") * scale + np.array([[-room], [room]])
     affine, shape = scanner_grid(extent, pose, spacing)
     grid = np.indices(shape, dtype=np.float64).reshape(3, -1).T
     world = grid @ affine[:3, :3].T + affine[:3, 3]
@@ -187,16 +215,27 @@ def make_subject(
     head = head[inside]
     n_total = int(np.prod(shape))
 
-    fractions, label = _tissues(anatomy, head, healthy, lesions, spacing, et_label)
+    fractions, label, unlesioned = _tissues(anatomy, head, healthy, lesions, spacing, et_label,
+                                            keep_healthy=lesion_contrast != 1.0)
     mask = fractions.pop("intracranial") >= 0.5
+    if unlesioned is not None:
+        unlesioned.pop("intracranial")
+
+    def blend(lesioned: np.ndarray, healthy_values: np.ndarray) -> np.ndarray:
+        # Fractions enter linearly, so this scales every lesion compartment's contrast
+        # against the very tissue mix it displaced, voxel by voxel.
+        return (healthy_values + lesion_contrast * (lesioned - healthy_values)).astype(np.float32)
+
     channels = channels_for(modality)
     out = []
     for ch in channels:
         v = values[ch]
         if modality == "mri":
             img = intensities(fractions, v)
+            if unlesioned is not None:
+                img = blend(img, intensities(unlesioned, v))
             if bias:
-                img *= _bias_field(rng, head)
+                img *= _bias_field(rng, head, 0.12 * variation)
             if noise:
                 sigma = rng.uniform(0.01, 0.025) * v["wm"]
                 img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
@@ -204,6 +243,8 @@ def make_subject(
         else:
             v = dict(v, **{f"haemorrhage_{i}": l.value_hu for i, l in enumerate(lesions) if l.finding == "haemorrhage"})
             img = intensities(fractions, v, air_value=v["air"])
+            if unlesioned is not None:
+                img = blend(img, intensities(unlesioned, v, air_value=v["air"]))
             if noise:
                 img = img + rng.normal(0.0, rng.uniform(3.0, 5.0), img.shape)
         full = np.full(n_total, 0.0 if modality == "mri" else v["air"], dtype=np.float32)
@@ -251,13 +292,17 @@ def make_subject(
                               "ventricle_inflation_mm": None if ventricle_push is None else float(ventricle_push.radius_mm)},
         "lesions": [l.describe(pose.matrix) for l in lesions],
         "mass_effect": bool(mass_effect),
+        "lesion_contrast": lesion_contrast,
+        "variation": variation,
     }
     return Phantom(image, label_img, mask_img, info, lesions, pose)
 
 
 def _tissues(anatomy: Anatomy, head: np.ndarray, healthy: HealthyVariation, lesions: List[Lesion],
-             spacing: float, et_label: int):
-    """Compartment fractions ``{name: (N,)}`` and labels ``(N,)`` at head-space points."""
+             spacing: float, et_label: int, keep_healthy: bool = False):
+    """Compartment fractions ``{name: (N,)}``, labels ``(N,)`` at head-space points, and (with
+    ``keep_healthy``) the fractions before the lesion compartments replaced tissue, mass
+    effect included (else None)."""
     n = len(head)
     template = head_to_template(head, healthy, [l.push for l in lesions if l.push is not None])
     inv = np.linalg.inv(anatomy.affine)
@@ -272,6 +317,8 @@ def _tissues(anatomy: Anatomy, head: np.ndarray, healthy: HealthyVariation, lesi
     skull, scalp = sample(anatomy.skull), sample(anatomy.scalp)
     del coords
     csf = np.clip(ic - gm - wm, 0.0, 1.0)
+    unlesioned = ({"gm": gm, "wm": wm, "csf": csf, "skull": skull, "scalp": scalp, "intracranial": ic}
+                  if keep_healthy else None)
 
     lesion_fr: Dict[str, np.ndarray] = {}
     per_lesion: Dict[str, np.ndarray] = {}
@@ -319,4 +366,4 @@ def _tissues(anatomy: Anatomy, head: np.ndarray, healthy: HealthyVariation, lesi
         values = {"necrosis": 1, "oedema": 2, "enhancing": et_label, "haemorrhage": 1, "wml": 1}
         lut = np.array([values[c] for c in names], dtype=np.uint8)
         label = np.where(lesion_total >= 0.5, lut[winner], 0).astype(np.uint8)
-    return fractions, label
+    return fractions, label, unlesioned

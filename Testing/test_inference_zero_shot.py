@@ -1,0 +1,128 @@
+"""Zero-shot asymmetry in the product: a model whose card names a symmetry head gets a score
+in report.json and a map on the input grid; without a head the report says null and why.
+
+The segmentation network is the transparent bright-FLAIR test double of the pipeline tests;
+the head is a small random SASwinPretrainer (feature size 12) saved with its card, which is
+what the product needs (a trained head behaves the same way, with meaningful numbers).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from SymmetryAwareCore.contract import OUTPUT_FILES
+from SymmetryAwareCore.errors import InputError
+from SymmetryAwareCore.inference.model_source import LoadedModel, standin_card
+from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
+from SymmetryAwareCore.inference.zero_shot import SymmetryHead, zero_shot_asymmetry
+from SymmetryAwareCore.io.writers import write_nifti
+from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, save_model
+from SymmetryAwareCore.models.symmetry_head import SASwinPretrainer
+from SymmetryAwareCore.phantoms import make_subject
+
+class BrightFlairNet(torch.nn.Module):
+    """Logits of the three BraTS regions = 8 * (z-scored FLAIR - 2): bright FLAIR is lesion."""
+
+    use_saca = False
+
+    def forward_features(self, x):
+        return [x]
+
+    def forward_head(self, features, features_counterpart, return_attention=False):
+        return (8.0 * (features[0][:, 3:4] - 2.0)).repeat(1, 3, 1, 1, 1)
+
+PRE = {"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
+CHANNELS = ("t1", "t1ce", "t2", "flair")
+# The head reads the whole brain box resized to its own roi_size; 32^3 (one bottleneck token)
+# keeps these CPU tests short.
+HEAD_PRE = dict(PRE, roi_size=[32, 32, 32])
+
+
+def _head(folder, name="head", preprocessing=HEAD_PRE):
+    torch.manual_seed(0)
+    net = SASwinPretrainer(in_channels=4, feature_size=12).eval()
+    card = ModelCard(channels=[InputChannel(c) for c in CHANNELS], modality="mri", preprocessing=dict(preprocessing),
+                     name="random-test-head")
+    return save_model(net, folder / f"{name}.safetensors", card), net
+
+
+def _model(folder, head_name=None) -> LoadedModel:
+    card = standin_card()
+    card.name = "bright-flair-test-double"
+    card.preprocessing = dict(PRE)
+    if head_name is not None:
+        card.extra = {"symmetry_head": head_name}
+    card_path = folder / "model.json"
+    card_path.write_text(json.dumps(card.to_dict()))  # the head's card is looked for beside it
+    return LoadedModel(BrightFlairNet(), card, str(card_path))
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    phantom = make_subject(7, "glioma", "mri", spacing=3.0, orientation="LPS")
+    folder = tmp_path_factory.mktemp("case")
+    paths = []
+    for c, name in enumerate(phantom.image.channel_names):
+        paths.append(write_nifti(phantom.image.channel(c), folder / f"p007_{name}.nii.gz"))
+    return phantom, paths
+
+
+def test_symmetric_box_scores_zero_and_an_asymmetric_one_more():
+    torch.manual_seed(0)
+    head = SymmetryHead(SASwinPretrainer(in_channels=4, feature_size=12).eval(), (32, 32, 32), {})
+    rng = np.random.default_rng(0)
+    half = rng.normal(size=(4, 20, 40, 36)).astype(np.float32)
+    symmetric = np.concatenate([half, half[:, ::-1]], axis=1)  # mirror-symmetric about the box centre
+    score, box_map = zero_shot_asymmetry(symmetric, head)
+    assert box_map.shape == symmetric.shape[1:]
+    assert score == pytest.approx(0.0, abs=1e-5) and box_map.max() < 1e-4
+    lopsided = symmetric.copy()
+    lopsided[:, :12] += 3.0  # one side brighter
+    score2, map2 = zero_shot_asymmetry(lopsided, head)
+    assert 0.0 < score2 <= 1.0 and map2.max() > 1e-3
+
+
+def test_model_with_a_head_reports_a_score_and_writes_the_map_on_the_input_grid(case, tmp_path):
+    phantom, paths = case
+    _head(tmp_path)
+    model = _model(tmp_path, "head.json")
+    result = segment_case(paths, tmp_path / "out", model, SegmentOptions(device="cpu", overview=False))
+    zs = result.report["zero_shot_asymmetry"]
+    assert zs is not None and 0.0 <= zs["score"] <= 1.0
+    assert zs["map"] == OUTPUT_FILES["zero_shot"] and zs["head"]["card"] == "head.json"
+    assert result.report["zero_shot_asymmetry_reason"] is None
+    image = nib.load(str(result.output_dir / OUTPUT_FILES["zero_shot"]))
+    assert image.shape == phantom.image.spatial_shape
+    np.testing.assert_allclose(image.affine, phantom.image.affine, atol=1e-5)
+    values = np.asarray(image.dataobj, np.float32)
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0
+    # Nothing outside the head (the skull-stripped phantom is 0 there).
+    outside = phantom.image.array.max(axis=0) == 0
+    far_outside = outside & (np.asarray(nib.load(str(paths[0])).dataobj) == 0)
+    assert values[far_outside].mean() < 0.05 * values[~outside].mean()
+    on_disk = json.loads((result.output_dir / OUTPUT_FILES["report"]).read_text())
+    assert on_disk["zero_shot_asymmetry"]["score"] == zs["score"]
+
+
+def test_model_without_a_head_keeps_the_score_null_and_says_why(case, tmp_path):
+    _, paths = case
+    result = segment_case(paths, tmp_path / "out", _model(tmp_path), SegmentOptions(device="cpu", overview=False))
+    assert result.report["zero_shot_asymmetry"] is None
+    assert "names no symmetry head" in result.report["zero_shot_asymmetry_reason"]
+    assert not (result.output_dir / OUTPUT_FILES["zero_shot"]).exists()
+
+
+@pytest.mark.parametrize("problem, words", [("missing", "not found"), ("spacing", "spacing"), ("name", "file name")])
+def test_a_named_but_unusable_head_is_refused_before_any_work(case, tmp_path, problem, words):
+    _, paths = case
+    if problem == "spacing":
+        _head(tmp_path, preprocessing=dict(HEAD_PRE, spacing=[2.0, 2.0, 2.0]))
+    model = _model(tmp_path, "../head.json" if problem == "name" else "head.json")
+    with pytest.raises(InputError, match=words):
+        segment_case(paths, tmp_path / "out", model, SegmentOptions(device="cpu", overview=False))
+    assert not (tmp_path / "out").exists()
