@@ -12,6 +12,7 @@ so each rule below is written once:
 - :func:`case_id_from_path`, :func:`case_id_from_files`: how a case is named.
 - :func:`match_channels`: how input names (file names or Slicer node names) are assigned
   to a model's channels by the model card's filename patterns.
+- :func:`card_findings`: whether a model card is a scan-level classifier, and of what.
 
 Pure standard library: no torch, numpy, Slicer or Qt, so it imports in Slicer's own
 Python (which may be 3.9) before any dependency is installed.
@@ -46,6 +47,7 @@ __all__ = [
     "case_id_from_path",
     "case_id_from_files",
     "match_channels",
+    "card_findings",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -183,6 +185,22 @@ def match_channels(
     if order != list(range(len(names))):
         notes.append("channels reordered by name: " + ", ".join(f"{c}={names[i]}" for c, i in zip(channel_names, order)))
     return order, notes
+
+
+def card_findings(card: Any) -> Tuple[str, ...]:
+    """The scan-level findings a model card's outputs stand for, in output order (a classifier,
+    run by ``symmetryaware classify``); empty for a segmentation model.
+
+    ``card`` is the card's JSON object or a card object with ``postprocessing`` / ``extra``;
+    the names are read from ``postprocessing.findings``, else ``extra.findings`` (cards
+    written by the training package).
+    """
+    for key in ("postprocessing", "extra"):
+        block = card.get(key) if isinstance(card, dict) else getattr(card, key, None)
+        names = block.get("findings") if isinstance(block, dict) else None
+        if isinstance(names, (list, tuple)) and names:
+            return tuple(str(n) for n in names)
+    return ()
 
 
 # ---------------------------------------------------------------------------------------

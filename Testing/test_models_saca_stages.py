@@ -10,7 +10,7 @@ import json
 import torch
 
 from SymmetryAwareCore.inference.engine import fused_window_attention
-from SymmetryAwareCore.inference.model_source import BUNDLED_DIR
+from SymmetryAwareCore.inference.model_source import find_model_card
 from SymmetryAwareCore.models import SASwinUNETR
 from SymmetryAwareCore.models.model_card import ModelCard, load_model, read_card, save_model
 from SymmetryAwareCore.models.model_card import InputChannel
@@ -34,7 +34,7 @@ def test_finer_stage_round_trips_through_the_model_card(tmp_path):
 
 
 def test_cards_without_the_setting_mean_the_bottleneck_and_the_bundled_model_loads_key_for_key():
-    card_path = BUNDLED_DIR / "glioma_phantom_saswin_f12.json"
+    card_path = find_model_card("default")  # the bundled segmentation model
     card = read_card(card_path)
     # Cards written before the setting existed keep working: without the key the default is the bottleneck.
     kwargs = {k: v for k, v in card.kwargs.items() if k not in ("saca_stages", "saca_position_encoding")}

@@ -72,6 +72,26 @@ def test_ct_dataset_with_train_validation_split(tmp_path):
     assert 50 <= np.median(ct[label == 1]) <= 80
 
 
+def test_bleed_ranges_reach_every_case_and_the_datalist(tmp_path, capsys):
+    out = tmp_path / "ct"
+    rc = main(["phantom", "--output-dir", str(out), "--cases", "2", "--kind", "haemorrhage", "--modality", "ct",
+               "--folds", "0", "--healthy-fraction", "0", "--bleed-radius-mm", "3,4", "--bleed-hu", "45,47", *ARGS])
+    assert rc == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert datalist["bleed_radius_mm"] == [3.0, 4.0] and datalist["bleed_hu"] == [45.0, 47.0]
+    for entry in datalist["training"] + datalist["validation"]:
+        for lesion in json.loads((out / entry["case_json"]).read_text())["lesions"]:
+            assert 3.0 <= lesion["radius_mm"] <= 4.0 and 45.0 <= lesion["value_hu"] <= 47.0
+    # MRI has no bleeds to shape; a malformed range is an argparse error. Nothing is written.
+    assert main(["phantom", "--output-dir", str(tmp_path / "mri"), "--cases", "1", "--folds", "0", "--bleed-hu", "45,47", *ARGS]) == 2
+    assert "--modality ct" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["phantom", "--output-dir", str(tmp_path / "bad"), "--cases", "1", "--modality", "ct",
+              "--bleed-hu", "45", *ARGS])
+    assert "LOW,HIGH" in capsys.readouterr().err
+    assert not (tmp_path / "mri").exists() and not (tmp_path / "bad").exists()
+
+
 def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
     rc = main(["phantom", "--output-dir", str(tmp_path), "--cases", "1", "--kind", "wml", "--folds", "0", *ARGS])

@@ -67,6 +67,35 @@ def test_ct_haemorrhage_in_hounsfield_range():
     assert p.info["findings"] == ["haemorrhage"]
 
 
+def test_bleed_size_and_density_ranges_change_only_the_bleed():
+    default = make_subject(5, "haemorrhage", "ct", SPACING, "unilateral")
+    small = make_subject(5, "haemorrhage", "ct", SPACING, "unilateral", bleed_radius_mm=(4.0, 5.0), bleed_hu=(44.0, 46.0))
+    (d,), (s,) = default.info["lesions"], small.info["lesions"]
+    # Same subject, pose and bleed site: only the bleed's size and density were redrawn.
+    assert small.info["pose"] == default.info["pose"]
+    assert s["centre_head_mm"] == d["centre_head_mm"]
+    assert 4.0 <= s["radius_mm"] <= 5.0 and 44.0 <= s["value_hu"] <= 46.0
+    assert 6.0 <= d["radius_mm"] <= 15.0 and 58.0 <= d["value_hu"] <= 72.0
+    ct, label = small.image.array[0], small.label.array
+    assert 0 < (label == 1).sum() < (default.label.array == 1).sum()
+    # A subtle bleed: a few HU above grey matter (~38 HU), not the 58-72 HU of the default.
+    assert 38 <= np.median(ct[label == 1]) <= 50
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(bleed_radius_mm=(5.0, 2.0)), "radius"),
+        (dict(bleed_radius_mm=(0.2, 2.0)), "radius"),
+        (dict(bleed_hu=(40.0, 400.0)), "density"),
+        (dict(bleed_hu=("a", 50)), "two numbers"),
+    ],
+)
+def test_bad_bleed_ranges_are_refused(kwargs, words):
+    with pytest.raises(InputError, match=words):
+        make_subject(1, "haemorrhage", "ct", SPACING, **kwargs)
+
+
 def test_wml_several_small_flair_bright_lesions():
     p = make_subject(8, "wml", "mri", SPACING, "unilateral")
     components, count = ndimage.label(p.label.array > 0)

@@ -3,6 +3,8 @@
 Example::
 
     symmetryaware phantom --output-dir phantoms/ --cases 20 --seed 0 --kind glioma --modality mri
+    symmetryaware phantom --output-dir ct/ --cases 40 --kind haemorrhage --modality ct --spacing 3 \
+        --healthy-fraction 0.5 --bleed-radius-mm 3,15 --bleed-hu 44,75     # small to large, subtle to obvious
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--et-label", type=int, choices=(3, 4), default=4, help="enhancing tumour label: 4 (BraTS 2021) or 3 (2023)")
     parser.add_argument("--prefix", default="case", help="case names <prefix>_0000... (default case); give "
                         "datasets used together different prefixes")
+    parser.add_argument("--bleed-radius-mm", type=_pair, metavar="LOW,HIGH",
+                        help="CT: radius range of each haemorrhage in mm, drawn uniformly (default 6,15)")
+    parser.add_argument("--bleed-hu", type=_pair, metavar="LOW,HIGH",
+                        help="CT: density range of each haemorrhage in HU (default 58,72; grey matter is ~38 HU, "
+                        "so 40,50 gives subtle bleeds)")
     parser.add_argument("--lesion-contrast", type=float, default=1.0,
                         help="share of the lesion-minus-tissue contrast kept, 0.05-1 (default 1); labels unchanged")
     parser.add_argument("--variation", type=float, default=1.0,
@@ -41,6 +48,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     parser.set_defaults(func=run)
     return parser
+
+
+def _pair(text: str):
+    """``"LOW,HIGH"`` -> two floats (ranges are checked by the generator)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         healthy_fraction=args.healthy_fraction,
         et_label=args.et_label,
         prefix=args.prefix,
+        bleed_radius_mm=args.bleed_radius_mm,
+        bleed_hu=args.bleed_hu,
         lesion_contrast=args.lesion_contrast,
         variation=args.variation,
     )

@@ -112,6 +112,11 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     output_dir = check_output_dir(args.output_dir, inputs)
     printer = ProgressPrinter(args.progress)
     model = model or resolve_model(args.model)
+    from ..contract import card_findings
+
+    if card_findings(model.card):  # its output is one probability per scan, not a voxel map
+        raise InputError(f"model {model.card.name!r} is a scan-level classifier ({', '.join(card_findings(model.card))}): "
+                         "use `symmetryaware classify` with it")
     if run_options.attention_from is not None and not getattr(model.network, "use_saca", False):
         raise InputError(f"--attention-from needs a model with symmetry-aware cross-attention; {run_options.model!r} has none")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from ..contract import card_findings
 from ..errors import InputError
 from ..geometry.mirror import flip_lr
 from ..preprocessing import whole_scan_input
@@ -25,16 +26,31 @@ from .engine import fused_window_attention
 from .model_source import LoadedModel
 from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model
 
-__all__ = ["finding_names", "classify_case"]
+__all__ = ["finding_names", "classify_prepared", "classify_case"]
 
 
 def finding_names(model: LoadedModel) -> List[str]:
-    """The findings a classifier's outputs stand for, in output order, from its card."""
+    """The findings a classifier's outputs stand for, in output order, from its card
+    (:func:`SymmetryAwareCore.contract.card_findings`); InputError for any other model."""
     card = model.card
-    names = (card.postprocessing or {}).get("findings") or (card.extra or {}).get("findings")
+    names = list(card_findings(card))
     if not names:
         raise InputError(f"model {card.name or card.architecture} is not a scan-level classifier (its card names no findings)")
-    return [str(n) for n in names]
+    return names
+
+
+def classify_prepared(cropped: np.ndarray, model: LoadedModel, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """Finding probabilities ``(F,)`` of one prepared brain box ``(C', w, h, d)`` (axis 1
+    left-right, as :attr:`~SymmetryAwareCore.preprocessing.PreparedCase.cropped` or a
+    training cache entry): resized to the card's ROI, paired with its left-right flip."""
+    names = finding_names(model)
+    x = whole_scan_input(cropped, model_preprocessing(model).roi_size)[None].to(device)
+    network = model.network.to(device).eval()
+    with torch.inference_mode(), fused_window_attention(network):
+        logits = network(x, flip_lr(x, spatial_start=2))
+    if logits.shape[-1] != len(names):
+        raise InputError(f"the network gives {logits.shape[-1]} outputs, the card names {len(names)} findings")
+    return torch.sigmoid(logits.float())[0].cpu().numpy()
 
 
 def classify_case(
@@ -56,15 +72,8 @@ def classify_case(
     prepared = prepare_for_model(paths, model, SegmentOptions(msp_on_failure=msp_on_failure))
     times.update(prepared.times)
     t = time.perf_counter()
-    x = whole_scan_input(prepared.cropped, model_preprocessing(model).roi_size)[None]
     dev = resolve_device(device)
-    network = model.network.to(dev).eval()
-    x = x.to(dev)
-    with torch.inference_mode(), fused_window_attention(network):
-        logits = network(x, flip_lr(x, spatial_start=2))
-    if logits.shape[-1] != len(names):
-        raise InputError(f"the network gives {logits.shape[-1]} outputs, the card names {len(names)} findings")
-    probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
+    probabilities = classify_prepared(prepared.cropped, model, dev)
     times["inference"] = time.perf_counter() - t
     notes = list(model.notes) + prepared.notes
     return {

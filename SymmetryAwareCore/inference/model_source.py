@@ -7,7 +7,7 @@ Bundled models live in ``SymmetryAwareCore/data/models``; models imported with
 ever downloaded.
 
 ``default`` is the bundled model (the one whose card says ``"default": true``, else the
-first); with none bundled it falls back to ``untrained-standin``, an SA-Swin built from a
+first segmentation model, else the first); with none bundled it falls back to ``untrained-standin``, an SA-Swin built from a
 fixed seed, so every part of the pipeline can run; its card and every report say that its
 output is meaningless.
 """
@@ -193,9 +193,14 @@ def list_models() -> List[Dict]:
 def find_model_card(name_or_path: Optional[str]) -> Optional[Path]:
     """The card path of a model name or path; None for the stand-in."""
     if name_or_path in (None, "", DEFAULT_NAME):
+        from ..contract import card_findings
+
         bundled = _cards_in(BUNDLED_DIR)
         default = [p for p in bundled if (_card_data(p) or {}).get("default")]
-        return (default or bundled or [None])[0]
+        # Without a marked default, the first segmentation model: `segment` is the main job,
+        # and a scan-level classifier bundled beside it cannot do it.
+        segmenters = [p for p in bundled if not card_findings(_card_data(p) or {})]
+        return (default or segmenters or bundled or [None])[0]
     if name_or_path == STANDIN_NAME:
         return None
     if any(ord(c) < 32 for c in str(name_or_path)):

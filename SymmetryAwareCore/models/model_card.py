@@ -24,6 +24,8 @@ import torch.nn as nn
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .checkpoints import load_state_dict_checked, read_state_dict, sha256_file
+from ..preprocessing.spec import NORMALISATIONS as _PREPARED_NORMALISATIONS
+from ..preprocessing.spec import Preprocessing
 from .registry import architecture_name, build_model
 
 __all__ = ["CARD_FORMAT", "CARD_VERSION", "MAX_CARD_BYTES", "KWARG_RANGES", "InputChannel", "Label", "ModelCard", "card_path_for", "read_card", "save_model", "load_model", "verify_weights"]
@@ -61,7 +63,9 @@ _BOOL_KWARGS = ("qkv_bias", "normalize", "patch_norm", "use_checkpoint", "use_v2
 # Preprocessing read by the pipeline: voxel size (mm) and sliding-window size (voxels).
 SPACING_RANGE_MM = (0.25, 10.0)
 ROI_RANGE = (32, 256)
-NORMALISATIONS = ("zscore-nonzero", "ct-window", "none")
+# The preparation's own list, plus "ct-window" (one fixed window: cards written before the
+# windows were configurable, read by Preprocessing.from_card).
+NORMALISATIONS = _PREPARED_NORMALISATIONS + ("ct-window",)
 MAX_CHANNELS, MAX_LABELS, MAX_TEXT = 16, 255, 200
 # A card is a few kB (with a training configuration in "extra"); more is not a card.
 MAX_CARD_BYTES = 4 << 20
@@ -267,8 +271,13 @@ class ModelCard:
         _check_preprocessing(self.preprocessing, path)
         _check_postprocessing(self.postprocessing, path)
         in_ch = self.kwargs.get("in_channels")
-        if in_ch is not None and in_ch != len(self.channels):
-            raise InputError(f"model card lists {len(self.channels)} input channel(s), the network takes {in_ch}", path)
+        network_channels = len(self.channels)
+        if all(k in self.preprocessing for k in ("spacing", "roi_size", "normalisation")):
+            # CT: one network channel per HU window of each scan (the preparation's rule).
+            network_channels = Preprocessing.from_card(self.preprocessing, str(path or "")).network_channels(len(self.channels))
+        if in_ch is not None and in_ch != network_channels:
+            raise InputError(f"model card lists {len(self.channels)} input channel(s) giving {network_channels} network "
+                             f"input(s), the network takes {in_ch}", path)
         values = [l.value for l in self.labels]
         if len(set(values)) != len(values):
             raise InputError(f"model card repeats label values {values}", path)

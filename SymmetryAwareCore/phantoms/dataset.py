@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_path
 from ..io.writers import write_nifti
 from .generator import LESION_CONTRAST_RANGE, MODALITIES, VARIATION_RANGE, Phantom, label_names, make_subject
+from .lesions import bleed_ranges
 
 __all__ = ["DATASET_KINDS", "case_seed", "plan_cases", "write_case", "write_dataset", "write_json"]
 
@@ -77,7 +78,8 @@ def write_case(phantom: Phantom, folder: Union[str, Path], name: str) -> Dict[st
     return paths
 
 
-def _validate(output_dir: Path, cases, seed, kind, modality, spacing, folds, overwrite, healthy_fraction):
+def _validate(output_dir: Path, cases, seed, kind, modality, spacing, folds, overwrite, healthy_fraction,
+              bleed_radius_mm=None, bleed_hu=None):
     if not isinstance(cases, int) or cases < 1:
         raise InputError(f"--cases must be a positive integer, got {cases}")
     if not isinstance(seed, int) or seed < 0:
@@ -94,6 +96,9 @@ def _validate(output_dir: Path, cases, seed, kind, modality, spacing, folds, ove
         raise InputError(f"--folds must be 0 (train/validation split) or between 2 and --cases ({cases}), got {folds}")
     if not (0.0 <= healthy_fraction <= 1.0):
         raise InputError(f"--healthy-fraction must be within 0-1, got {healthy_fraction}")
+    if (bleed_radius_mm is not None or bleed_hu is not None) and modality != "ct":
+        raise InputError("--bleed-radius-mm and --bleed-hu shape CT haemorrhages: they need --modality ct")
+    bleed_ranges(bleed_radius_mm, bleed_hu)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError("is not a folder", output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -122,6 +127,8 @@ def write_dataset(
     et_label: int = 4,
     validation_fraction: float = 0.2,
     prefix: str = "case",
+    bleed_radius_mm: Optional[Tuple[float, float]] = None,
+    bleed_hu: Optional[Tuple[float, float]] = None,
     progress: Optional[Callable[[str], None]] = None,
     lesion_contrast: float = 1.0,
     variation: float = 1.0,
@@ -134,12 +141,20 @@ def write_dataset(
     with a ``"fold"``; ``folds=0`` splits into ``"training"`` and ``"validation"``.
     Cases are named ``<prefix>_0000``...: give datasets that are used together (a
     pretraining set beside a labelled one) different prefixes, or the leakage check, which
-    matches cases by name, sees the same case in both. ``lesion_contrast`` and
-    ``variation`` are :func:`~.generator.make_subject`'s difficulty controls (1 = default).
+    matches cases by name, sees the same case in both. ``bleed_radius_mm`` / ``bleed_hu``
+    (CT only) set the ``(low, high)`` ranges each haemorrhage's radius and density are drawn
+    from (see :func:`.generator.make_subject`); the datalist records the ranges used.
+    ``lesion_contrast`` and ``variation`` are :func:`~.generator.make_subject`'s difficulty
+    controls (1 = default).
     """
     output_dir = Path(output_dir)
-    _validate(output_dir, cases, seed, kind, modality, float(spacing), folds, overwrite, healthy_fraction)
+    _validate(output_dir, cases, seed, kind, modality, float(spacing), folds, overwrite, healthy_fraction,
+              bleed_radius_mm, bleed_hu)
     _check_difficulty(lesion_contrast, variation)
+    bleeds = {}
+    if modality == "ct":
+        radius, hu = bleed_ranges(bleed_radius_mm, bleed_hu)
+        bleeds = {"bleed_radius_mm": radius, "bleed_hu": hu}
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", prefix):
         raise InputError(f"--prefix must be letters, digits and '-', got {prefix!r}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -152,7 +167,7 @@ def write_dataset(
     for item in plan:
         start = time.perf_counter()
         phantom = make_subject(item["seed"], item["kind"], modality, spacing, et_label=et_label,
-                               lesion_contrast=lesion_contrast, variation=variation)
+                               lesion_contrast=lesion_contrast, variation=variation, **bleeds)
         name = f"{prefix}_{item['index']:04d}"
         paths = write_case(phantom, output_dir, name)
         info = phantom.info
@@ -184,6 +199,7 @@ def write_dataset(
         "lesion_contrast": float(lesion_contrast),
         "variation": float(variation),
         "channels": channels,
+        **{k: list(v) for k, v in bleeds.items()},
         # Label values mean different things per finding (1 is necrotic core in a glioma,
         # the lesion itself in WML); each case JSON names its own.
         "labels": {f: {str(k): v for k, v in label_names(f, et_label).items()}

@@ -20,7 +20,7 @@ keeps it) and the pose. A lesion's mass effect can shift the brain's midline loc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -31,7 +31,7 @@ from ..io.image import Image
 from .anatomy import Anatomy, load_anatomy
 from .contrasts import channels_for, intensities, subject_values
 from .deformation import HealthyVariation, RadialPush, SmoothField, head_to_template
-from .lesions import Lesion, place_lesions
+from .lesions import Lesion, bleed_ranges, place_lesions
 from .pose import Pose, random_pose, scanner_grid
 
 __all__ = ["Phantom", "make_subject", "KINDS", "SCENARIOS", "MODALITIES", "label_names"]
@@ -135,6 +135,8 @@ def make_subject(
     bias: bool = True,
     noise: bool = True,
     orientation: str = "RAS",
+    bleed_radius_mm: Optional[Tuple[float, float]] = None,
+    bleed_hu: Optional[Tuple[float, float]] = None,
     lesion_contrast: float = 1.0,
     variation: float = 1.0,
 ) -> Phantom:
@@ -154,6 +156,10 @@ def make_subject(
         bias, noise: MRI bias field and Rician noise (CT: Gaussian noise only).
         orientation: stored voxel order of the outputs (``RAS``, ``LPS``...); world
             positions do not depend on it.
+        bleed_radius_mm, bleed_hu: ``(low, high)`` of each haemorrhage's radius and density,
+            drawn uniformly (default 6-15 mm, 58-72 HU: obvious bleeds; grey matter is about
+            38 HU, so 40-50 HU bleeds are subtle). The same seed with other ranges moves only
+            the bleeds' size and density.
         lesion_contrast: share of the lesion-minus-tissue contrast kept, in [0.05, 1]:
             each voxel's value is ``healthy + c * (lesioned - healthy)``, where
             ``healthy`` is the same subject without its lesion compartments (mass effect
@@ -170,6 +176,7 @@ def make_subject(
     _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation,
               lesion_contrast, variation)
     spacing, lesion_contrast, variation = float(spacing), float(lesion_contrast), float(variation)
+    bleed_radius_mm, bleed_hu = bleed_ranges(bleed_radius_mm, bleed_hu)
     rng = np.random.default_rng(int(seed))
     # Drawn even when given, so that naming the drawn scenario rebuilds the same subject.
     if kind == "healthy":
@@ -190,7 +197,8 @@ def make_subject(
 
     lesions: List[Lesion] = []
     if kind != "healthy":
-        lesions = place_lesions(rng, anatomy, kind, scenario, scale, mass_effect=mass_effect)
+        lesions = place_lesions(rng, anatomy, kind, scenario, scale, mass_effect=mass_effect,
+                                bleed_radius_mm=bleed_radius_mm, bleed_hu=bleed_hu)
     values = subject_values(rng, modality, variation)
     pose = random_pose(rng, max_rotation_deg, max_shift_mm)
 

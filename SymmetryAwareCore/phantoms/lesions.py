@@ -13,17 +13,50 @@ positions across x = 0, the head's true plane), or on the midline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .anatomy import Anatomy
 from .deformation import RadialPush, SmoothField
 
-__all__ = ["Lesion", "FINDINGS", "PLACEMENTS", "place_lesions"]
+__all__ = ["Lesion", "FINDINGS", "PLACEMENTS", "BLEED_RADIUS_MM", "BLEED_HU", "bleed_ranges", "place_lesions"]
 
 FINDINGS = ("glioma", "haemorrhage", "wml")
 PLACEMENTS = ("unilateral", "bilateral", "midline")
+# Default haemorrhage draws (uniform): large, fresh, obvious bleeds, 20-45 HU above brain
+# tissue (grey matter ~38, white ~28 HU). Smaller or fainter bleeds are asked for with
+# ``bleed_radius_mm`` / ``bleed_hu``: acute blood is 50-90 HU, but an ageing, anaemic or
+# partial-volumed bleed comes down to within a few HU of grey matter.
+BLEED_RADIUS_MM = (6.0, 15.0)
+BLEED_HU = (58.0, 72.0)
+# Accepted ranges: a bleed below 1 mm is below any scanner's resolution; above 30 mm it no
+# longer fits the brain; HU outside 0-150 is not blood.
+_BLEED_RADIUS_LIMITS = (1.0, 30.0)
+_BLEED_HU_LIMITS = (0.0, 150.0)
+
+
+def bleed_ranges(radius_mm=None, hu=None) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """Checked ``(radius_mm, hu)`` ranges of haemorrhages, each ``(low, high)``; None: the default.
+
+    Raises :class:`~SymmetryAwareCore.errors.InputError` naming the range that is wrong.
+    """
+    from ..errors import InputError
+
+    out = []
+    for value, default, (lo_limit, hi_limit), name in ((radius_mm, BLEED_RADIUS_MM, _BLEED_RADIUS_LIMITS, "bleed radius (mm)"),
+                                                       (hu, BLEED_HU, _BLEED_HU_LIMITS, "bleed density (HU)")):
+        if value is None:
+            out.append(tuple(default))
+            continue
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be two numbers LOW,HIGH, got {value!r}") from None
+        if not (lo_limit <= lo <= hi <= hi_limit):
+            raise InputError(f"{name} must satisfy {lo_limit:g} <= LOW <= HIGH <= {hi_limit:g}, got {lo:g},{hi:g}")
+        out.append((lo, hi))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)
@@ -116,7 +149,8 @@ def _candidates(anatomy: Anatomy, finding: str, placement: str, depth_mm: float)
     return pts
 
 
-def _one(rng: np.random.Generator, finding: str, centre: np.ndarray, mass_effect: bool) -> Lesion:
+def _one(rng: np.random.Generator, finding: str, centre: np.ndarray, mass_effect: bool,
+         bleed_radius_mm=BLEED_RADIUS_MM, bleed_hu=BLEED_HU) -> Lesion:
     shape = SmoothField.random(rng, amplitude_mm=1.0, wavelength_mm=25.0, waves=6)
     if finding == "glioma":
         radius = rng.uniform(10.0, 18.0)
@@ -127,9 +161,10 @@ def _one(rng: np.random.Generator, finding: str, centre: np.ndarray, mass_effect
         push = RadialPush(centre, push_radius, fade_mm=3 * radius + 20) if mass_effect else None
         return Lesion(finding, centre, radius, shape, rim_mm=rim, oedema_mm=oedema, push=push)
     if finding == "haemorrhage":
-        radius = rng.uniform(6.0, 15.0)
+        # One uniform draw each whatever the range, so other draws of the subject do not move.
+        radius = rng.uniform(*bleed_radius_mm)
         push = RadialPush(centre, 0.6 * radius, fade_mm=3 * radius + 20) if mass_effect else None
-        return Lesion(finding, centre, radius, shape, value_hu=rng.uniform(58.0, 72.0), push=push)
+        return Lesion(finding, centre, radius, shape, value_hu=rng.uniform(*bleed_hu), push=push)
     return Lesion(finding, centre, rng.uniform(2.5, 5.0), shape, irregularity=0.08)
 
 
@@ -140,12 +175,16 @@ def place_lesions(
     placement: str,
     head_scale: np.ndarray,
     mass_effect: bool = True,
+    bleed_radius_mm: Tuple[float, float] = BLEED_RADIUS_MM,
+    bleed_hu: Tuple[float, float] = BLEED_HU,
 ) -> List[Lesion]:
     """Draw the lesions of one patient.
 
     ``unilateral``: one lesion (WML: several, all on one side). ``bilateral``: lesions in
     mirror positions across x = 0 of head space. ``midline``: centred within a few mm of
     x = 0. Candidate centres come from template tissue maps and are scaled to head space.
+    Haemorrhages draw their radius (mm) and density (HU) uniformly from ``bleed_radius_mm``
+    and ``bleed_hu`` (each ``(low, high)``).
     """
     if finding not in FINDINGS:
         raise ValueError(f"unknown finding {finding!r}; expected one of {FINDINGS}")
@@ -165,7 +204,7 @@ def place_lesions(
         centre = pool[rng.integers(len(pool))].copy()
         if placement == "midline":
             centre[0] = 0.0
-        lesions.append(_one(rng, finding, centre, mass_effect))
+        lesions.append(_one(rng, finding, centre, mass_effect, bleed_radius_mm, bleed_hu))
         if placement == "bilateral":
-            lesions.append(_one(rng, finding, centre * mirror, mass_effect))
+            lesions.append(_one(rng, finding, centre * mirror, mass_effect, bleed_radius_mm, bleed_hu))
     return lesions

@@ -58,6 +58,14 @@ class ModelCard:
         return str(self.raw.get("version", ""))
 
     @property
+    def findings(self) -> Tuple[str, ...]:
+        """Scan-level findings of a classifier card (``postprocessing.findings``); empty for a
+        segmentation model. The module segments; a classifier runs with ``symmetryaware classify``."""
+        from SymmetryAwareCore.contract import card_findings
+
+        return card_findings(self.raw)
+
+    @property
     def measured_times(self) -> Dict:
         """``{"cpu_s": ..., "gpu_s": ...}`` when the card records measured run times."""
         times = self.raw.get("measured_times") or self.raw.get("timing") or {}
@@ -67,6 +75,9 @@ class ModelCard:
         """A few lines for the panel: modality, channels, licence, training data, times."""
         lines = [f"{self.title or self.name} {self.version}".strip()]
         lines.append(f"Modality: {self.modality or 'not stated'}; channels: {', '.join(self.channel_names)}")
+        if self.findings:
+            lines.append(f"Scan-level classifier ({', '.join(self.findings)}): gives one probability per scan, "
+                         "no segmentation; run it with `symmetryaware classify`")
         lines.append(f"Licence: {self.licence or 'not stated'}")
         if self.training_data:
             data = self.training_data if len(self.training_data) <= 240 else self.training_data[:237] + "..."
@@ -104,7 +115,8 @@ def read_model_card(path: Union[str, Path]) -> ModelCard:
 
 
 def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
-    """Model cards (``*.json`` with a ``channels`` list) in ``folders``, first folder wins a name."""
+    """Model cards (``*.json`` with a ``channels`` list) in ``folders``, first folder wins a name;
+    scan-level classifiers after the segmentation models."""
     cards: Dict[str, ModelCard] = {}
     for folder in folders:
         folder = Path(folder)
@@ -118,7 +130,9 @@ def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
             except (ValueError, RecursionError):
                 continue  # other JSON files (reports, manifests) live beside models
             cards.setdefault(card.name, card)
-    return list(cards.values())
+    # Segmentation models first (stable otherwise): the first one is the panel's default, and
+    # the panel segments.
+    return sorted(cards.values(), key=lambda card: bool(card.findings))
 
 
 def channel_assignment_text(card: ModelCard, names: Sequence[str]) -> str:

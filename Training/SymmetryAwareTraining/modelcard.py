@@ -21,7 +21,7 @@ import torch.nn as nn
 from SymmetryAwareCore.errors import InputError
 from SymmetryAwareCore.io.atomic import atomic_path
 
-__all__ = ["write_model_card", "read_trained_model", "PLAIN_FORMAT"]
+__all__ = ["write_model_card", "read_trained_model", "to_shipping_precision", "PLAIN_FORMAT"]
 
 PLAIN_FORMAT = "symmetryaware-training-plain"
 
@@ -96,3 +96,17 @@ def read_trained_model(path, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
         raise InputError("model card not found", path)
     model, card = load_model(path, device)
     return model.eval(), dict(card.extra, preprocessing=card.preprocessing)
+
+
+def to_shipping_precision(network: nn.Module) -> nn.Module:
+    """Shrink a network for bundling, in place: float16 weights, and the Swin blocks'
+    relative-position index tables (int64, about 1 MB each, values < 2^15) as int16.
+    Loading casts both back; inference runs in float32."""
+    import torch
+
+    network = network.half()
+    for module in network.modules():
+        index = getattr(module, "relative_position_index", None)
+        if isinstance(index, torch.Tensor) and index.dtype == torch.int64 and int(index.max()) < 2**15:
+            module.relative_position_index = index.to(torch.int16)
+    return network

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 
 def _saca_text(network) -> str:
@@ -57,6 +56,7 @@ def main() -> None:
     from SymmetryAwareCore.preprocessing import Preprocessing
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.metrics import labels_to_regions, segmentation_metrics, summarise
+    from SymmetryAwareTraining.modelcard import to_shipping_precision
 
     network, run_card = load_model(args.run / "model.json")
     config = run_card.extra.get("training", {}).get("config", {})
@@ -91,14 +91,7 @@ def main() -> None:
         },
         **brats_card_fields(),
     )
-    # Shipping size: float16 weights, and the Swin blocks' relative-position index tables
-    # (int64, about 1 MB each, values < 2^15) as int16; loading casts both back.
-    network = network.half()
-    for module in network.modules():
-        index = getattr(module, "relative_position_index", None)
-        if isinstance(index, torch.Tensor) and index.dtype == torch.int64 and int(index.max()) < 2**15:
-            module.relative_position_index = index.to(torch.int16)
-    save_model(network, args.output, card)
+    save_model(to_shipping_precision(network), args.output, card)
     shipped_network, shipped_card = load_model(args.output)  # evaluate what users will load
     shipped = LoadedModel(shipped_network, shipped_card, str(args.output))
 
