@@ -24,6 +24,7 @@ COMMANDS = (
     "msp",
     "phantom",
     "models",
+    "interactive",
 )
 
 

@@ -195,7 +195,9 @@ def find_model_card(name_or_path: Optional[str]) -> Optional[Path]:
     if name_or_path in (None, "", DEFAULT_NAME):
         from ..contract import card_findings
 
-        bundled = _cards_in(BUNDLED_DIR)
+        # Interactive (promptable) models take clicks: never the default of `segment`.
+        bundled = [p for p in _cards_in(BUNDLED_DIR)
+                   if "guidance_channels" not in ((_card_data(p) or {}).get("kwargs") or {})]
         default = [p for p in bundled if (_card_data(p) or {}).get("default")]
         # Without a marked default, the first segmentation model: `segment` is the main job,
         # and a scan-level classifier bundled beside it cannot do it.

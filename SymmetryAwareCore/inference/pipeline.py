@@ -37,6 +37,7 @@ from ..io.image import Image
 from ..io.labels import LABEL_TABLES, LabelInfo, label_table
 from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
+from ..geometry.symmetric_frame import resample_to_grid
 from ..preprocessing import PreparedCase, Preprocessing, brain_box, prepare_case
 from .attention_maps import NativeAttentionMaps, attention_point_voxel, native_attention_maps
 from .engine import InferenceSettings, run_paired_inference
@@ -49,8 +50,8 @@ from .zero_shot import DEFINITION as ZERO_SHOT_DEFINITION
 from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
 
 __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
-           "prepare_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
-           "probabilities_to_native", "write_case_outputs", "model_symmetry_head"]
+           "prepare_for_model", "prepare_loaded_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
+           "probabilities_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,11 @@ def model_preprocessing(model: LoadedModel) -> Preprocessing:
     return spec
 
 
+def _preparation_options(options: "SegmentOptions") -> dict:
+    return {"msp_on_failure": options.msp_on_failure, "on_not_head": "error" if options.require_head else "warn",
+            "roi_center_ras": options.roi_center_ras, "roi_size_mm": options.roi_size_mm}
+
+
 def prepare_for_model(paths: Sequence[Path], model: LoadedModel, options: Optional["SegmentOptions"] = None,
                       progress: Optional[Callable[[str, float], None]] = None) -> PreparedCase:
     """Part 1: the case prepared exactly as the model's card says (as training prepared it).
@@ -177,12 +183,19 @@ def prepare_for_model(paths: Sequence[Path], model: LoadedModel, options: Option
         [Path(p) for p in paths],
         [c.name for c in model.card.channels],
         model_preprocessing(model),
-        msp_on_failure=options.msp_on_failure,
-        on_not_head="error" if options.require_head else "warn",
-        roi_center_ras=options.roi_center_ras,
-        roi_size_mm=options.roi_size_mm,
+        **_preparation_options(options),
         **extra,
     )
+
+
+def prepare_loaded_for_model(image: Image, model: LoadedModel,
+                             options: Optional["SegmentOptions"] = None) -> PreparedCase:
+    """Part 1 for a scan already loaded, channels in the model's order, on the grid outputs
+    must have (the interactive session keeps the grid of the FIRST file the user gave,
+    whichever channel it is)."""
+    from ..preprocessing import prepare_image
+
+    return prepare_image(image, model_preprocessing(model), **_preparation_options(options or SegmentOptions()))
 
 
 @dataclass
@@ -224,6 +237,9 @@ def predict_case(
     """
     options = options or SegmentOptions()
     card = model.card
+    if hasattr(model.network, "guidance_channels"):
+        raise InputError(f"model {card.name or card.architecture} is interactive (it takes clicks): use "
+                         "`symmetryaware interactive` or the Slicer module's click tools")
     attention_point = None
     if options.attention_from_ras is not None:  # checked before the costly part
         if not getattr(model.network, "use_saca", False):
@@ -251,18 +267,46 @@ def predict_case(
                       str(fallback.device), list(fallback.events), attention_point)
 
 
-def probabilities_to_native(probabilities: np.ndarray, prepared: PreparedCase, card) -> np.ndarray:
+def probabilities_to_native(probabilities: np.ndarray, prepared: PreparedCase, card,
+                            region: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> np.ndarray:
     """``(out, W, H, D)`` frame probabilities -> ``(out, X, Y, Z)`` float16 on the input's grid.
 
     Linear, one channel at a time (the float32 working copy is one channel; the result is
     kept in float16, ample for thresholds at 0.5); native voxels outside the frame get the
-    background probabilities.
+    background probabilities. ``region = (ijk_min, ijk_max)`` (half-open, native voxels)
+    computes only that block of the input's grid, voxel for voxel what the whole grid would
+    hold there (interactive updates).
     """
     outside = outside_probabilities(card)
-    out = np.empty((probabilities.shape[0],) + tuple(prepared.frame.native_shape), np.float16)
+    frame = prepared.frame
+    if region is None:
+        out = np.empty((probabilities.shape[0],) + tuple(frame.native_shape), np.float16)
+        for c in range(probabilities.shape[0]):
+            out[c] = frame.to_native(probabilities[c], "linear", fill=float(outside[c]))
+        return out
+    lo, hi = (np.asarray(v, int) for v in region)
+    block = np.eye(4)
+    block[:3, 3] = lo
+    out = np.empty((probabilities.shape[0],) + tuple(int(v) for v in hi - lo), np.float16)
     for c in range(probabilities.shape[0]):
-        out[c] = prepared.frame.to_native(probabilities[c], "linear", fill=float(outside[c]))
+        out[c] = resample_to_grid(probabilities[c], frame.affine, frame.native_affine @ block, hi - lo, "linear",
+                                  fill=float(outside[c]))
     return out
+
+
+def outside_head_native(prepared: PreparedCase, spec: Preprocessing,
+                        region: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> Optional[np.ndarray]:
+    """``(X, Y, Z)`` bool (or the ``region`` block): input voxels that never get a label, or None.
+
+    Models normalised ``zscore-nonzero`` only ever saw the head: voxels outside it (all
+    channels 0) get no label.
+    """
+    if spec.normalisation != "zscore-nonzero":
+        return None
+    scan = prepared.image.array if prepared.image.array.ndim == 4 else prepared.image.array[None]
+    if region is not None:
+        scan = scan[(slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(*region))]
+    return ~np.any(scan != 0, axis=0)
 
 
 def _foreground(probabilities: np.ndarray, card) -> np.ndarray:
@@ -317,12 +361,11 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     card = model.card
     spec = model_preprocessing(model)
     labels = labels_from_probabilities(probabilities_to_native(prediction.probabilities, prepared, card), card)
-    if spec.normalisation == "zscore-nonzero":
-        # Such models only ever saw the head: voxels outside it (all channels 0) get no label.
-        scan = prepared.image.array if prepared.image.array.ndim == 4 else prepared.image.array[None]
-        labels[~np.any(scan != 0, axis=0)] = 0
+    outside = outside_head_native(prepared, spec)
+    if outside is not None:
+        labels[outside] = 0
     if options.roi_center_ras is not None:
-        labels[~_roi_mask_native(prepared.native, options.roi_center_ras, options.roi_size_mm)] = 0
+        labels[~roi_mask_native(prepared.native, options.roi_center_ras, options.roi_size_mm)] = 0
     asymmetry = prepared.frame.to_native(signed_asymmetry(_foreground(prediction.probabilities, card)), "linear")
     attention = None
     if prediction.attention is not None:
@@ -353,10 +396,13 @@ def _label_infos(model: LoadedModel) -> List[LabelInfo]:
     ]
 
 
-def _roi_mask_native(like: Image, center, size_mm) -> np.ndarray:
-    """Voxels of ``like``'s grid inside the axis-aligned RAS box ``center`` +- size / 2."""
-    shape = like.spatial_shape
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+def roi_mask_native(like: Image, center, size_mm,
+                    region: Optional[Tuple[Sequence[int], Sequence[int]]] = None) -> np.ndarray:
+    """Voxels of ``like``'s grid (or of its ``region`` block, half-open ``(ijk_min, ijk_max)``)
+    whose centres lie inside the axis-aligned RAS box ``center`` +- size / 2."""
+    lo, hi = ((0, 0, 0), like.spatial_shape) if region is None else region
+    shape = tuple(int(b) - int(a) for a, b in zip(lo, hi))
+    ijk = np.stack(np.meshgrid(*[np.arange(int(a), int(b)) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
     xyz = like.voxel_to_world(ijk)
     inside = np.all(np.abs(xyz - np.asarray(center)) <= np.asarray(size_mm) / 2.0, axis=1)
     return inside.reshape(shape)

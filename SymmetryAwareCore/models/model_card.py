@@ -40,6 +40,8 @@ CARD_VERSION = 1
 _INT, _FLOAT, _RATE = "int", "float", "rate"
 KWARG_RANGES: Dict[str, Tuple[str, float, float]] = {
     "in_channels": (_INT, 1, 16),
+    "image_channels": (_INT, 1, 16),
+    "guidance_channels": (_INT, 0, 8),
     "out_channels": (_INT, 1, 64),
     "feature_size": (_INT, 12, 192),
     "in_features": (_INT, 1, 4096),
@@ -270,7 +272,7 @@ class ModelCard:
         _check_kwargs(self.kwargs, path)
         _check_preprocessing(self.preprocessing, path)
         _check_postprocessing(self.postprocessing, path)
-        in_ch = self.kwargs.get("in_channels")
+        in_ch = self.kwargs.get("in_channels", self.kwargs.get("image_channels"))
         network_channels = len(self.channels)
         if all(k in self.preprocessing for k in ("spacing", "roi_size", "normalisation")):
             # CT: one network channel per HU window of each scan (the preparation's rule).

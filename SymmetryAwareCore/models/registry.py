@@ -15,6 +15,7 @@ ARCHITECTURES: Dict[str, str] = {
     "SASwinUNETR": "SymmetryAwareCore.models.sa_swin_unetr:SASwinUNETR",
     "SASwinClassifier": "SymmetryAwareCore.models.sa_swin_classifier:SASwinClassifier",
     "SASwinPretrainer": "SymmetryAwareCore.models.symmetry_head:SASwinPretrainer",
+    "PromptableSASwinUNETR": "SymmetryAwareCore.models.promptable:PromptableSASwinUNETR",
 }
 
 

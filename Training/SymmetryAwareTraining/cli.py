@@ -29,6 +29,7 @@ TRAIN_COMMANDS = {
     "pretrain": "symmetry-aware pretraining (rotation, contrastive, inpainting, symmetry loss)",
     "finetune-seg": "fine-tune SA-Swin UNETR for BraTS regions TC, WT, ET",
     "finetune-cls": "fine-tune the SA-Swin classifier for scan-level findings",
+    "finetune-interactive": "train the promptable SA-Swin with simulated clicks (interactive segmentation)",
 }
 
 # Shortcut flags and the config keys they set.

@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "PretrainConfig",
     "ValidationConfig",
+    "InteractiveConfig",
     "RunConfig",
     "check_config",
     "load_config",
@@ -175,6 +176,26 @@ class ValidationConfig:
 
 
 @dataclass
+class InteractiveConfig:
+    """Click training (``finetune-interactive``; see :class:`.tasks.InteractiveSegmentationTask`)."""
+
+    region: str = "WT"
+    """The BraTS region that is the binary target (WT: whole tumour)."""
+    max_rounds: int = 2
+    """No-gradient click rounds before the supervised pass: 0..max_rounds, drawn per batch."""
+    no_click_fraction: float = 0.1
+    """Share of samples with no guidance (keeps the automatic first pass)."""
+    box_fraction: float = 0.2
+    """Share of samples that also get a box around the object."""
+    box_margin: int = 4
+    """A training box is the object's bounding box grown by 0..box_margin voxels per side."""
+    click_sigma: float = 2.0
+    """Click blob width in frame voxels (the card records it; the session draws clicks alike)."""
+    init_output_channels: List[int] = field(default_factory=lambda: [1])
+    """Output channels of the init checkpoint that become this network's outputs (1: WT of TC, WT, ET)."""
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,9 +203,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
 
 
-_SWIN_MODELS = ("SASwinUNETR", "SASwinClassifier", "SASwinPretrainer")
+_SWIN_MODELS = ("SASwinUNETR", "SASwinClassifier", "SASwinPretrainer", "PromptableSASwinUNETR")
 # Bounds against values that would only exhaust memory: a crop of 512^3 voxels is 4 x larger
 # than a whole BraTS case; feature size 192 is 4 x the paper's network width (16 x its weights).
 _MAX_ROI = 512
@@ -258,6 +280,12 @@ def check_config(config: RunConfig) -> None:
     need(v.sw_batch_size >= 1 and v.max_cases >= 0, "validation.sw_batch_size must be >= 1, max_cases >= 0")
     need(v.publish in ("best", "last"), f"validation.publish must be best or last, got {v.publish!r}")
     need(not (v.patience and not v.every), "validation.patience needs validation.every > 0")
+    it = config.interactive
+    need(0 <= it.max_rounds <= 20, f"interactive.max_rounds must be 0..20, got {it.max_rounds}")
+    need(0.0 <= it.no_click_fraction <= 1.0 and 0.0 <= it.box_fraction <= 1.0,
+         "interactive.no_click_fraction and interactive.box_fraction must be in [0, 1]")
+    need(it.box_margin >= 0 and 0.25 <= it.click_sigma <= 10.0,
+         "interactive.box_margin must be >= 0 and interactive.click_sigma in [0.25, 10] voxels")
     if m.init_checkpoint:
         need(Path(m.init_checkpoint).is_file(), f"model.init_checkpoint {m.init_checkpoint} not found")
 

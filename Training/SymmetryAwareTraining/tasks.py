@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,8 @@ from .data import PairedCropDataset, WholeScanDataset
 from .datalist import check_leakage, load_datalist, subset_fraction
 from .metrics import REGIONS
 
-__all__ = ["build_model", "load_init_weights", "resolve_callable", "set_output_prior", "SegmentationTask",
-           "ClassificationTask", "PretrainTask", "task_for"]
+__all__ = ["build_model", "load_init_weights", "channel_adapter", "resolve_callable", "set_output_prior",
+           "SegmentationTask", "ClassificationTask", "PretrainTask", "InteractiveSegmentationTask", "task_for"]
 
 
 
@@ -63,7 +63,40 @@ _REQUIRED_PREFIXES = ("swinViT.", "saca.")
 pretraining trains. Decoders and heads may be fresh."""
 
 
-def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, log=None) -> Dict[str, int]:
+def channel_adapter(output_channels: Optional[Sequence[int]] = None) -> Callable:
+    """An ``adapt`` for :func:`load_init_weights` when the new network has more INPUT channels
+    and/or fewer OUTPUT channels than the checkpoint's (e.g. the promptable SA-Swin from the
+    automatic glioma model).
+
+    - A tensor whose axis 1 (input channels) is larger in the model, all other axes equal (the
+      input convolutions ``swinViT.patch_embed.proj.weight``, ``encoder1...conv.weight``): the
+      checkpoint's channels first, the extra channels' weights ZERO, so the extra inputs
+      (guidance) change nothing until training moves them.
+    - A tensor of the output layer ``out.*`` whose axis 0 (output channels) differs: the
+      checkpoint's channels ``output_channels`` in that order (e.g. ``[1]``: WT of TC, WT, ET).
+
+    Anything else is returned unchanged (and reported by the loader if it does not fit).
+    """
+
+    def adapt(key: str, value, own):
+        import torch
+
+        if value.ndim == own.ndim >= 2 and value.shape[1] < own.shape[1] and value.shape[0] == own.shape[0] \
+                and value.shape[2:] == own.shape[2:]:
+            out = torch.zeros_like(own, dtype=value.dtype)
+            out[:, : value.shape[1]] = value
+            return out
+        if output_channels is not None and key.startswith("out.") and value.ndim == own.ndim >= 1 \
+                and value.shape[0] != own.shape[0] and len(output_channels) == own.shape[0]:
+            picked = value[list(output_channels)]
+            return picked if picked.shape == own.shape else value
+        return value
+
+    return adapt
+
+
+def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, log=None,
+                      adapt: Optional[Callable] = None) -> Dict[str, int]:
     """Initialise ``model`` from a training checkpoint, card weights or MONAI/SSL weights.
 
     Any weight file the project reads (``.safetensors``; ``.pt``/``.pth``/``.ckpt`` with
@@ -79,7 +112,11 @@ def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, 
     matches instead, and says how much. A network without encoder or SACA keys (a plug-in)
     needs at least one matching tensor.
 
-    Returns counts: ``loaded``, ``required``, ``required_loaded``, ``fresh``, ``ignored``.
+    ``adapt(key, checkpoint tensor, model tensor) -> tensor``, applied to every tensor whose
+    shape differs from the model's before anything is checked (see :func:`channel_adapter`);
+    the count of tensors it reshaped is ``adapted``.
+
+    Returns counts: ``loaded``, ``required``, ``required_loaded``, ``fresh``, ``ignored``, ``adapted``.
     """
     from SymmetryAwareCore.models.checkpoints import read_state_dict
     from SymmetryAwareCore.models.monai_weights import normalise_monai_keys
@@ -94,6 +131,13 @@ def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, 
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputError(f"not a usable weights file ({first})", source) from None
     own = model.state_dict()
+    adapted = 0
+    if adapt is not None:
+        for k in list(state):
+            if k in own and state[k].shape != own[k].shape:
+                new = adapt(k, state[k], own[k])
+                if new.shape != state[k].shape:
+                    state[k], adapted = new, adapted + 1
     top = {k.split(".")[0] for k in own}
     required = {k for k in own if k.startswith(_REQUIRED_PREFIXES)}
     missing = sorted(required - set(state))
@@ -117,9 +161,12 @@ def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, 
                          source)
     model.load_state_dict(usable, strict=False)
     counts = {"loaded": len(usable), "required": len(required), "required_loaded": len(required & set(usable)),
-              "fresh": len(set(own) - set(usable)), "ignored": len(ignored) + len(unexpected) + len(wrong)}
+              "fresh": len(set(own) - set(usable)), "ignored": len(ignored) + len(unexpected) + len(wrong),
+              "adapted": adapted}
     line = (f"symmetryaware-train: init weights {source.name}: loaded {counts['loaded']} of {len(own)} tensors "
             f"(encoder+SACA {counts['required_loaded']}/{counts['required']}), {counts['fresh']} left as initialised")
+    if adapted:
+        line += f"; {adapted} tensor(s) adapted (extra input channels zero, output channels selected)"
     if ignored:
         line += f"; ignored {len(ignored)} key(s) of modules the model lacks: {', '.join(ignored)}"
     if problems:
@@ -421,7 +468,113 @@ class PretrainTask(_ModelTask):
         return {"loss": losses.pop("total"), **losses}
 
 
-_TASKS = {"pretrain": PretrainTask, "finetune-seg": SegmentationTask, "finetune-cls": ClassificationTask}
+class InteractiveSegmentationTask(SegmentationTask):
+    """Click training of the promptable SA-Swin (``finetune-interactive``).
+
+    Standard iterative scheme (Sakinis et al. 2019; DeepEdit; RITM): per sample, the
+    simulated annotator (:func:`SymmetryAwareCore.interactive.clicker.next_click`, the one
+    clicker) gives a first click inside the object; then ``0..interactive.max_rounds``
+    rounds (drawn per batch) run the network WITHOUT gradient on the current guidance and
+    add the clicker's next click on its errors; the last pass is supervised (Dice + BCE on
+    the binary target ``interactive.region`` of the BraTS regions, WT by default). With
+    probability ``interactive.no_click_fraction`` a sample has no guidance at all, so the
+    network stays an automatic model with empty guidance (the automatic first pass); with
+    ``interactive.box_fraction`` it also gets a box (the object's bounding box grown by
+    0..``interactive.box_margin`` voxels per side).
+
+    The counterpart is encoded once per batch without gradient and with EMPTY guidance, as
+    the session caches it; clicks are drawn on the crop after augmentation, so they follow
+    the crop's flips and turns. Random draws use torch's global generator, whose state
+    the engine checkpoints, so a resumed run continues the same stream.
+    """
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        from .metrics import REGIONS
+
+        i = config.interactive
+        if i.region not in REGIONS:
+            raise InputError(f"interactive.region must be one of {', '.join(REGIONS)}, got {i.region!r}")
+        self.region = REGIONS.index(i.region)
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.config.model.name, self.config.model.kwargs)
+        if not hasattr(model, "guidance_channels"):
+            raise InputError(f"finetune-interactive needs a promptable network (PromptableSASwinUNETR), "
+                             f"not {self.config.model.name}")
+        self.initialise(model)
+        if self.config.model.init_checkpoint:
+            channels = self.config.interactive.init_output_channels or None
+            load_init_weights(model, self.config.model.init_checkpoint, self.config.model.init_allow_partial,
+                              adapt=channel_adapter(channels))
+        return model
+
+    def card_metadata(self) -> Dict[str, Any]:
+        from SymmetryAwareCore.interactive.session import card_interactive_block
+
+        i = self.config.interactive
+        card = _card_common(self.config, "interactive", labels=[(1, "lesion", [250, 120, 40])],
+                            extra={"interactive": card_interactive_block(i.click_sigma, i.region)},
+                            description="Promptable SA-Swin UNETR: image + guidance (positive clicks, negative "
+                                        "clicks, box) -> binary lesion")
+        card["postprocessing"] = {"activation": "sigmoid", "regions": {"lesion": [1]}, "threshold": 0.5}
+        return card
+
+    def validate(self, model, env):  # the 3-region validation does not apply
+        raise InputError("finetune-interactive has no validation during training; set validation.every=0 "
+                         "(Benchmarks/interactive_benchmark.py scores clicks on held-out cases)")
+
+    def loss(self, model, batch):
+        import torch
+
+        from SymmetryAwareCore.interactive.clicker import next_click
+        from SymmetryAwareCore.interactive.guidance import Guidance, guidance_volume
+
+        from .checkpoint import unwrap
+
+        i = self.config.interactive
+        net = unwrap(model)
+        image, counterpart = batch["image"], batch["counterpart"]
+        target = batch["label"][:, self.region : self.region + 1]
+        truths = [(t[0] > 0.5).cpu().numpy() for t in target]
+        shape = tuple(image.shape[2:])
+        guides = []
+        for truth in truths:
+            g = Guidance()
+            if float(torch.rand(())) >= i.no_click_fraction:
+                first = next_click(None, truth)
+                if first is not None:
+                    g.add(first.voxel, first.positive)
+                if truth.any() and float(torch.rand(())) < i.box_fraction:
+                    idx = np.argwhere(truth)
+                    grow = torch.randint(0, i.box_margin + 1, (2, 3)).numpy()
+                    g.box = (tuple(idx.min(0) - grow[0]), tuple(idx.max(0) + grow[1]))
+            guides.append(g)
+
+        def inputs():
+            maps = np.stack([guidance_volume(shape, g, i.click_sigma) for g in guides])
+            return torch.cat([image, torch.from_numpy(maps).to(image.device, image.dtype)], dim=1)
+
+        with torch.no_grad():
+            cached = net.encode_counterpart(counterpart)
+            rounds = int(torch.randint(0, i.max_rounds + 1, ()))
+            for _ in range(rounds):
+                active = [not g.empty for g in guides]
+                if not any(active):
+                    break
+                pred = (net(inputs(), counterpart_features=cached) > 0).cpu().numpy()[:, 0]
+                for b, g in enumerate(guides):
+                    if active[b]:
+                        click = next_click(pred[b], truths[b])
+                        if click is not None:
+                            g.add(click.voxel, click.positive)
+        logits = model(inputs(), counterpart_features=cached).float()
+        dice, bce = self.dice(logits, target), self.bce(logits, target)
+        return {"loss": dice + bce, "dice": dice, "bce": bce, "rounds": torch.tensor(float(rounds))}
+
+
+_TASKS = {"pretrain": PretrainTask, "finetune-seg": SegmentationTask, "finetune-cls": ClassificationTask,
+          "finetune-interactive": InteractiveSegmentationTask}
 
 
 def task_for(command: str, config: RunConfig):

@@ -1,0 +1,137 @@
+"""Interactive segmentation on held-out phantoms with the simulated clicker, through InteractiveSession.
+
+For each case of the held-out fold (never used in training) and each condition, the simulated
+annotator (:func:`SymmetryAwareCore.interactive.clicker.next_click`, the one the training and
+the tests use) clicks on the session's mask, on the input's own grid, against the true whole
+tumour (BraTS labels 1, 2, 4 -> 1), up to ``--max-clicks`` clicks (10): the first click at the
+tumour's deepest point, each next one at the centre of the largest error component. Reported:
+
+- Dice after 1, 3 and 5 clicks (after the last click when the clicker stopped earlier because
+  the mask was perfect, which does not happen on these cases); clicking stops after 5 clicks
+  once Dice 0.90 has been reached (nothing reported depends on later clicks);
+- NoC@85 / NoC@90: clicks needed to reach Dice 0.85 / 0.90, counted as ``max_clicks`` when never
+  reached (the standard cap);
+- the automatic first pass (``auto``: no clicks) for reference;
+- click latency (``InteractiveSession.click``, wall clock), median and worst over every click
+  after each case's first (the first one may encode a counterpart window).
+
+Conditions: ``mirror`` (the method: the counterpart is the mirror window of the aligned scan)
+and ``--ablation self`` or ``zeros`` (the counterpart replaced by the window itself or by
+zeros; the SAME trained weights, so this measures what the trained network draws from the
+counterpart at test time, not what a network trained without it would do).
+
+    python Benchmarks/interactive_benchmark.py --datalist datasets/glioma_mixed/datalist.json \
+        --fold 0 --cases 6 --output interactive_benchmark.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def run_case(session, entry, max_clicks: int, root: Path, model=None) -> dict:
+    from SymmetryAwareCore.interactive.clicker import dice, next_click
+
+    images = [str(root / p) for p in entry["image"]]
+    label = nib.load(str(root / entry["label"]))
+    truth = np.asarray(label.dataobj) > 0  # whole tumour: every tumour label
+    spacing = np.linalg.norm(label.affine[:3, :3], axis=0)
+    started = time.perf_counter()
+    session.load(images, model)
+    load_s = time.perf_counter() - started
+    if session.mask.shape != truth.shape:
+        raise SystemExit(f"{entry['name']}: the session's grid {session.mask.shape} is not the label's {truth.shape}")
+    auto = None
+    if session.auto_available:
+        session.auto()
+        auto = dice(session.mask, truth)
+        session.reset()
+    dices, latencies = [], []
+    for _ in range(max_clicks):
+        click = next_click(session.mask, truth, spacing)
+        if click is None:
+            break
+        ras = (label.affine @ np.append(click.voxel, 1.0))[:3]
+        t = time.perf_counter()
+        session.click(ras, click.positive)
+        latencies.append(time.perf_counter() - t)
+        dices.append(dice(session.mask, truth))
+        if len(dices) >= 5 and max(dices) >= 0.90:
+            break  # NoC@85, NoC@90 and Dice after 1, 3, 5 clicks are all known
+
+    def noc(threshold: float) -> int:
+        return next((i + 1 for i, d in enumerate(dices) if d >= threshold), max_clicks)
+
+    def after(n: int) -> float:
+        return dices[min(n, len(dices)) - 1]
+
+    return {"case": entry["name"], "load_s": round(load_s, 2), "auto_dice": auto, "dice": dices,
+            "dice_1": after(1), "dice_3": after(3), "dice_5": after(5), "noc85": noc(0.85), "noc90": noc(0.90),
+            "latency_s": latencies}
+
+
+def summarise(rows: list) -> dict:
+    after_first = [t for r in rows for t in r["latency_s"][1:]]
+    mean = lambda key: float(np.mean([r[key] for r in rows if r[key] is not None])) if rows else None  # noqa: E731
+    return {"cases": len(rows), "auto_dice": mean("auto_dice"), "dice_1": mean("dice_1"), "dice_3": mean("dice_3"),
+            "dice_5": mean("dice_5"), "noc85": mean("noc85"), "noc90": mean("noc90"),
+            "latency_median_s": statistics.median(after_first) if after_first else None,
+            "latency_worst_s": max(after_first) if after_first else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datalist", required=True, type=Path)
+    parser.add_argument("--fold", type=int, default=0, help="the held-out fold (not used in training)")
+    parser.add_argument("--cases", type=int, default=0, help="first N cases of the fold, alternating between source "
+                        "folders (0: all)")
+    parser.add_argument("--model", default=None, help="model name or card (default: the bundled interactive model)")
+    parser.add_argument("--max-clicks", type=int, default=10)
+    parser.add_argument("--ablation", choices=["self", "zeros", "none"], default="self")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+
+    from SymmetryAwareCore.interactive.session import InteractiveSession
+
+    data = json.loads(args.datalist.read_text())
+    root = args.datalist.parent
+    held = [e for e in data.get("training", []) if e.get("fold") == args.fold]
+    if args.cases:
+        # Alternate between the source folders (3 mm and 2 mm phantoms) so a short run sees both.
+        groups = {}
+        for e in held:
+            groups.setdefault(str(Path(e["label"]).parent), []).append(e)
+        mixed = [e for pair in zip(*groups.values()) for e in pair] if len(groups) > 1 else held
+        held = mixed[: args.cases]
+    conditions = [("mirror", None)] + ([] if args.ablation == "none" else [(f"counterpart={args.ablation}", args.ablation)])
+    results = {"datalist": str(args.datalist), "fold": args.fold, "max_clicks": args.max_clicks,
+               "threads": args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
+               "load_average_at_start": os.getloadavg(), "conditions": {}}
+    for name, ablation in conditions:
+        session = InteractiveSession(threads=args.threads, ablation=ablation)
+        rows = []
+        for entry in held:
+            row = run_case(session, entry, args.max_clicks, root, args.model)
+            rows.append(row)
+            print(f"{name} {row['case']}: auto {row['auto_dice']}, dice@1/3/5 {row['dice_1']:.3f}/{row['dice_3']:.3f}/"
+                  f"{row['dice_5']:.3f}, NoC85 {row['noc85']}, NoC90 {row['noc90']}, latency median "
+                  f"{statistics.median(row['latency_s'][1:] or row['latency_s']):.2f} s", flush=True)
+            # Written after every case, so a run stopped on time still leaves its figures.
+            results["conditions"][name] = {"summary": summarise(rows), "cases": rows}
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+        print(name, json.dumps(results["conditions"][name]["summary"]), flush=True)
+    results["load_average_at_end"] = os.getloadavg()
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
