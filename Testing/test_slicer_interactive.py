@@ -379,3 +379,28 @@ def test_the_worker_dies_mid_session_and_the_next_click_still_lands(scene_sessio
     lines = wait_for(session, later)
     assert later.ok and later.restarted and lines[-1].startswith("worker restarted")
     np.testing.assert_array_equal(s["read"](s["lesion"]), cube_kji((4, 6, 3)) | cube_kji((8, 8, 6)))
+
+
+def test_roi_bounds_enclose_a_rotated_roi():
+    slicer = pytest.importorskip("slicer", reason="slicer-core is needed for markups")
+    import vtk
+
+    from SymmetryAwareSegLib.interactive_edit import roi_ras_bounds
+    from SymmetryAwareSegLib.nodes import new_scene
+
+    scene = new_scene()
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    if roi is None:
+        pytest.skip("this scene cannot hold a markups ROI")
+    roi.SetCenter(10.0, -5.0, 3.0)
+    roi.SetSize(20.0, 10.0, 4.0)
+    turn = vtk.vtkMatrix4x4()  # 90 degrees about S: the box's x axis points to A
+    turn.SetElement(0, 0, 0.0), turn.SetElement(0, 1, -1.0), turn.SetElement(1, 0, 1.0), turn.SetElement(1, 1, 0.0)
+    roi.SetAndObserveObjectToNodeMatrix(turn)
+    lo, hi = roi_ras_bounds(roi)
+    centre = [0.0, 0.0, 0.0]
+    roi.GetCenterWorld(centre)
+    np.testing.assert_allclose(hi - lo, [10.0, 20.0, 4.0], atol=1e-6)
+    np.testing.assert_allclose((hi + lo) / 2, centre, atol=1e-6)
+    request = box_request(lo, hi)
+    assert request["ras_min"] == [float(v) for v in lo]

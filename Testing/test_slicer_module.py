@@ -103,8 +103,8 @@ def test_ui_declares_its_custom_widgets_and_the_panel_widgets_exist():
     used = {cls for cls, _ in ui_widgets().values()}
     qt_builtin = {c for c in used if c.startswith("Q")}
     assert used - qt_builtin <= declared
-    # Names the panel code (widget.py) looks up on the ui.
-    source = (MODULE / "SymmetryAwareSegLib" / "widget.py").read_text()
+    # Names the panel code (widget.py, interactive_panel.py) looks up on the ui.
+    source = "".join((MODULE / "SymmetryAwareSegLib" / name).read_text() for name in ("widget.py", "interactive_panel.py"))
     wanted = set(re.findall(r"ui\.([A-Za-z0-9]+)", source)) | {f"inputVolume{i}Selector" for i in range(1, 5)}
     wanted.discard("get")
     missing = wanted - set(ui_widgets())

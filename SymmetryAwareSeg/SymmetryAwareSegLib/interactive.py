@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import os
 import queue
 import subprocess
 import tempfile
@@ -174,9 +173,11 @@ class WorkerDied(WorkerError):
 
 def interactive_command(python: Optional[str] = None, core_module: str = "SymmetryAwareCore",
                         device: Optional[str] = None) -> List[str]:
-    """``PythonSlicer -m SymmetryAwareCore interactive [--device D]`` (the segment run's launcher)."""
+    """``PythonSlicer -m SymmetryAwareCore interactive [--device D]`` (the segment run's launcher).
+
+    Without ``device`` the worker picks its own default (the CPU)."""
     command = [python or python_executable(), "-m", core_module, "interactive"]
-    if device and device != "auto":
+    if device:
         command += ["--device", device]
     return command
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -185,9 +185,13 @@ class InteractiveSession:
 
     def poll(self) -> List[str]:
         """Apply finished requests to the scene; one status line each."""
+        return [line for _pending, line in self.poll_pendings()]
+
+    def poll_pendings(self) -> List[Tuple[Pending, str]]:
+        """Apply finished requests to the scene; each with its status line."""
         if self.client is None:
             return []
-        return [self._status_line(p) for p in self.client.poll()]
+        return [(p, self._status_line(p)) for p in self.client.poll()]
 
     # -- requests -------------------------------------------------------------------------
     def load(self, volume_nodes: Sequence, model: Optional[str] = None) -> Pending:
