@@ -404,3 +404,81 @@ def test_roi_bounds_enclose_a_rotated_roi():
     np.testing.assert_allclose((hi + lo) / 2, centre, atol=1e-6)
     request = box_request(lo, hi)
     assert request["ras_min"] == [float(v) for v in lo]
+
+
+# -- the real worker (runs once the core's interactive package is merged) ----------------------
+@pytest.mark.slow
+def test_real_worker_drives_the_segment_and_matches_its_saved_mask(tmp_path):
+    """The real ``symmetryaware interactive`` with a tiny random-weight promptable model on a
+    tilted, LPS-stored glioma phantom: after each edit the segment equals the worker's own
+    saved mask (``save`` .nii.gz, on the first file's grid), compared in RAS through the grids."""
+    pytest.importorskip("slicer", reason="slicer-core is needed for the scene tests")
+    pytest.importorskip("SymmetryAwareCore.interactive.session", reason="the core's interactive worker is not here")
+    torch = pytest.importorskip("torch")
+    nib = pytest.importorskip("nibabel")
+    from SymmetryAwareCore.inference.model_source import brats_card_fields
+    from SymmetryAwareCore.interactive.session import card_interactive_block
+    from SymmetryAwareCore.io.writers import write_nifti
+    from SymmetryAwareCore.models.model_card import Label, ModelCard, save_model
+    from SymmetryAwareCore.models.promptable import PromptableSASwinUNETR
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    from SymmetryAwareSegLib.command import default_child_env
+    from SymmetryAwareSegLib.interactive_edit import InteractiveSession, segment_array
+    from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic
+    from SymmetryAwareSegLib.nodes import ijk_to_ras, new_scene
+
+    phantom = make_subject(11, "glioma", "mri", spacing=3.0, scenario="unilateral", orientation="LPS")
+    paths = []
+    for c, name in enumerate(phantom.image.channel_names):
+        paths.append(tmp_path / f"p011_{name}.nii.gz")
+        write_nifti(phantom.image.channel(c), paths[-1])
+    torch.manual_seed(0)
+    net = PromptableSASwinUNETR(image_channels=4, guidance_channels=3, out_channels=1, feature_size=12,
+                                depths=(1, 1, 1, 1), use_saca=True)
+    fields = brats_card_fields()
+    card = ModelCard(channels=fields["channels"], modality="MRI", labels=[Label(1, "lesion", (250, 120, 40))],
+                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"},
+                     postprocessing={"activation": "sigmoid", "regions": {"lesion": [1]}, "threshold": 0.5},
+                     name="tiny-interactive-slicer-test", extra={"interactive": card_interactive_block(2.0)})
+    card_path = save_model(net, tmp_path / "tiny.safetensors", card)
+
+    scene = new_scene()
+    logic = SymmetryAwareSegLogic(scene=scene, env={**default_child_env(), "OMP_NUM_THREADS": "2"})
+    volumes = [logic.read_volume(p) for p in reversed(paths)]  # any order: the worker matches names
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.CreateDefaultDisplayNodes()
+    lesion = segmentation.GetSegmentation().AddEmptySegment("lesion", "lesion", [1.0, 0.5, 0.1])
+    command = [sys.executable, "-m", "SymmetryAwareCore", "interactive", "--threads", "2"]
+    session = InteractiveSession(scene, command=command, env=logic.env, export_inputs=logic.export_inputs, timeout_s=300)
+    try:
+        load = session.load(volumes, str(card_path))
+        wait_for(session, load, limit=600)
+        assert load.ok, load.message
+        grid_volume = session.volume
+        target = session.target(segmentation, lesion)
+        affine = phantom.label.affine
+        centre = (affine @ np.append((np.asarray(phantom.label.spatial_shape) - 1) / 2.0, 1.0))[:3]
+        edits = [lambda: session.click(centre.tolist(), True, target),
+                 lambda: session.box((centre - 20).tolist(), (centre + 20).tolist(), target),
+                 lambda: session.undo()]
+        voxels = []
+        for index, edit in enumerate(edits):
+            pending = edit()
+            wait_for(session, pending, limit=600)
+            assert pending.ok, pending.message
+            voxels.append(pending.reply.get("voxels"))
+            saved = tmp_path / f"mask_{index}.nii.gz"
+            assert session.client.call({"cmd": "save", "path": str(saved)}).ok
+            image = nib.load(str(saved))
+            worker_mask = np.asarray(image.dataobj) > 0
+            # Each node voxel centre, found on the worker's grid through RAS.
+            node = segment_array(scene, segmentation, lesion, grid_volume)
+            k, j, i = np.meshgrid(*(np.arange(n) for n in node.shape), indexing="ij")
+            ras = np.stack([i, j, k, np.ones_like(i)], -1).reshape(-1, 4) @ ijk_to_ras(grid_volume).T
+            w = np.rint(ras @ np.linalg.inv(image.affine).T)[:, :3].astype(int)
+            np.testing.assert_array_equal(node.ravel() > 0, worker_mask[w[:, 0], w[:, 1], w[:, 2]])
+        assert session.client.starts == 1
+        assert voxels[2] == voxels[0] and any(voxels), voxels  # undo is back to the click's mask
+    finally:
+        session.close()
