@@ -482,3 +482,39 @@ def test_real_worker_drives_the_segment_and_matches_its_saved_mask(tmp_path):
         assert voxels[2] == voxels[0] and any(voxels), voxels  # undo is back to the click's mask
     finally:
         session.close()
+
+
+def test_direct_read_equals_slicers_export_for_shared_and_separate_layers(tmp_path):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is needed for the scene tests")
+    from SymmetryAwareSegLib import interactive_edit
+    from SymmetryAwareSegLib.interactive_edit import segment_array, set_segment_array
+    from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic
+    from SymmetryAwareSegLib.nodes import new_scene, set_volume_array
+
+    scene = new_scene()
+    SymmetryAwareSegLogic(scene=scene)  # registers the segmentation converters
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    set_volume_array(volume, np.zeros(SHAPE_KJI, np.float32), NODE_IJK_TO_RAS)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "s")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    ids = [segmentation.GetSegmentation().AddEmptySegment(n, n) for n in ("a", "b", "c")]
+    rng = np.random.default_rng(3)
+    a = (rng.random(SHAPE_KJI) > 0.7).astype(np.uint8)
+    b = (rng.random(SHAPE_KJI) > 0.7).astype(np.uint8) & (1 - a)  # disjoint: may share a layer
+    c = np.zeros(SHAPE_KJI, np.uint8)
+    c[2:4, 3:9, 1:5] = 1  # overlaps a: its own layer
+    for sid, values in zip(ids, (a, b, c)):
+        set_segment_array(scene, segmentation, sid, values, volume)
+    for sid, values in zip(ids, (a, b, c)):
+        direct = interactive_edit._internal_array(segmentation, sid, volume, SHAPE_KJI)
+        assert direct is not None  # the stored labelmaps are on the volume's grid here
+        np.testing.assert_array_equal(direct, values)
+        np.testing.assert_array_equal(segment_array(scene, segmentation, sid, volume), values)
+    # Another grid: the direct read steps aside and the export resamples.
+    other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other")
+    shifted = NODE_IJK_TO_RAS.copy()
+    shifted[:3, 3] += NODE_IJK_TO_RAS[:3, 0]  # one voxel along i
+    set_volume_array(other, np.zeros(SHAPE_KJI, np.float32), shifted)
+    assert interactive_edit._internal_array(segmentation, ids[2], other, SHAPE_KJI) is None
+    moved = segment_array(scene, segmentation, ids[2], other)
+    np.testing.assert_array_equal(moved[:, :, :-1], c[:, :, 1:])

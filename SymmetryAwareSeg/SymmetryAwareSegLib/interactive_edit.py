@@ -53,19 +53,27 @@ from .interactive import (
 from .nodes import array_from_volume, ijk_to_ras, set_volume_array
 from .tables import roi_geometry
 
-__all__ = ["InteractiveSession", "segment_array", "set_segment_array", "roi_ras_bounds"]
+__all__ = ["InteractiveSession", "segment_array", "set_segment_array", "roi_ras_bounds", "shape_kji"]
 
 
 def segment_array(scene, segmentation_node, segment_id: str, reference_volume) -> np.ndarray:
     """The segment as uint8 0/1, ``[k, j, i]`` on ``reference_volume``'s grid.
 
-    Same route as ``slicer.util.arrayFromSegmentBinaryLabelmap`` (Slicer's
-    Base/Python/slicer/util.py) but on an explicit scene, so it also runs headless.
+    When the segment's stored labelmap is on that very grid (the usual case: the
+    segmentation's geometry was taken from the volume), its voxels are read directly
+    (``vtkMRMLSegmentationNode::GetBinaryLabelmapInternalRepresentation``; in a shared layer
+    the segment is the voxels holding its ``GetLabelValue()``), in a few milliseconds.
+    Otherwise it is exported onto the volume's grid, the route of
+    ``slicer.util.arrayFromSegmentBinaryLabelmap`` (Slicer's Base/Python/slicer/util.py),
+    on an explicit scene so that it also runs headless.
     """
-    shape = array_from_volume(reference_volume).shape
+    shape = shape_kji(reference_volume)
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise ValueError(f"{segmentation_node.GetName()} has no segment {segment_id!r}")
+    direct = _internal_array(segmentation_node, segment_id, reference_volume, shape)
+    if direct is not None:
+        return direct
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__symmetryaware_segment__")
     try:
         logic = slicer.vtkSlicerSegmentationsModuleLogic
@@ -81,6 +89,46 @@ def segment_array(scene, segmentation_node, segment_id: str, reference_volume) -
         return out
     finally:
         scene.RemoveNode(labelmap)
+
+
+def shape_kji(volume_node) -> Tuple[int, int, int]:
+    """``(K, J, I)`` of a volume node, without copying its voxels."""
+    return tuple(int(n) for n in volume_node.GetImageData().GetDimensions()[::-1])
+
+
+def _internal_array(segmentation_node, segment_id: str, reference_volume, shape) -> Optional[np.ndarray]:
+    """The segment read from its stored labelmap when that is on the volume's grid, else None."""
+    import vtk
+    from vtk.util import numpy_support
+
+    if segmentation_node.GetParentTransformNode() is not None or reference_volume.GetParentTransformNode() is not None:
+        return None
+    getter = getattr(segmentation_node, "GetBinaryLabelmapInternalRepresentation", None)
+    image = getter(segment_id) if getter is not None else None
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    stored = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    if not np.allclose(stored, ijk_to_ras(reference_volume), atol=1e-6):
+        return None
+    extent = image.GetExtent()
+    out = np.zeros(shape, np.uint8)
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return out  # an empty segment
+    dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    # The stored extent may reach beyond the volume, or cover part of it: copy the overlap.
+    src, dst = [], []
+    for a in (2, 1, 0):  # k, j, i
+        lo, hi = max(extent[2 * a], 0), min(extent[2 * a + 1] + 1, shape[2 - a])
+        if lo >= hi:
+            return out
+        src.append(slice(lo - extent[2 * a], hi - extent[2 * a]))
+        dst.append(slice(lo, hi))
+    out[tuple(dst)] = values[tuple(src)] == label
+    return out
 
 
 def set_segment_array(scene, segmentation_node, segment_id: str, array_kji: np.ndarray, reference_volume) -> None:
@@ -262,20 +310,20 @@ class InteractiveSession:
         volume = self._files.get(str(Path(grid_file).resolve())) if grid_file else None
         volume = volume or next(iter(self._files.values()))
         node_matrix = ijk_to_ras(volume)
-        shape_kji = array_from_volume(volume).shape
+        shape = shape_kji(volume)
         affine = reply.get("affine")
         try:
             # Without an affine in the reply, the worker's grid is taken to be the node's own.
-            self.grid = GridMap(node_matrix if affine is None else affine, node_matrix, shape_kji[::-1])
+            self.grid = GridMap(node_matrix if affine is None else affine, node_matrix, shape[::-1])
             worker_shape = reply.get("shape")
-            if worker_shape is not None and sorted(int(v) for v in worker_shape) != sorted(shape_kji):
-                raise ValueError(f"the worker's image is {list(worker_shape)} voxels, the volume {list(shape_kji[::-1])}")
+            if worker_shape is not None and sorted(int(v) for v in worker_shape) != sorted(shape):
+                raise ValueError(f"the worker's image is {list(worker_shape)} voxels, the volume {list(shape[::-1])}")
         except ValueError as error:
             self.grid = None
             pending.error = str(error)
             return
         self.volume, self.load_reply = volume, dict(reply.data)
-        self._mirror = np.zeros(shape_kji, np.uint8)
+        self._mirror = np.zeros(shape, np.uint8)
         self._undo = []
 
     def _edited(self, pending: Pending, target: Optional[_Target]) -> None:
