@@ -235,12 +235,15 @@ def wait_for(session, pending, limit=60.0):
     raise AssertionError(f"{pending.request} did not finish: {lines}")
 
 
-@pytest.fixture(params=["same axes", "canonical reader"])
+@pytest.fixture
 def scene_session(request, tmp_path, monkeypatch):
+    """A scene, a volume, a segmentation (lesion, ventricle) and a loaded session. The fake
+    worker reads the file in another axis order (``canonical reader``) unless the test asks
+    for ``same axes``."""
     slicer, InteractiveSession, segment_array, set_segment_array, Logic, new_scene, set_volume_array = _scene_parts()
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "requests.log"))
     # The worker may read the file in another axis order: the paste must not care.
-    monkeypatch.setenv("FAKE_CANONICAL", "1" if request.param == "canonical reader" else "0")
+    monkeypatch.setenv("FAKE_CANONICAL", "0" if getattr(request, "param", "") == "same axes" else "1")
     scene = new_scene()
     logic = Logic(scene=scene)
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case_t1")
@@ -257,7 +260,7 @@ def scene_session(request, tmp_path, monkeypatch):
     parts = dict(scene=scene, volume=volume, segmentation=segmentation, lesion=lesion, ventricle=ventricle,
                  session=session, read=lambda sid: segment_array(scene, segmentation, sid, volume),
                  write=lambda sid, a: set_segment_array(scene, segmentation, sid, a, volume),
-                 log=tmp_path / "requests.log")
+                 log=tmp_path / "requests.log", reader=getattr(request, "param", "canonical reader"))
     yield parts
     session.close()
 
@@ -273,6 +276,7 @@ def cube_kji(center_ijk, value=1):
     return out
 
 
+@pytest.mark.parametrize("scene_session", ["same axes", "canonical reader"], indirect=True)
 def test_a_click_lands_on_the_clicked_voxels_of_the_selected_segment_only(scene_session):
     s = scene_session
     session = s["session"]
@@ -285,6 +289,8 @@ def test_a_click_lands_on_the_clicked_voxels_of_the_selected_segment_only(scene_
     np.testing.assert_array_equal(s["read"](s["lesion"]), cube_kji((4, 6, 3)))
     assert s["read"](s["ventricle"]).sum() == 0
     assert "click: 27 voxels" in lines[-1]
+    identity = (session.grid.axis, session.grid.sign) == ([0, 1, 2], [1, 1, 1])
+    assert identity == (s["reader"] == "same axes")  # the canonical reader really sees other axes
 
 
 def test_locked_segment_is_untouched_and_kept_out(scene_session):
