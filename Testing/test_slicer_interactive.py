@@ -524,3 +524,150 @@ def test_direct_read_equals_slicers_export_for_shared_and_separate_layers(tmp_pa
     assert interactive_edit._internal_array(segmentation, ids[2], other, SHAPE_KJI) is None
     moved = segment_array(scene, segmentation, ids[2], other)
     np.testing.assert_array_equal(moved[:, :, :-1], c[:, :, 1:])
+
+
+# -- the panel, with a fake Qt and fake widgets ---------------------------------------------
+class _Signal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+    def emit(self, *args):
+        for slot in self.slots:
+            slot(*args)
+
+
+class _Widget:
+    """Stands for a Qt widget: properties as attributes, signals as ``_Signal``."""
+
+    def __init__(self, **fields):
+        self.enabled, self.text = True, ""
+        self.clicked, self.currentNodeChanged = _Signal(), _Signal()
+        self.by_signature = {}
+        self.__dict__.update(fields)
+
+    def connect(self, signature, slot):
+        self.by_signature.setdefault(signature, _Signal()).connect(slot)
+
+
+class _SegmentSelector(_Widget):
+    def __init__(self):
+        super().__init__(node=None, segment="", selected=[])
+
+    def currentNode(self):
+        return self.node
+
+    def currentSegmentID(self):
+        return self.segment
+
+    def setCurrentNode(self, node):
+        self.node = node
+
+    def selectedSegmentIDs(self):
+        return list(self.selected)
+
+
+class _PlaceWidget(_Widget):
+    def __init__(self):
+        super().__init__(buttonsVisible=True, placeMultipleMarkups=None, node=None)
+
+    def placeButton(self):
+        return _Widget(show=lambda: None)
+
+    def deleteButton(self):
+        return _Widget(show=lambda: None)
+
+    def setCurrentNode(self, node):
+        self.node = node
+
+
+class _Timer:
+    def __init__(self):
+        self.timeout, self.active = _Signal(), False
+
+    def setInterval(self, _ms):
+        pass
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def test_panel_sends_placed_points_removes_refused_ones_and_undo_takes_its_point_back(tmp_path, monkeypatch):
+    slicer = pytest.importorskip("slicer", reason="slicer-core is needed for the scene tests")
+    import types
+
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=_Timer))
+    from SymmetryAwareSegLib.logic import SymmetryAwareSegLogic
+    from SymmetryAwareSegLib.nodes import new_scene, set_volume_array
+
+    scene = new_scene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget",
+                        types.SimpleNamespace(ForcePlaceMultipleMarkups=3), raising=False)
+    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "requests.log"))
+    # Imported afresh on the fake Qt, and forgotten after the test (monkeypatch restores "absent").
+    monkeypatch.setitem(sys.modules, "SymmetryAwareSegLib.interactive_panel", None)
+    del sys.modules["SymmetryAwareSegLib.interactive_panel"]
+    from SymmetryAwareSegLib.interactive_panel import InteractivePanel
+
+    # The panel builds the worker's command from the logic (interpreter, core module, environment)
+    # and the device box: here ``python -m fake_interactive_worker interactive --device cpu``.
+    logic = SymmetryAwareSegLogic(scene=scene, python=sys.executable, core_module=FAKE.stem,
+                                  env={"PYTHONPATH": str(FAKE.parent)})
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case_t1")
+    set_volume_array(volume, np.zeros(SHAPE_KJI, np.float32), NODE_IJK_TO_RAS)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    lesion = segmentation.GetSegmentation().AddEmptySegment("lesion")
+    ui = types.SimpleNamespace(
+        interactiveStartButton=_Widget(), boxButton=_Widget(), autoButton=_Widget(), undoButton=_Widget(),
+        resetButton=_Widget(), interactiveSegmentSelector=_SegmentSelector(), lockedSegmentsSelector=_SegmentSelector(),
+        interactiveRoiSelector=_Widget(currentNode=lambda: None), positivePlaceWidget=_PlaceWidget(),
+        negativePlaceWidget=_PlaceWidget(), interactiveStatusLabel=_Widget(), deviceComboBox=_Widget(currentText="cpu"))
+    panel = InteractivePanel(ui, logic, lambda: [volume, None], lambda: None, lambda: True)
+
+    def settle():
+        deadline = time.monotonic() + 60
+        while panel.session.busy and time.monotonic() < deadline:
+            panel._poll()
+            time.sleep(0.02)
+        panel._poll()
+
+    assert ui.positivePlaceWidget.placeMultipleMarkups == 3 and not ui.positivePlaceWidget.buttonsVisible
+    panel.on_start()
+    settle()
+    assert panel.session.loaded and ui.interactiveStartButton.text == "Reload volumes"
+    assert panel.session.command == [sys.executable, "-m", FAKE.stem, "interactive", "--device", "cpu"]
+    assert not ui.autoButton.enabled  # no segment chosen yet
+    ui.interactiveSegmentSelector.node, ui.interactiveSegmentSelector.segment = segmentation, lesion
+    ui.interactiveSegmentSelector.by_signature["currentNodeChanged(vtkMRMLNode*)"].emit(segmentation)
+    assert ui.lockedSegmentsSelector.node is segmentation and ui.autoButton.enabled and ui.positivePlaceWidget.enabled
+    positive = ui.positivePlaceWidget.node
+    assert positive is not None and positive.GetScene() is scene
+
+    import vtk
+
+    positive.AddControlPointWorld(vtk.vtkVector3d(*ras_of((4, 6, 3))))  # fires PointPositionDefinedEvent
+    settle()
+    from SymmetryAwareSegLib.interactive_edit import segment_array
+
+    def read():
+        return segment_array(scene, segmentation, lesion, volume)
+
+    np.testing.assert_array_equal(read(), cube_kji((4, 6, 3)))
+    assert positive.GetNumberOfControlPoints() == 1 and ui.undoButton.enabled
+    positive.AddControlPointWorld(vtk.vtkVector3d(900.0, 0.0, 0.0))  # outside: refused, the point goes away
+    settle()
+    assert positive.GetNumberOfControlPoints() == 1 and "outside" in ui.interactiveStatusLabel.text
+    panel.on_undo()
+    settle()
+    assert positive.GetNumberOfControlPoints() == 0 and read().sum() == 0 and not ui.undoButton.enabled
+    popen = panel.session.client._popen
+    panel.close()
+    assert popen.wait(timeout=10) is not None and panel.session is None
+

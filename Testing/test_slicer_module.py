@@ -152,7 +152,8 @@ def test_library_imports_without_qt_in_a_fresh_interpreter():
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import SymmetryAwareSegLib.logic, SymmetryAwareSegLib.process, SymmetryAwareSegLib.models,"
         " SymmetryAwareSegLib.parameters, SymmetryAwareSegLib.install, SymmetryAwareSegLib.batch,"
-        " SymmetryAwareSegLib.results, SymmetryAwareSegLib.tables, SymmetryAwareSegLib.command;"
+        " SymmetryAwareSegLib.results, SymmetryAwareSegLib.tables, SymmetryAwareSegLib.command,"
+        " SymmetryAwareSegLib.interactive, SymmetryAwareSegLib.interactive_edit;"
         "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'torch', 'monai', 'nibabel', 'scipy', 'nilearn') if m in sys.modules];"
         "assert not bad, bad"
     )

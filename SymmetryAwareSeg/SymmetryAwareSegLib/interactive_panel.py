@@ -88,8 +88,9 @@ class InteractivePanel:
         ui.autoButton.clicked.connect(lambda: self._edit("auto"))
         ui.undoButton.clicked.connect(self.on_undo)
         ui.resetButton.clicked.connect(lambda: self._edit("reset"))
-        ui.interactiveSegmentSelector.currentNodeChanged.connect(self._on_segmentation_changed)
-        ui.interactiveSegmentSelector.currentSegmentChanged.connect(lambda _sid: self.update_state())
+        # By signature: newer Slicers also declare currentNodeChanged(bool) on this widget.
+        ui.interactiveSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._on_segmentation_changed)
+        ui.interactiveSegmentSelector.connect("currentSegmentChanged(QString)", lambda _sid: self.update_state())
         ui.interactiveRoiSelector.currentNodeChanged.connect(lambda _node: self.update_state())
         for widget in (ui.positivePlaceWidget, ui.negativePlaceWidget):
             widget.buttonsVisible = False
