@@ -189,6 +189,17 @@ def test_requests_do_not_block_the_caller_and_finish_in_poll(client, image_file)
     assert seen == [pending] and pending.ok
 
 
+def test_close_during_a_request_ends_it_and_starts_nothing(client, image_file):
+    path, _ = image_file
+    client.call(load_request([str(path)]))
+    stuck = client.submit(click_request([777.0, 0, 0], True))  # the worker sleeps 30 s on it
+    time.sleep(0.5)
+    started = time.monotonic()
+    client.close()
+    stuck.wait(15)
+    assert time.monotonic() - started < 15 and not stuck.ok and client.starts == 1 and not client.running()
+
+
 def test_close_stops_the_worker(client, image_file):
     path, _ = image_file
     client.call(load_request([str(path)]))

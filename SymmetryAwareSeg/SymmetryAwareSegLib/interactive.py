@@ -342,6 +342,8 @@ class WorkerClient:
         # A worker found dead is started again (and given its state back), and a request it
         # died on is tried once more: a crash the request itself causes then ends in its error.
         for attempt in (1, 2):
+            if self._closed:  # close() while this request waited: never start a worker again
+                raise WorkerError("the interactive worker was shut down")
             if not self.running():
                 pending.restarted = pending.restarted or self.starts > 0
                 self._start()
@@ -425,10 +427,11 @@ class WorkerClient:
         (its state is then unknown; the next request starts it again)."""
         request = dict(request)
         request[F_ID] = next(self._ids)
+        popen = self._popen  # close() may drop it from the other thread
         try:
-            self._popen.stdin.write(json.dumps(request) + "\n")
-            self._popen.stdin.flush()
-        except (OSError, ValueError):
+            popen.stdin.write(json.dumps(request) + "\n")
+            popen.stdin.flush()
+        except (OSError, ValueError, AttributeError):
             raise WorkerDied(self._died_message()) from None
         deadline = time.monotonic() + timeout
         while True:
@@ -448,10 +451,10 @@ class WorkerClient:
             # A reply to an abandoned request (not ours): skip it.
 
     def _died_message(self) -> str:
-        code = None
-        if self._popen is not None:
+        code, popen = None, self._popen
+        if popen is not None:
             try:
-                code = self._popen.wait(timeout=2.0)
+                code = popen.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
                 pass
         last = self.last_error_line()
