@@ -62,6 +62,10 @@ EDIT_COMMANDS = (CLICK, BOX, AUTO, UNDO, RESET)
 """Requests that change the mask; their replies hold ``voxels``, ``clicks`` and ``changed``."""
 F_CMD, F_ID, F_OK, F_ERROR, F_SECONDS, F_CHANGED = "cmd", "id", "ok", "error", "seconds", "changed"
 F_IJK_MIN, F_IJK_MAX = "ijk_min", "ijk_max"
+# Reply fields the module reads (load: grid and model; edits: the mask's size).
+F_SHAPE, F_AFFINE, F_GRID_FILE, F_MODEL = "shape", "affine", "grid_file", "model"
+F_PLANE_CONFIDENCE, F_AUTO_AVAILABLE = "plane_confidence", "auto_available"
+F_VOXELS, F_VOLUME_ML = "voxels", "volume_ml"
 REGION_CHANGED = "changed"
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -74,7 +78,7 @@ def load_request(images: Sequence[str], model: Optional[str] = None) -> Dict[str
     """``images``: one file per model channel, any order (the worker matches them by name)."""
     request: Dict[str, Any] = {F_CMD: LOAD, "images": [str(p) for p in images]}
     if model:
-        request["model"] = str(model)
+        request[F_MODEL] = str(model)
     return request
 
 

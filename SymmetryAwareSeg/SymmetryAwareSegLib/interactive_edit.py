@@ -38,6 +38,15 @@ import slicer
 
 from .interactive import (
     AUTO,
+    F_AFFINE,
+    F_AUTO_AVAILABLE,
+    F_CMD,
+    F_GRID_FILE,
+    F_MODEL,
+    F_PLANE_CONFIDENCE,
+    F_SHAPE,
+    F_VOLUME_ML,
+    F_VOXELS,
     LOAD,
     RESET,
     UNDO,
@@ -220,6 +229,11 @@ class InteractiveSession:
         return self.grid is not None
 
     @property
+    def auto_available(self) -> bool:
+        """Whether the loaded model offers an automatic first pass (assumed until known)."""
+        return bool(self.load_reply.get(F_AUTO_AVAILABLE, True))
+
+    @property
     def busy(self) -> bool:
         """Requests submitted and not yet applied by :meth:`poll`."""
         return self._outstanding > 0
@@ -306,16 +320,16 @@ class InteractiveSession:
         if not pending.ok:
             return
         reply = pending.reply
-        grid_file = reply.get("grid_file")
+        grid_file = reply.get(F_GRID_FILE)
         volume = self._files.get(str(Path(grid_file).resolve())) if grid_file else None
         volume = volume or next(iter(self._files.values()))
         node_matrix = ijk_to_ras(volume)
         shape = shape_kji(volume)
-        affine = reply.get("affine")
+        affine = reply.get(F_AFFINE)
         try:
             # Without an affine in the reply, the worker's grid is taken to be the node's own.
             self.grid = GridMap(node_matrix if affine is None else affine, node_matrix, shape[::-1])
-            worker_shape = reply.get("shape")
+            worker_shape = reply.get(F_SHAPE)
             if worker_shape is not None and sorted(int(v) for v in worker_shape) != sorted(shape):
                 raise ValueError(f"the worker's image is {list(worker_shape)} voxels, the volume {list(shape[::-1])}")
         except ValueError as error:
@@ -332,7 +346,7 @@ class InteractiveSession:
         reply = pending.reply
         box = reply.changed
         try:
-            if pending.request.get("cmd") == UNDO:
+            if pending.request.get(F_CMD) == UNDO:
                 entry = self._undo.pop() if self._undo else None
                 if box is not None:
                     new = self._worker_block(box, pending.block)
@@ -401,17 +415,17 @@ class InteractiveSession:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
 
     def _status_line(self, pending: Pending) -> str:
-        cmd = pending.request.get("cmd")
+        cmd = pending.request.get(F_CMD)
         prefix = "worker restarted; " if pending.restarted else ""
         if pending.message:
             return f"{prefix}{cmd}: {pending.message}"
         reply = pending.reply
         if cmd == LOAD:
-            plane = "" if reply.get("plane_confidence", True) else " (mid-sagittal plane uncertain)"
-            return f"{prefix}loaded, model {reply.get('model', '?')}{plane} in {reply.seconds:.1f} s"
-        volume = reply.get("volume_ml")
+            plane = "" if reply.get(F_PLANE_CONFIDENCE, True) else " (mid-sagittal plane uncertain)"
+            return f"{prefix}loaded, model {reply.get(F_MODEL, '?')}{plane} in {reply.seconds:.1f} s"
+        volume = reply.get(F_VOLUME_ML)
         size = f", {float(volume):.2f} mL" if volume is not None else ""
-        return f"{prefix}{cmd}: {reply.get('voxels', '?')} voxels{size} in {reply.seconds:.2f} s"
+        return f"{prefix}{cmd}: {reply.get(F_VOXELS, '?')} voxels{size} in {reply.seconds:.2f} s"
 
 
 def _has_voxels(segmentation, segment_id: str) -> bool:

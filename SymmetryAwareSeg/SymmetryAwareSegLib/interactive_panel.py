@@ -26,7 +26,7 @@ from typing import Callable, List, Optional, Tuple
 import qt
 import slicer
 
-from .interactive import interactive_command
+from .interactive import AUTO, BOX, CLICK, F_CMD, LOAD, RESET, UNDO, interactive_command
 from .interactive_edit import InteractiveSession
 
 try:
@@ -85,9 +85,9 @@ class InteractivePanel:
         ui = self.ui
         ui.interactiveStartButton.clicked.connect(self.on_start)
         ui.boxButton.clicked.connect(self.on_box)
-        ui.autoButton.clicked.connect(lambda: self._edit("auto"))
+        ui.autoButton.clicked.connect(lambda: self._edit(AUTO))
         ui.undoButton.clicked.connect(self.on_undo)
-        ui.resetButton.clicked.connect(lambda: self._edit("reset"))
+        ui.resetButton.clicked.connect(lambda: self._edit(RESET))
         # By signature: newer Slicers also declare currentNodeChanged(bool) on this widget.
         ui.interactiveSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._on_segmentation_changed)
         ui.interactiveSegmentSelector.connect("currentSegmentChanged(QString)", lambda _sid: self.update_state())
@@ -112,7 +112,7 @@ class InteractivePanel:
             widget.enabled = ready
         self.ui.boxButton.enabled = ready and self.ui.interactiveRoiSelector.currentNode() is not None
         self.ui.undoButton.enabled = loaded and bool(self._placed)
-        auto = bool(self.session.load_reply.get("auto_available", True)) if loaded else True
+        auto = self.session.auto_available if loaded else True
         self.ui.autoButton.enabled = ready and auto
         self.ui.interactiveStartButton.text = _("Reload volumes") if loaded else _("Start interactive session")
 
@@ -156,11 +156,11 @@ class InteractivePanel:
             return
         try:
             target = self._target()
-            if kind == "click":
+            if kind == CLICK:
                 pending = self.session.click(ras, positive, target)
-            elif kind == "box":
+            elif kind == BOX:
                 pending = self.session.box_from_roi(self.ui.interactiveRoiSelector.currentNode(), target)
-            elif kind == "auto":
+            elif kind == AUTO:
                 pending = self.session.auto(target)
             else:
                 pending = self.session.reset(target)
@@ -174,7 +174,7 @@ class InteractivePanel:
         self._timer.start()
 
     def on_box(self) -> None:
-        self._edit("box")
+        self._edit(BOX)
 
     def on_undo(self) -> None:
         if self.session is None:
@@ -211,7 +211,7 @@ class InteractivePanel:
             self._sent.add(point_id)
             ras = [0.0, 0.0, 0.0]
             node.GetNthControlPointPositionWorld(index, ras)
-            self._edit("click", point=(node, point_id), ras=ras, positive=positive)
+            self._edit(CLICK, point=(node, point_id), ras=ras, positive=positive)
 
     @staticmethod
     def _remove_point(point) -> None:
@@ -257,14 +257,14 @@ class InteractivePanel:
                 point = placed
                 del self._tracked[index]
                 break
-        cmd = pending.request.get("cmd")
+        cmd = pending.request.get(F_CMD)
         if not pending.ok:
             if point is not None:
                 self._remove_point(point)
             return
-        if cmd == "load":
+        if cmd == LOAD:
             self._placed.clear()
-        elif cmd == "undo":
+        elif cmd == UNDO:
             undone = self._placed.pop() if self._placed else None
             if undone is not None:
                 self._remove_point(undone)
