@@ -38,14 +38,12 @@ import torch
 from scipy.ndimage import uniform_filter
 
 from SymmetryAwareCore.geometry.mirror import flip_lr
-from SymmetryAwareCore.geometry.msp import estimate_msp
-from SymmetryAwareCore.geometry.symmetric_frame import align_to_msp
 from SymmetryAwareCore.inference.attention_maps import chance_focus, head_mask, mirror_focus_map, point_attention_map
-from SymmetryAwareCore.inference.engine import fused_window_attention
-from SymmetryAwareCore.inference.pipeline import brain_box, normalise_intensities
-from SymmetryAwareCore.inference.sliding_window import mirror_paired_sliding_window
+from SymmetryAwareCore.inference.model_source import LoadedModel, resolve_model, standin_card
+from SymmetryAwareCore.inference.pipeline import SegmentOptions, model_preprocessing, predict_case
 from SymmetryAwareCore.models import SASwinUNETR
 from SymmetryAwareCore.phantoms import make_subject
+from SymmetryAwareCore.preprocessing import prepare_image
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -57,7 +55,10 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def load_network(args) -> SASwinUNETR:
+def load_network(args) -> LoadedModel:
+    """The network to measure, with a card saying how cases are prepared for it."""
+    if args.model:
+        return resolve_model(args.model)
     stages = tuple(int(s) for s in args.saca_stages.split(","))
     torch.manual_seed(args.weights_seed)
     net = SASwinUNETR(
@@ -71,25 +72,29 @@ def load_network(args) -> SASwinUNETR:
         from SymmetryAwareTraining.checkpoint import load_checkpoint, load_model_weights
 
         load_model_weights(net, load_checkpoint(args.checkpoint)["model"], args.checkpoint, strict=True)
-    return net.eval()
+    card = standin_card()
+    card.name = "attention-benchmark-network"
+    card.preprocessing = {"spacing": [args.spacing] * 3, "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
+    return LoadedModel(net.eval(), card, "benchmark")
 
 
-def one_case(net, seed: int, spacing: float, images: Path | None) -> dict:
+def one_case(model: LoadedModel, seed: int, spacing: float, images: Path | None, prefix: str = "attention_phantom") -> dict:
+    # The phantom's own spacing; the model's card decides the frame it is prepared on
+    # (the one preprocessing path: alignment, anti-aliasing, normalisation, brain box).
     phantom = make_subject(seed, "glioma", "mri", spacing=spacing, scenario="unilateral")
-    plane = estimate_msp(phantom.image)
-    aligned, frame = align_to_msp(phantom.image, plane, (spacing,) * 3)
-    volume = normalise_intensities(aligned)
-    box = brain_box(volume)
-    crop = np.ascontiguousarray(volume[(slice(None),) + box])
-    with torch.no_grad(), fused_window_attention(net):
-        result = mirror_paired_sliding_window(crop, net, (64, 64, 64), 0.25, 2, return_attention=True)
+    prepared = prepare_image(phantom.image, model_preprocessing(model), label=phantom.label.array)
+    options = SegmentOptions(device="cpu", overlap=0.25, sw_batch_size=2)
+    prediction = predict_case(prepared, model, options)
+    crop = prepared.cropped
+    box = prepared.box
+    result = prediction
     head = head_mask(crop)
-    focus = mirror_focus_map(result.attention_windows, mask=head)
-    lesion = (frame.to_frame(phantom.label.array, "nearest")[box] > 0) & head
+    focus = mirror_focus_map(result.attention, mask=head)
+    lesion = (prepared.cropped_label > 0) & head
     mirror = flip_lr(lesion) & ~lesion & head
     rest = head & ~lesion & ~mirror
     diff = np.abs(crop - flip_lr(crop, 1)).mean(axis=0)
-    stride = result.attention_windows.stride
+    stride = result.attention.stride
     diff_tok = uniform_filter(diff, size=stride)
     f = focus[head]
     row = {
@@ -100,15 +105,15 @@ def one_case(net, seed: int, spacing: float, images: Path | None) -> dict:
         "focus_mirror": float(focus[mirror].mean()),
         "focus_rest": float(focus[rest].mean()),
         "cv_head": float(f.std() / f.mean()),
-        "chance": chance_focus(result.attention_windows.grid),
+        "chance": chance_focus(result.attention.grid),
         "auc_focus": _auc(f, lesion[head]),
         "auc_diff": _auc(diff[head], lesion[head]),
         "stride": stride,
     }
     if images is not None:
         centre = tuple(int(c) for c in np.round(np.argwhere(lesion).mean(0)))
-        point = point_attention_map(result.attention_windows, centre)
-        _picture(crop[3], focus, diff, point, centre, images / f"attention_phantom_{seed}.png", row)
+        point = point_attention_map(result.attention, centre)
+        _picture(crop[3], focus, diff, point, centre, images / f"{prefix}_{seed}.png", row)
     return row
 
 
@@ -149,6 +154,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="a training checkpoint (.pt) of SASwinUNETR(4, 3, ...)")
+    weights.add_argument("--model", help="a model card or bundled model name (its own preprocessing and SACA stages)")
     weights.add_argument("--random", action="store_true", help="random weights (seeded)")
     weights.add_argument("--constructed", action="store_true", help="hand-set mirror-attending stage-2 SACA (not learned)")
     parser.add_argument("--saca-stages", default="2,4")
@@ -157,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[900, 901, 902, 903])
     parser.add_argument("--spacing", type=float, default=3.0)
     parser.add_argument("--images", type=Path, help="folder for one PNG per phantom")
+    parser.add_argument("--image-prefix", default="attention_phantom", help="PNG names: <prefix>_<seed>.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net = load_network(args)
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     print("seed  " + "  ".join(f"{k:>12}" for k in keys))
     rows = []
     for seed in args.seeds:
-        row = one_case(net, seed, args.spacing, args.images)
+        row = one_case(net, seed, args.spacing, args.images, args.image_prefix)
         rows.append(row)
         print(f"{seed:<5} " + "  ".join(f"{row[k]:12.4f}" for k in keys), flush=True)
     print("mean  " + "  ".join(f"{np.mean([r[k] for r in rows]):12.4f}" for k in keys))

@@ -36,6 +36,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DEVICE_CHOICES",
     "PROGRESS_PROTOCOL",
+    "RUN_SUBCOMMANDS",
     "RunOptions",
     "OptionError",
     "ChannelMatchError",
@@ -65,6 +66,9 @@ OUTPUT_FILES: Dict[str, str] = {
 
 DICOM_SEG_FILE = "segmentation.dcm"
 """The DICOM Segmentation object written with ``--dicom-seg`` (DICOM inputs only)."""
+
+RUN_SUBCOMMANDS = ("segment", "attention")
+"""Subcommands that take :class:`RunOptions` (``attention``: maps, plane and report only)."""
 
 PROGRESS_PROTOCOL = ("<filter-progress>", "</filter-progress>", "<filter-stage>", "</filter-stage>")
 """Tags of ``--progress machine`` lines (Slicer's CLI convention): fraction 0..1, stage name."""
@@ -395,17 +399,22 @@ def segment_command(
     case_id: Optional[str] = None,
     core_module: str = "SymmetryAwareCore",
     progress: str = "machine",
+    subcommand: str = "segment",
 ) -> List[str]:
     """Argument vector of ``python -m SymmetryAwareCore segment`` for one case.
 
     ``case_id`` defaults to :func:`case_id_from_files` of the inputs, and is always passed,
     so the caller knows the result folder ``output_dir/case_id`` before the run ends.
+    ``subcommand`` is one of :data:`RUN_SUBCOMMANDS`: ``attention`` takes the same
+    arguments and writes only the maps, the plane and the report.
     """
     if not inputs:
         raise ValueError("at least one input image is needed")
+    if subcommand not in RUN_SUBCOMMANDS:
+        raise ValueError(f"subcommand must be one of {', '.join(RUN_SUBCOMMANDS)}, got {subcommand!r}")
     case_id = case_id or case_id_from_files(inputs)
     return [
-        str(python), "-m", core_module, "segment", *[str(p) for p in inputs],
+        str(python), "-m", core_module, subcommand, *[str(p) for p in inputs],
         "--output-dir", str(output_dir), "--case-id", case_id,
         *options.as_arg_list(), "--progress", progress,
     ]

@@ -46,7 +46,9 @@ class SymmetryAwareSeg(ScriptedLoadableModule):
             "Brain lesion segmentation and hemispheric asymmetry maps with a symmetry-aware Swin "
             "transformer (SA-Swin). Select 1 to 4 MRI or CT volumes (matched to the model's channels "
             "by name), a model and Apply. The head is aligned to its mid-sagittal plane automatically; "
-            "the plane, an attention map and per-hemisphere volumes are shown with the segmentation."
+            "the plane, an attention map and per-hemisphere volumes are shown with the segmentation. "
+            "'Where does this point look?' shows, for a point you place, where the model's "
+            "symmetry-aware attention looks and marks the point's mirror."
         ) + " " + _('See the <a href="{url}">module documentation</a>.').format(url=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _(
             "Method: Ma et al., 'Symmetry Awareness Encoded Deep Learning Framework for Brain Imaging "

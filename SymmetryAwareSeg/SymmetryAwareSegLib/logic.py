@@ -8,6 +8,7 @@ its seams, one file each:
 - ``command``: volumes written as files, the core's command line (the contract's), the child;
 - ``results``: a finished case folder loaded into the scene (segments with terminology and
   laterality, maps, plane), 3D display, mirroring a point across the plane;
+- ``attention``: point mode (where a placed point attends; its mirror marked);
 - ``tables``: volumes per segment and hemisphere;
 - ``batch``: saving nodes, and :class:`~SymmetryAwareSegLib.batch.BatchRun` for folders.
 """
@@ -19,6 +20,7 @@ from typing import Callable, Dict, Optional
 
 import slicer
 
+from .attention import ExportedInputs, PointAttention, PointAttentionMixin
 from .batch import BatchRun, SavingMixin, find_cases
 from .command import CaseResult, CommandMixin, build_segment_command, default_child_env
 from .nodes import new_scene, register_segmentation_converters
@@ -30,6 +32,8 @@ __all__ = [
     "SymmetryAwareSegLogic",
     "CaseResult",
     "LoadedResults",
+    "PointAttention",
+    "ExportedInputs",
     "BatchRun",
     "build_segment_command",
     "default_child_env",
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 
-class SymmetryAwareSegLogic(CommandMixin, ResultsMixin, TablesMixin, SavingMixin):
+class SymmetryAwareSegLogic(CommandMixin, ResultsMixin, PointAttentionMixin, TablesMixin, SavingMixin):
     """Run SA-Swin segmentation on volume nodes and load its results into a scene.
 
     Args:

@@ -81,8 +81,12 @@ def read_volume(scene, path, class_name: str, name: str):
     except ImportError:
         scene.RemoveNode(node)
         raise ValueError(f"{path}: Slicer cannot read this image and nibabel is not installed") from None
-    image = nibabel.load(str(path))
-    data = np.asarray(image.get_fdata(dtype=np.float32) if class_name != "vtkMRMLLabelMapVolumeNode" else np.asarray(image.dataobj))
+    try:
+        image = nibabel.load(str(path))
+        data = np.asarray(image.get_fdata(dtype=np.float32) if class_name != "vtkMRMLLabelMapVolumeNode" else np.asarray(image.dataobj))
+    except Exception as error:  # nibabel's ImageFileError, a truncated gzip...: no half-made node stays
+        scene.RemoveNode(node)
+        raise ValueError(f"{path}: not a readable image ({error})") from None
     if data.ndim != 3:
         scene.RemoveNode(node)
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
@@ -199,14 +203,37 @@ def colormap_ramp(matplotlib_name: str, count: int) -> np.ndarray:
         return np.hstack([t, t ** 2, np.zeros_like(t)])
 
 
-def add_color_legend(volume_node) -> None:
+def add_color_legend(volume_node, title: str = "", label_format: str = ""):
+    """A colour legend for ``volume_node``'s colour table and window; the legend node, or None.
+
+    ``vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode`` (static; Slicer's
+    Modules/Loadable/Colors/Logic/vtkSlicerColorLogic.h, in every Slicer the module supports)
+    adds a ``vtkMRMLColorLegendDisplayNode`` whose primary display node is the volume's. Its
+    displayable manager (Colors/MRMLDM/vtkMRMLColorLegendDisplayableManager.cxx) takes the
+    range from that display node's window/level and shows the legend only in views where the
+    volume is a slice layer, so legends of maps not on screen stay hidden. Title and label
+    format: vtkMRMLColorLegendDisplayNode.h (``SetTitleText``, ``SetLabelFormat``, printf style).
+
+    Returns None where the scene cannot hold legend nodes (headless ``slicer-core`` scenes do
+    not register the class) or the logic lacks the method: the map still shows, unlabelled.
+    """
     scene = volume_node.GetScene()
-    if scene is None or not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
-        return  # headless slicer-core has no colour legend nodes
+    color_logic = getattr(slicer, "vtkSlicerColorLogic", None)
+    if scene is None or color_logic is None or not hasattr(color_logic, "AddDefaultColorLegendDisplayNode"):
+        return None
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        return None
     try:
-        slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(volume_node)
-    except Exception:  # no legend support (old Slicer / headless): the map still shows
-        pass
+        legend = color_logic.AddDefaultColorLegendDisplayNode(volume_node)
+    except Exception:  # a wrapping without this overload: the map still shows
+        return None
+    if legend is None:
+        return None
+    if title:
+        legend.SetTitleText(title)
+    if label_format:
+        legend.SetLabelFormat(label_format)
+    return legend
 
 
 _CONVERTERS_REGISTERED = False

@@ -55,6 +55,9 @@ __all__ = [
     "TERMINOLOGY_TAG",
     "SIGNED_COLORMAP",
     "MAGNITUDE_COLORMAP",
+    "MAP_STYLES",
+    "MapStyle",
+    "map_window",
 ]
 
 # Colour tables Slicer ships as files: found by name in a full Slicer scene. Headless
@@ -64,6 +67,29 @@ MAGNITUDE_COLORMAP = ("Inferno", "inferno")
 ALTERNATIVE_MAGNITUDE_COLORMAP = ("Viridis", "viridis")
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class MapStyle:
+    """How one of the core's maps is shown: colour table, window and legend.
+
+    ``window``: ``"unit"`` (0..1, the map's definition range: mirror focus), ``"peak"``
+    (0..the map's maximum: point attention, per mL, whose scale varies by case) or
+    ``"symmetric"`` (-m..m around 0, m the largest magnitude: signed asymmetry).
+    """
+
+    colormap: Tuple[str, str]
+    window: str
+    title: str
+    label_format: str
+
+
+MAP_STYLES: Dict[str, MapStyle] = {
+    "attention": MapStyle(MAGNITUDE_COLORMAP, "unit", "Mirror focus (0-1)", "%.2f"),
+    "attention_from": MapStyle(MAGNITUDE_COLORMAP, "peak", "Point attention (per mL)", "%.3g"),
+    "asymmetry": MapStyle(SIGNED_COLORMAP, "symmetric", "Asymmetry p(x) - p(mirror x)", "%.2f"),
+}
+"""Display of each map, by its key in the contract's ``OUTPUT_FILES``."""
 
 TERMINOLOGY_TAG = getattr(getattr(slicer, "vtkSegment", None), "GetTerminologyEntryTagName", lambda: "TerminologyEntry")()
 """Segment tag Slicer reads a segment's terminology from (``vtkSegment::GetTerminologyEntryTagName``)."""
@@ -122,6 +148,21 @@ def with_laterality(entry: str, side: Optional[str]) -> str:
     return "~".join(fields)
 
 
+def map_window(values: np.ndarray, window: str) -> Tuple[float, float]:
+    """Display range ``(low, high)`` of a map by its :class:`MapStyle` window kind."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    if window == "unit":
+        return 0.0, 1.0
+    if window == "symmetric":
+        extent = float(np.max(np.abs(finite))) if finite.size else 0.0
+        extent = extent if extent > 0 else 1.0
+        return -extent, extent
+    if window == "peak":
+        top = float(finite.max()) if finite.size else 0.0
+        return 0.0, top if top > 0 else 1.0
+    raise ValueError(f"unknown map window {window!r}")
+
+
 def run_summary(report: dict) -> str:
     """What the radiologist should know about a finished run: device, fallbacks, notes."""
     lines = []
@@ -149,6 +190,7 @@ class LoadedResults:
     attention: object = None
     asymmetry: object = None
     plane: object = None
+    legends: Dict[str, object] = field(default_factory=dict)
     table: object = None
     report: Dict = field(default_factory=dict)
     extra: Dict[str, object] = field(default_factory=dict)
@@ -186,9 +228,13 @@ class ResultsMixin:
         case = result.case_id
         loaded.report = result.report
         if result.path("attention").is_file():
-            loaded.attention = self.load_map(result.path("attention"), f"{case} attention", signed=False)
+            loaded.attention = self.load_map(result.path("attention"), f"{case} attention", style="attention")
         if result.path("asymmetry").is_file():
-            loaded.asymmetry = self.load_map(result.path("asymmetry"), f"{case} asymmetry", signed=True)
+            loaded.asymmetry = self.load_map(result.path("asymmetry"), f"{case} asymmetry", style="asymmetry")
+        for key, node in (("attention", loaded.attention), ("asymmetry", loaded.asymmetry)):
+            legend = self.legend_of(node)
+            if legend is not None:
+                loaded.legends[key] = legend
         if result.path("plane").is_file():
             loaded.plane = self.load_plane(result.path("plane"), f"{case} mid-sagittal plane")
         volumes = self.segment_volumes(loaded.segmentation, reference_volume, loaded.plane)
@@ -336,28 +382,40 @@ class ResultsMixin:
         finally:
             self.scene.RemoveNode(colors)
 
-    def load_map(self, path, name: str, signed: bool, colormap: Optional[Tuple[str, str]] = None):
-        """A scalar volume node for an attention (magnitude) or asymmetry (signed) map.
+    def load_map(self, path, name: str, signed: bool = False, colormap: Optional[Tuple[str, str]] = None,
+                 style: Optional[str] = None):
+        """A scalar volume node for one of the core's maps, with its colour table, window and legend.
 
-        Signed maps get ``DivergingBlueRed`` with the window centred at 0 (symmetric about
-        the largest magnitude); magnitude maps ``Inferno`` over 0..max. Returns the node.
+        ``style``: a key of :data:`MAP_STYLES` (``attention``: Inferno over 0..1;
+        ``attention_from``: Inferno over 0..peak; ``asymmetry``: DivergingBlueRed centred at
+        0). Without it, ``signed`` picks the asymmetry or a magnitude (0..max) style. The
+        legend (where the scene supports it, :func:`nodes.add_color_legend`) shows the same
+        colour table over the same window. Returns the node.
         """
-        node = read_volume(self.scene, path, "vtkMRMLScalarVolumeNode", name)
-        values = array_from_volume(node)
-        display = node.GetDisplayNode()
-        colormap = colormap or (SIGNED_COLORMAP if signed else MAGNITUDE_COLORMAP)
-        display.SetAndObserveColorNodeID(self.color_node(*colormap).GetID())
-        display.AutoWindowLevelOff()
-        finite = values[np.isfinite(values)]
-        if signed:
-            extent = float(np.max(np.abs(finite))) if finite.size else 1.0
-            extent = extent if extent > 0 else 1.0
-            display.SetWindowLevelMinMax(-extent, extent)
+        if style is not None:
+            chosen = MAP_STYLES[style]
+        elif signed:
+            chosen = MAP_STYLES["asymmetry"]
         else:
-            top = float(finite.max()) if finite.size else 1.0
-            display.SetWindowLevelMinMax(0.0, top if top > 0 else 1.0)
-        add_color_legend(node)
+            chosen = MapStyle(MAGNITUDE_COLORMAP, "peak", "", "")
+        node = read_volume(self.scene, path, "vtkMRMLScalarVolumeNode", name)
+        display = node.GetDisplayNode()
+        display.SetAndObserveColorNodeID(self.color_node(*(colormap or chosen.colormap)).GetID())
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(*map_window(array_from_volume(node), chosen.window))
+        add_color_legend(node, chosen.title, chosen.label_format)
         return node
+
+    @staticmethod
+    def legend_of(volume_node):
+        """The colour legend display node of ``volume_node``, or None (none, or no legend support)."""
+        color_logic = getattr(slicer, "vtkSlicerColorLogic", None)
+        if volume_node is None or color_logic is None or not hasattr(color_logic, "GetColorLegendDisplayNode"):
+            return None
+        try:
+            return color_logic.GetColorLegendDisplayNode(volume_node)
+        except Exception:
+            return None
 
     def color_node(self, slicer_name: str, matplotlib_name: str):
         """Slicer's colour table ``slicer_name``, or an equivalent one built headless."""

@@ -3,7 +3,9 @@
 Inside Slicer only (imports qt/ctk). The ScriptedLoadableModuleWidget of
 ``SymmetryAwareSeg.py`` loads the .ui and hands it here. Nothing blocks Slicer: a single run
 and a batch both run as child processes polled by one QTimer; Apply (or Run batch) becomes
-Cancel meanwhile, and Cancel returns at once. Every failure, dependency installation
+Cancel meanwhile, and Cancel returns at once. Point mode ("Where does this point look?")
+places one fiducial and runs the core's ``attention`` command on it through the same child
+and timer; re-placing the point re-runs (a run in progress is cancelled first). Every failure, dependency installation
 included, ends in a dialog with the details, never in a console traceback.
 """
 
@@ -20,6 +22,7 @@ import slicer
 
 from SymmetryAwareCore.contract import OptionError
 
+from .attention import POINT_LIST_NAME, ExportedInputs, point_summary
 from .install import DependencyError, ensure_dependencies
 from .command import dicom_source_folder
 from .models import ModelCard, channel_assignment_text, find_models, import_model, read_model_card
@@ -78,6 +81,14 @@ class SymmetryAwareSegPanel:
         self._child = None
         self._batch = None
         self._pending = None  # (case result, reference volume, roi) of the running case
+        self._pending_kind = None  # "segment" or "point": what the running child computes
+        self._inputs = ExportedInputs()  # exported input files, reused while the volumes are unchanged
+        self._point_node = None  # the fiducial list holding the query point
+        self._point_observers: List = []
+        self._point_again = False  # the point was moved while its run was running: run again after it
+        self._point_asked = None  # the RAS point of the last point run started (one run per position)
+        self._point_map = None  # the last point run's map node (replaced by the next one)
+        self._mirror_node = None  # the fiducial list holding the point's mirror
         self._last = None  # (segmentation node, reference volume) of the last loaded result
         self._work_dir: Optional[tempfile.TemporaryDirectory] = None
         self._timer = qt.QTimer()
@@ -97,6 +108,7 @@ class SymmetryAwareSegPanel:
         ui.modelSelector.currentIndexChanged.connect(self.on_model_selected)
         ui.importModelButton.clicked.connect(self.on_import_model)
         ui.mirrorPointButton.clicked.connect(self.on_mirror_point)
+        ui.pointAttentionButton.clicked.connect(self.on_point_attention)
         ui.batchButton.clicked.connect(self.on_batch_or_cancel)
         ui.opacitySlider.valueChanged.connect(self.on_opacity)
         ui.show3DButton.toggled.connect(self.on_show_3d)
@@ -146,8 +158,11 @@ class SymmetryAwareSegPanel:
         self.ui.modelInfoLabel.text = card.describe() if card is not None else _("Model: none selected.")
         running = self._child is not None
         batching = self._batch is not None
+        point_running = running and self._pending_kind == "point"
         self.ui.applyButton.enabled = running or (bool(nodes) and not batching)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.pointAttentionButton.enabled = point_running or (bool(nodes) and not running and not batching)
+        self.ui.pointAttentionButton.text = _("Cancel point run") if point_running else _("Where does this point look?")
         self.ui.batchButton.enabled = batching or not running
         self.ui.batchButton.text = _("Cancel batch") if batching else _("Run batch")
         has_plane = self._last_plane() is not None
@@ -220,7 +235,7 @@ class SymmetryAwareSegPanel:
         ordered = self.logic.assign_volumes(card, nodes) if card is not None else nodes
         self._work_dir = tempfile.TemporaryDirectory(prefix="SymmetryAwareSeg_")
         work = Path(self._work_dir.name)
-        inputs = self.logic.export_inputs(ordered, work / "inputs")
+        inputs = self._inputs.files(self.logic, ordered)  # kept for point runs on the same volumes
         if p.dicomSeg:
             # The core references the series it reads: give it the first volume's DICOM files.
             source = dicom_source_folder(ordered[0], work / "dicom" / inputs[0].name.split(".")[0],
@@ -242,6 +257,7 @@ class SymmetryAwareSegPanel:
             raise ValueError(str(error)) from None
         self._child, result = self.logic.start_case(inputs, work / "outputs", options)
         self._pending = (result, ordered[0], roi)
+        self._pending_kind = "segment"
         self._show_progress(_("Starting..."))
 
     def _show_progress(self, text: str) -> None:
@@ -269,21 +285,29 @@ class SymmetryAwareSegPanel:
         if not child.finished():
             return
         self._timer.stop()
+        point = self._pending_kind == "point"
+        again = point and self._point_again
         try:
             child.check()
-            self._load()
+            self._load_point() if point else self._load()
             self.ui.statusLabel.text = _("Done.")
         except ProcessCancelled:
             self.ui.statusLabel.text = _("Cancelled.")
+            if point:
+                self._point_asked = None  # the same position may be asked again
         except ProcessFailed as error:
             self.ui.statusLabel.text = _("Failed.")
-            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error),
-                                     detailedText="\n".join(t for _s, t in child.log[-200:]))
+            if point:
+                self._point_asked = None
+            what = _("Point attention failed: {error}") if point else _("Segmentation failed: {error}")
+            slicer.util.errorDisplay(what.format(error=error), detailedText="\n".join(t for _s, t in child.log[-200:]))
         except (ValueError, RuntimeError, OSError) as error:
             self.ui.statusLabel.text = _("Failed.")
             slicer.util.errorDisplay(_("Could not load the results: {error}").format(error=error))
         finally:
             self._finish()
+        if again:  # the point moved while its previous run was being cancelled
+            self._run_point()
 
     def _load(self) -> None:
         result, reference, roi = self._pending
@@ -321,6 +345,8 @@ class SymmetryAwareSegPanel:
     def _finish(self) -> None:
         self._child = None
         self._pending = None
+        self._pending_kind = None
+        self._point_again = False
         if self._work_dir is not None:
             self._work_dir.cleanup()
             self._work_dir = None
@@ -345,6 +371,113 @@ class SymmetryAwareSegPanel:
         except (RuntimeError, ValueError) as error:
             slicer.util.errorDisplay(_("Cannot mirror the point: {error}").format(error=error))
         self.update_state()
+
+    # -- point mode -----------------------------------------------------------------------
+    def on_point_attention(self) -> None:
+        """Cancel the running point run, or start placing the query point (one click in a view)."""
+        if self._child is not None:
+            if self._pending_kind == "point":
+                self.ui.statusLabel.text = _("Cancelling...")
+                self._point_again = False
+                self._child.cancel()
+            return
+        if not [n for n in self.input_nodes() if n is not None]:
+            slicer.util.errorDisplay(_("Select an input volume first."))
+            return
+        node = self._ensure_point_node()
+        node.RemoveAllControlPoints()  # re-placing: the new click defines the point again
+        self._point_asked = None
+        # vtkSlicerMarkupsLogic.h: SetActiveListID selects the list, StartPlaceMode(persistent)
+        # puts the interaction node in place mode; one click then adds the point.
+        markups_logic = slicer.modules.markups.logic()
+        markups_logic.SetActiveListID(node)
+        markups_logic.StartPlaceMode(False)
+        self.ui.statusLabel.text = _("Click in a view to place the point; drag it later to ask again.")
+
+    def _ensure_point_node(self):
+        node = self._point_node
+        if node is None or node.GetScene() is None:
+            self._remove_point_observers()
+            node = slicer.mrmlScene.GetFirstNodeByName(POINT_LIST_NAME)
+            if node is None or not node.IsA("vtkMRMLMarkupsFiducialNode"):
+                node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", POINT_LIST_NAME)
+                node.CreateDefaultDisplayNodes()
+            node.SetMaximumNumberOfControlPoints(1)
+            if hasattr(node, "SetControlPointLabelFormat"):
+                node.SetControlPointLabelFormat("P")
+            # vtkMRMLMarkupsNode.h: PointPositionDefinedEvent when a click places the point,
+            # PointEndInteractionEvent when a drag of it ends.
+            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent):
+                self._point_observers.append((node, node.AddObserver(event, self._on_point_placed)))
+            self._point_node = node
+        return node
+
+    def _remove_point_observers(self) -> None:
+        for node, tag in self._point_observers:
+            node.RemoveObserver(tag)
+        self._point_observers = []
+
+    def _on_point_placed(self, caller, _event) -> None:
+        if caller.GetNumberOfControlPoints() == 0:
+            return
+        position = [0.0, 0.0, 0.0]
+        caller.GetNthControlPointPositionWorld(0, position)
+        if self._point_asked is not None and max(abs(a - b) for a, b in zip(position, self._point_asked)) < 1e-6:
+            return  # the same position again (a click that did not move it, or both events of one placement)
+        if self._child is not None:
+            if self._pending_kind == "point":  # moved during a run: that run is stale
+                self._point_again = True
+                self._child.cancel()
+                self.ui.statusLabel.text = _("Point moved: restarting...")
+            else:
+                self.ui.statusLabel.text = _("A segmentation is running: place the point again when it ends.")
+            return
+        self._run_point()
+
+    def _run_point(self) -> None:
+        try:
+            self._start_point()
+        except (ValueError, RuntimeError, OSError) as error:
+            slicer.util.errorDisplay(_("Cannot start: {error}").format(error=error))
+            self._finish()
+
+    def _start_point(self) -> None:
+        p = self.parameters()
+        node = self._point_node
+        if node is None or node.GetScene() is None or node.GetNumberOfControlPoints() == 0:
+            raise ValueError(_("place a point first"))
+        nodes = [n for n in self.input_nodes() if n is not None]
+        if not nodes:
+            raise ValueError(_("select an input volume first"))
+        if not self._dependencies_ready():
+            return
+        card = self.current_card()
+        ordered = self.logic.assign_volumes(card, nodes) if card is not None else nodes
+        inputs = self._inputs.files(self.logic, ordered)
+        point = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(0, point)
+        self._point_asked = tuple(point)
+        try:
+            options = run_options(p)
+        except OptionError as error:
+            raise ValueError(str(error)) from None
+        self._work_dir = tempfile.TemporaryDirectory(prefix="SymmetryAwareSeg_point_")
+        # A point the contract refuses (not finite) raises OptionError, a ValueError: a dialog.
+        self._child, result = self.logic.start_point_attention(inputs, Path(self._work_dir.name) / "outputs", point, options)
+        self._pending = (result, ordered[0], None)
+        self._pending_kind = "point"
+        self._show_progress(_("Point attention: starting..."))
+
+    def _load_point(self) -> None:
+        result, reference, _roi = self._pending
+        mirror = self._mirror_node if self._mirror_node is not None and self._mirror_node.GetScene() is not None else None
+        previous = self._point_map if self._point_map is not None and self._point_map.GetScene() is not None else None
+        loaded = self.logic.load_point_attention(
+            result, reference, self._point_node, mirror_node=mirror, previous_map=previous,
+            plane_node=self._last_plane(), opacity=float(self.parameters().opacity),
+        )
+        self._point_map, self._mirror_node = loaded.map, loaded.mirror
+        self.ui.pointAttentionLabel.text = point_summary(loaded.summary)
 
     # -- batch ----------------------------------------------------------------------------
     def on_batch_or_cancel(self) -> None:
@@ -400,3 +533,5 @@ class SymmetryAwareSegPanel:
         self._timer.stop()
         self._batch = None
         self._finish()
+        self._remove_point_observers()
+        self._inputs.cleanup()

@@ -28,6 +28,17 @@ import numpy as np
 import torch
 
 
+def _saca_text(network) -> str:
+    """Where the network has SACA, in words: the attention maps come from the finest stage."""
+    stages = list(getattr(network, "saca_stages", ()))
+    if not stages:
+        return "no SACA"
+    if stages == [4]:
+        return "SACA at the bottleneck"
+    names = ", ".join(str(s) for s in stages[:-1]) + f" and {stages[-1]}" if len(stages) > 1 else str(stages[0])
+    return f"SACA at stages {names}; attention maps from stage {min(stages)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path)
@@ -54,7 +65,7 @@ def main() -> None:
     card = ModelCard(
         name=args.name,
         description=(
-            "SA-Swin (SACA at the bottleneck, feature size 12) segmenting glioma-like lesions into "
+            f"SA-Swin ({_saca_text(network)}, feature size {network.init_kwargs['feature_size']}) segmenting glioma-like lesions into "
             "necrotic core, oedema and enhancing tumour from T1, T1ce, T2 and FLAIR. Trained on synthetic "
             "brain phantoms only (MNI152 anatomy with simulated gliomas, random poses, bias and noise). "
             "NOT FOR CLINICAL USE: it has never seen a real tumour, and its figures below are on phantoms."
@@ -69,7 +80,16 @@ def main() -> None:
             f"folds other than {args.fold}; {steps} steps of 64^3 mirror-paired crops, batch 1, on 2 CPU cores"
             + (f"; {args.note}" if args.note else "")
         ),
-        extra={"training_run": config, "limits": f"synthetic training data; {spacing:g} mm; adult-brain anatomy of MNI152 only"},
+        extra={
+            "training_run": config,
+            "limits": f"synthetic training data; {spacing:g} mm; adult-brain anatomy of MNI152 only",
+            **({"attention": {
+                "saca_stages": list(network.saca_stages),
+                "map_stage": network.attention_stage,
+                "token_voxels": network.attention_token_stride,
+                "token_mm": network.attention_token_stride * spacing,
+            }} if getattr(network, "saca_stages", ()) else {}),
+        },
         **brats_card_fields(),
     )
     # Shipping size: float16 weights, and the Swin blocks' relative-position index tables
