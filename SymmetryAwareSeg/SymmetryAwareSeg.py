@@ -129,6 +129,8 @@ class SymmetryAwareSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        if self.panel is not None:
+            self.panel.on_scene_close()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:

@@ -103,8 +103,8 @@ def test_ui_declares_its_custom_widgets_and_the_panel_widgets_exist():
     used = {cls for cls, _ in ui_widgets().values()}
     qt_builtin = {c for c in used if c.startswith("Q")}
     assert used - qt_builtin <= declared
-    # Names the panel code (widget.py) looks up on the ui.
-    source = (MODULE / "SymmetryAwareSegLib" / "widget.py").read_text()
+    # Names the panel code (widget.py, interactive_panel.py) looks up on the ui.
+    source = "".join((MODULE / "SymmetryAwareSegLib" / name).read_text() for name in ("widget.py", "interactive_panel.py"))
     wanted = set(re.findall(r"ui\.([A-Za-z0-9]+)", source)) | {f"inputVolume{i}Selector" for i in range(1, 5)}
     wanted.discard("get")
     missing = wanted - set(ui_widgets())
@@ -152,7 +152,8 @@ def test_library_imports_without_qt_in_a_fresh_interpreter():
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import SymmetryAwareSegLib.logic, SymmetryAwareSegLib.process, SymmetryAwareSegLib.models,"
         " SymmetryAwareSegLib.parameters, SymmetryAwareSegLib.install, SymmetryAwareSegLib.batch,"
-        " SymmetryAwareSegLib.results, SymmetryAwareSegLib.tables, SymmetryAwareSegLib.command;"
+        " SymmetryAwareSegLib.results, SymmetryAwareSegLib.tables, SymmetryAwareSegLib.command,"
+        " SymmetryAwareSegLib.interactive, SymmetryAwareSegLib.interactive_edit;"
         "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'torch', 'monai', 'nibabel', 'scipy', 'nilearn') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -9,8 +9,11 @@
   maps with colour legends, plane, 3D), ``attention`` (point mode: where a placed point
   attends, its mirror marked), ``tables`` (volumes per hemisphere) and ``batch`` (folders, in the
   background); ``nodes`` holds the small MRML/VTK helpers they share. Imports without Qt.
+- ``interactive``: the interactive worker's protocol, its process and the grid mapping (pure
+  Python); ``interactive_edit``: its replies pasted into the selected segment (locks, undo).
 - ``install``: dependency decisions per Slicer version, installation after consent.
-- ``widget``: the panel (Qt; imported only inside Slicer).
+- ``widget``, ``interactive_panel``: the panel and its Interactive section (Qt; imported only
+  inside Slicer).
 
 Rules shared with the command line (run options, case ids, output file names, channel
 assignment) are never written here: they are imported from ``SymmetryAwareCore.contract``.

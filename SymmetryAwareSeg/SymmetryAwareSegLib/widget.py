@@ -97,6 +97,9 @@ class SymmetryAwareSegPanel:
         self._connect()
         self.refresh_models()
         self.ui.progressBar.setVisible(False)
+        from .interactive_panel import InteractivePanel
+
+        self.interactive = InteractivePanel(ui, logic, self.input_nodes, self.current_card, self._dependencies_ready)
 
     # -- wiring ---------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -516,8 +519,13 @@ class SymmetryAwareSegPanel:
         self.ui.progressBar.setVisible(False)
         self.update_state()
 
+    def on_scene_close(self) -> None:
+        """The scene is closing: its interactive worker goes with it (one worker per scene)."""
+        self.interactive.close()
+
     def cleanup(self) -> None:
         # Module closing: kill at once (no timer will poll the escalation any more).
+        self.interactive.close()
         if self._child is not None:
             self._child.cancel(grace_s=0)
         if self._batch is not None:
