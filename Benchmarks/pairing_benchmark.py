@@ -55,6 +55,7 @@ import time
 
 import torch
 import torch.nn as nn
+from reference import PatchOnly  # Benchmarks/reference.py, beside this script
 
 
 def _fix_mmap_threshold() -> bool:
@@ -106,17 +107,6 @@ class PeakMemory:
             self._thread.join()
             self.peak = self._top - self._base
         return False
-
-
-class _PatchOnly(nn.Module):
-    """MONAI SwinUNETR behind SA-Swin's call signature (the counterpart is ignored)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, x_counterpart=None):
-        return self.inner(x)
 
 
 def _fused_flags(model: nn.Module):
@@ -193,7 +183,7 @@ def training(args, device, dtype, networks):
     batch_pair = {"image": batch2["image"][:1], "counterpart": batch2["counterpart"][:1],
                   "label": batch2["label"][:1], "label_counterpart": batch2["label"][1:]}
     arms = {
-        "SwinUNETR, batch 2": (_PatchOnly(swin), task("input"), batch2),
+        "SwinUNETR, batch 2": (PatchOnly(swin), task("input"), batch2),
         "SA-Swin mirror-pair, 1 pair": (pair, task("mirror-pair"), batch_pair),
         "SA-Swin input pairing, batch 2": (paper, task("input"), batch2),
     }

@@ -26,17 +26,7 @@ import time
 
 import torch
 import torch.nn as nn
-
-
-class _PatchOnly(nn.Module):
-    """MONAI SwinUNETR behind SA-Swin's call signature (the counterpart is ignored)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, x_counterpart=None):
-        return self.inner(x)
+from reference import PatchOnly  # Benchmarks/reference.py, beside this script
 
 
 def _models(args) -> dict:
@@ -48,7 +38,7 @@ def _models(args) -> dict:
     torch.manual_seed(0)
     sa = SASwinUNETR(**common)
     torch.manual_seed(0)
-    plain = _PatchOnly(SwinUNETR(**common))
+    plain = PatchOnly(SwinUNETR(**common))
     return {"SA-Swin UNETR": sa, "MONAI SwinUNETR": plain}
 
 
