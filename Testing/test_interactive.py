@@ -300,3 +300,15 @@ def test_click_training_step_reaches_the_guidance_weights():
     losses["loss"].backward()
     grad = net.swinViT.patch_embed.proj.weight.grad
     assert grad is not None and grad[:, 4:].abs().sum() > 0  # clicks drawn into the guidance reach the weights
+
+
+def test_load_without_an_installed_interactive_model_is_one_clear_line(monkeypatch, tmp_path):
+    """None is shipped: `load` without a model says so instead of 'unknown model'."""
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.interactive.session import DEFAULT_MODEL, InteractiveSession
+    from SymmetryAwareCore.phantoms import sample_case_paths
+
+    monkeypatch.setenv("SYMMETRYAWARE_MODELS", str(tmp_path))  # an empty user model folder
+    with pytest.raises(InputError, match="no interactive model is installed") as error:
+        InteractiveSession().load([str(sample_case_paths()["t1"])])
+    assert DEFAULT_MODEL in str(error.value) and "\n" not in str(error.value)

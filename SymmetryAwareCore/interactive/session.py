@@ -160,7 +160,7 @@ class InteractiveSession:
         (default: the bundled interactive model).
         """
         from ..inference.cases import ChannelSpec, assign_channels
-        from ..inference.model_source import resolve_model
+        from ..inference.model_source import list_models, resolve_model
         from ..inference.pipeline import model_preprocessing, prepare_loaded_for_model
         from ..io.case import load_case
         from ..io.image import Image
@@ -173,6 +173,10 @@ class InteractiveSession:
                 raise InputError("image not found", p)
         loaded = self.model
         if loaded is None or (model or DEFAULT_MODEL) != self._model_name:
+            if model is None and not any(row["name"] == DEFAULT_MODEL for row in list_models()):
+                # None is shipped yet (docs/interactive.md): say so, not just "unknown model".
+                raise InputError(f"no interactive model is installed ({DEFAULT_MODEL} is not shipped yet, see "
+                                 "docs/interactive.md); give a promptable model's card as \"model\"")
             loaded = resolve_model(model or DEFAULT_MODEL, self.device)
             if not hasattr(loaded.network, "guidance_channels"):
                 raise InputError(f"model {loaded.card.name or model} is not promptable (no guidance channels); "
