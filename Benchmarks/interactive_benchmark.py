@@ -15,13 +15,19 @@ tumour's deepest point, each next one at the centre of the largest error compone
 - click latency (``InteractiveSession.click``, wall clock), median and worst over every click
   after each case's first (the first one may encode a counterpart window).
 
-Conditions: ``mirror`` (the method: the counterpart is the mirror window of the aligned scan)
-and ``--ablation self`` or ``zeros`` (the counterpart replaced by the window itself or by
-zeros; the SAME trained weights, so this measures what the trained network draws from the
-counterpart at test time, not what a network trained without it would do).
+Conditions: ``empty+clicks`` (the method from an empty mask: the counterpart is the mirror
+window of the aligned scan); ``auto+clicks`` (``--start auto`` or ``--also-auto-start``: the
+automatic pass first, then clicks on its errors; NoC is 0 when the automatic pass alone reaches
+the threshold); ``--ablation self`` or ``zeros`` (the counterpart replaced by the window itself or
+by zeros; the SAME trained weights, so this measures what the trained network draws from the
+counterpart at test time); ``--compare-model`` (another model, e.g. a refiner TRAINED without the
+mirrored counterpart: the honest ablation of what the mirror buys).
+
+A datalist with folds gives its fold ``--fold``; one without (a set made only for evaluation,
+e.g. low-contrast phantoms) gives every case with a label.
 
     python Benchmarks/interactive_benchmark.py --datalist datasets/glioma_mixed/datalist.json \
-        --fold 0 --cases 6 --output interactive_benchmark.json
+        --fold 0 --cases 6 --also-auto-start --ablation none --output interactive_benchmark.json
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import nibabel as nib
 import numpy as np
 
 
-def run_case(session, entry, max_clicks: int, root: Path, model=None) -> dict:
+def run_case(session, entry, max_clicks: int, root: Path, model=None, start: str = "empty") -> dict:
     from SymmetryAwareCore.interactive.clicker import dice, next_click
 
     images = [str(root / p) for p in entry["image"]]
@@ -53,7 +59,10 @@ def run_case(session, entry, max_clicks: int, root: Path, model=None) -> dict:
     if session.auto_available:
         session.auto()
         auto = dice(session.mask, truth)
-        session.reset()
+        if start == "empty":
+            session.reset()
+    elif start == "auto":
+        raise SystemExit(f"model {session.model.card.name} offers no automatic first pass: use --start empty")
     dices, latencies = [], []
     for _ in range(max_clicks):
         click = next_click(session.mask, truth, spacing)
@@ -68,12 +77,16 @@ def run_case(session, entry, max_clicks: int, root: Path, model=None) -> dict:
             break  # NoC@85, NoC@90 and Dice after 1, 3, 5 clicks are all known
 
     def noc(threshold: float) -> int:
+        if start == "auto" and auto >= threshold:
+            return 0  # the automatic pass alone is enough
         return next((i + 1 for i, d in enumerate(dices) if d >= threshold), max_clicks)
 
     def after(n: int) -> float:
         return dices[min(n, len(dices)) - 1]
 
-    return {"case": entry["name"], "load_s": round(load_s, 2), "auto_dice": auto, "dice": dices,
+    if not dices:  # the mask was already perfect: nothing to click
+        dices = [dice(session.mask, truth)]
+    return {"case": entry["name"], "start": start, "load_s": round(load_s, 2), "auto_dice": auto, "dice": dices,
             "dice_1": after(1), "dice_3": after(3), "dice_5": after(5), "noc85": noc(0.85), "noc90": noc(0.90),
             "latency_s": latencies}
 
@@ -95,7 +108,14 @@ def main() -> None:
                         "folders (0: all)")
     parser.add_argument("--model", default=None, help="model name or card (default: the bundled interactive model)")
     parser.add_argument("--max-clicks", type=int, default=10)
-    parser.add_argument("--ablation", choices=["self", "zeros", "none"], default="self")
+    parser.add_argument("--ablation", choices=["self", "zeros", "none"], default="self",
+                        help="also run with the counterpart replaced at test time (same weights)")
+    parser.add_argument("--start", choices=["empty", "auto"], default="empty",
+                        help="empty: clicks from an empty mask; auto: the automatic pass first, then clicks on its "
+                             "errors (NoC 0 when the automatic pass already reaches the threshold)")
+    parser.add_argument("--also-auto-start", action="store_true", help="also run the auto start with the same model")
+    parser.add_argument("--compare-model", help="another model (card) run the same way, e.g. a refiner trained "
+                        "without the mirrored counterpart")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
@@ -104,7 +124,14 @@ def main() -> None:
 
     data = json.loads(args.datalist.read_text())
     root = args.datalist.parent
-    held = [e for e in data.get("training", []) if e.get("fold") == args.fold]
+    entries = [e for key, v in data.items() if isinstance(v, list) for e in v if isinstance(e, dict)]
+    if any("fold" in e for e in entries):
+        held = [e for e in entries if e.get("fold") == args.fold]
+        held_out = f"fold {args.fold} of {args.datalist.parent.name}/{args.datalist.name} (held out of training)"
+    else:  # a set made only for evaluation: every case
+        held = entries
+        held_out = f"every case of {args.datalist.parent.name}/{args.datalist.name} (a set not used in training)"
+    held = [e for e in held if e.get("label")]
     if args.cases:
         # Alternate between the source folders (3 mm and 2 mm phantoms) so a short run sees both.
         groups = {}
@@ -112,15 +139,21 @@ def main() -> None:
             groups.setdefault(str(Path(e["label"]).parent), []).append(e)
         mixed = [e for pair in zip(*groups.values()) for e in pair] if len(groups) > 1 else held
         held = mixed[: args.cases]
-    conditions = [("mirror", None)] + ([] if args.ablation == "none" else [(f"counterpart={args.ablation}", args.ablation)])
-    results = {"datalist": str(args.datalist), "fold": args.fold, "max_clicks": args.max_clicks,
+    conditions = [(f"{args.start}+clicks", None, args.model, args.start)]
+    if args.also_auto_start:
+        conditions.append(("auto+clicks", None, args.model, "auto"))
+    if args.ablation != "none":
+        conditions.append((f"counterpart={args.ablation}", args.ablation, args.model, args.start))
+    if args.compare_model:
+        conditions.append((f"model={Path(args.compare_model).stem}", None, args.compare_model, args.start))
+    results = {"datalist": str(args.datalist), "held_out": held_out, "fold": args.fold, "max_clicks": args.max_clicks,
                "threads": args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
                "load_average_at_start": os.getloadavg(), "conditions": {}}
-    for name, ablation in conditions:
+    for name, ablation, model, start in conditions:
         session = InteractiveSession(threads=args.threads, ablation=ablation)
         rows = []
         for entry in held:
-            row = run_case(session, entry, args.max_clicks, root, args.model)
+            row = run_case(session, entry, args.max_clicks, root, model, start)
             rows.append(row)
             print(f"{name} {row['case']}: auto {row['auto_dice']}, dice@1/3/5 {row['dice_1']:.3f}/{row['dice_3']:.3f}/"
                   f"{row['dice_5']:.3f}, NoC85 {row['noc85']}, NoC90 {row['noc90']}, latency median "

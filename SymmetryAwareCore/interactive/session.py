@@ -47,7 +47,8 @@ from ..errors import InputError
 from ..models.promptable import GUIDANCE_NAMES
 from .guidance import DEFAULT_SIGMA, Guidance, guidance_volume
 
-__all__ = ["InteractiveSession", "EditResult", "card_interactive_block", "CLICK_PROTOCOL", "MAX_UNDO"]
+__all__ = ["InteractiveSession", "EditResult", "card_interactive_block", "load_backbone", "BACKBONE_KEY",
+           "CLICK_PROTOCOL", "MAX_UNDO"]
 
 CLICK_PROTOCOL = ("first click at the object's deepest interior point (max of its distance transform); each next "
                   "click at the deepest point of the largest 6-connected error component, positive for a miss, "
@@ -71,6 +72,49 @@ def card_interactive_block(click_sigma: float, region: str = "WT") -> Dict[str, 
         "click_protocol": CLICK_PROTOCOL,
         "auto": True,
     }
+
+
+BACKBONE_KEY = "backbone"
+"""Key of a two-stage model card's ``extra.interactive``: the file name of the automatic
+segmentation model's card, beside the refiner's card (its weights' SHA-256 is checked on load)."""
+
+
+def load_backbone(refiner, device=None):
+    """The backbone (a loaded automatic segmentation model) a two-stage refiner's card names.
+
+    Raises InputError when it is missing, not beside the card, or prepared differently.
+    """
+    from ..inference.model_source import resolve_model
+    from ..inference.pipeline import model_preprocessing
+
+    name = ((refiner.card.extra or {}).get("interactive") or {}).get(BACKBONE_KEY)
+    where = f"model card extra.interactive.{BACKBONE_KEY}"
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".json"):
+        raise InputError(f"{where} must be the file name of a segmentation model card (.json) beside the card, "
+                         f"got {name!r}")
+    card_path = Path(refiner.source)
+    if card_path.suffix != ".json" or not card_path.is_file():
+        raise InputError(f"{where} names {name}, but the model was not loaded from a card file to look beside")
+    path = card_path.parent / name
+    if not path.is_file():
+        raise InputError(f"backbone card named by {where} not found", path)
+    backbone = resolve_model(str(path), device or "cpu")
+    if hasattr(backbone.network, "guidance_channels") or hasattr(backbone.network, "assemble"):
+        raise InputError(f"the backbone {name} must be an automatic segmentation model", path)
+    names = [c.name for c in backbone.card.channels]
+    if names != [c.name for c in refiner.card.channels]:
+        raise InputError(f"the backbone's channels {names} differ from the refiner's "
+                         f"{[c.name for c in refiner.card.channels]}", path)
+    a, b = model_preprocessing(backbone), model_preprocessing(refiner)
+    for field_name in ("spacing", "normalisation", "alignment", "roi_size"):
+        if getattr(a, field_name) != getattr(b, field_name):
+            raise InputError(f"the backbone was trained with preprocessing.{field_name} {getattr(a, field_name)}, "
+                             f"the refiner with {getattr(b, field_name)}", path)
+    prior = int(getattr(refiner.network, "prior_channels", 0))
+    given = getattr(backbone.network, "init_kwargs", {}).get("out_channels")
+    if given is not None and prior != int(given):
+        raise InputError(f"the refiner takes {prior} prior channels, the backbone gives {given}", path)
+    return backbone
 
 
 @dataclass
@@ -129,6 +173,7 @@ class InteractiveSession:
         self.ablation = ablation
         self.model = None
         self._model_name: Optional[str] = None
+        self._backbone = None
         self.prepared = None
         self._reset_case()
 
@@ -181,6 +226,9 @@ class InteractiveSession:
             if not hasattr(loaded.network, "guidance_channels"):
                 raise InputError(f"model {loaded.card.name or model} is not promptable (no guidance channels); "
                                  f"use an interactive model such as {DEFAULT_MODEL}")
+            backbone = load_backbone(loaded, self.device) if hasattr(loaded.network, "assemble") else None
+        else:
+            backbone = self._backbone
         names = [c.name for c in loaded.card.channels]
         ordered, notes = assign_channels(paths, [ChannelSpec(c.name, tuple(c.patterns)) for c in loaded.card.channels])
         spec = model_preprocessing(loaded)
@@ -192,7 +240,7 @@ class InteractiveSession:
         image = Image(np.ascontiguousarray(array[order]), given.affine, names, str(paths[0]))
         prepared = prepare_loaded_for_model(image, loaded)
         # Only now, with everything read, replace the session's case (a failed load keeps the old one).
-        self.model, self._model_name = loaded, model or DEFAULT_MODEL
+        self.model, self._model_name, self._backbone = loaded, model or DEFAULT_MODEL, backbone
         self.prepared, self.spec = prepared, spec
         self._reset_case()
         self.paths = paths
@@ -205,6 +253,10 @@ class InteractiveSession:
         self._prob = np.zeros((1,) + tuple(prepared.frame.shape), np.float32)
         native = prepared.native
         self._voxel_ml = float(abs(np.linalg.det(native.affine[:3, :3]))) / 1000.0
+        started = time.perf_counter()
+        if self._backbone is not None:
+            self._prepare_prior()
+        backbone_seconds = time.perf_counter() - started
         started = time.perf_counter()
         self._counterpart(self._windows[len(self._windows) // 2])  # the central window, ready for a click
         return {
@@ -220,7 +272,8 @@ class InteractiveSession:
             "auto_available": self.auto_available,
             "windows": len(self._windows),
             "notes": self.notes,
-            "timing": {**prepared.times, "counterpart_encoding": round(time.perf_counter() - started, 3)},
+            "timing": {**prepared.times, "backbone": round(backbone_seconds, 3),
+                       "counterpart_encoding": round(time.perf_counter() - started, 3)},
         }
 
     def _prepare_windows(self) -> None:
@@ -237,7 +290,19 @@ class InteractiveSession:
         self._origin = np.array([s.start - p[0] for s, p in zip(self.prepared.box, pads)], int)
         self._windows = window_starts(volume.shape[1:], roi, 0.5)
 
-    def _counterpart(self, start) -> List[Optional[torch.Tensor]]:
+    def _prepare_prior(self) -> None:
+        """Two-stage models: the backbone's probabilities on the brain box, once per scan (the
+        pipeline's mirror-paired sliding window), padded like the volume."""
+        from ..inference.pipeline import predict_box
+        from ..inference.window_grid import padding_for_roi
+
+        prior = predict_box(self.prepared.cropped, self._backbone)
+        pads = padding_for_roi(self.prepared.cropped.shape[1:], self._roi)
+        self._prior = torch.from_numpy(np.ascontiguousarray(np.pad(prior, [(0, 0)] + [tuple(p) for p in pads])))
+
+    def _counterpart(self, start):
+        """The window's mirrored counterpart as the network uses it, cached: its encoding
+        (one-stage model) or its image channels (two-stage refiner)."""
         from ..geometry.mirror import extract_counterpart
 
         key = tuple(int(s) for s in start)
@@ -249,8 +314,12 @@ class InteractiveSession:
                 image = torch.zeros((self._volume.shape[0],) + self._roi)
             else:
                 image = extract_counterpart(self._volume, key, self._roi, spatial_start=1)
-            with torch.inference_mode():
-                self._cache[key] = net.encode_counterpart(image[None].contiguous().to(self.device))
+            image = image[None].contiguous().to(self.device)
+            if hasattr(net, "assemble"):
+                self._cache[key] = image
+            else:
+                with torch.inference_mode():
+                    self._cache[key] = net.encode_counterpart(image)
         return self._cache[key]
 
     def _window(self, start) -> torch.Tensor:
@@ -289,9 +358,15 @@ class InteractiveSession:
             t = time.perf_counter()
             offset = self._origin + np.asarray(start)  # frame voxel of the window's voxel 0
             guide = torch.from_numpy(guidance_volume(self._roi, guidance.shifted(offset), self.sigma))
-            x = torch.cat([self._window(start), guide])[None].to(self.device)
             with torch.inference_mode():
-                logits = net(x, counterpart_features=cached)
+                if hasattr(net, "assemble"):  # two-stage: the refiner on image, mirror, prior, guidance
+                    prior = self._prior[(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, self._roi))]
+                    x = net.assemble(self._window(start)[None].to(self.device), cached,
+                                     prior[None].to(self.device), guide[None].to(self.device))
+                    logits = net(x)
+                else:
+                    x = torch.cat([self._window(start), guide])[None].to(self.device)
+                    logits = net(x, counterpart_features=cached)
             window = tuple(slice(s, s + r) for s, r in zip(start, self._roi))
             acc[window] += torch.sigmoid(logits.float())[0, 0].cpu().numpy()
             count[window] += 1
@@ -307,8 +382,9 @@ class InteractiveSession:
     def _apply(self, prob: np.ndarray, state: _State, region: Optional[Region]) -> EditResult:
         """Make ``prob`` and ``state`` current; update the mask inside ``region`` of the input's grid
         (None: where the frame change can matter); push the undo entry."""
-        from ..inference.pipeline import outside_head_native, probabilities_to_native, roi_mask_native
-        from ..inference.postprocess import labels_from_probabilities
+        from ..inference.pipeline import (outside_head_native, probabilities_to_native, roi_mask_native,
+                                          threshold_to_native)
+        from ..inference.postprocess import labels_from_probabilities, outside_probabilities
 
         t = time.perf_counter()
         if region is None:
@@ -318,9 +394,15 @@ class InteractiveSession:
         if region is not None:
             lo, hi = region
             index = tuple(slice(a, b) for a, b in zip(lo, hi))
-            labels = labels_from_probabilities(probabilities_to_native(prob, self.prepared, self.model.card, region),
-                                               self.model.card)
-            new = (labels > 0).astype(np.uint8)
+            post = self.model.card.postprocessing or {}
+            if post.get("activation") == "sigmoid" and prob.shape[0] == 1:
+                # One binary channel: the same labels as the general path, computed only near borders.
+                new = threshold_to_native(prob[0], self.prepared, float(post.get("threshold", 0.5)),
+                                          float(outside_probabilities(self.model.card)[0]), region).astype(np.uint8)
+            else:
+                labels = labels_from_probabilities(probabilities_to_native(prob, self.prepared, self.model.card,
+                                                                           region), self.model.card)
+                new = (labels > 0).astype(np.uint8)
             outside = outside_head_native(self.prepared, self.spec, region)
             if outside is not None:
                 new[outside] = 0
@@ -350,8 +432,17 @@ class InteractiveSession:
             relevant = np.zeros(old.shape, bool)
             relevant[self.prepared.box] = True
         else:
-            high = ndi.binary_dilation((old >= 0.5) | (new >= 0.5), np.ones((3, 3, 3), bool))
-            relevant = ndi.binary_dilation((old != new) & high, np.ones((3, 3, 3), bool))
+            # A native label is a convex mix of its 8 frame neighbours (kept in float16, whose
+            # rounding near 0.5 is under 2^-9): it is 1 when they are all clearly above 0.5, 0
+            # when all clearly below. So it can change only where a frame voxel changed in a
+            # block that is not clearly one-sided before or after, or that went from clearly
+            # above to clearly below (every voxel of such a 2^3 block sees the others in its 3^3).
+            cube, margin = np.ones((3, 3, 3), bool), 2.0 ** -9
+            straddle = np.zeros(old.shape, bool)
+            for p in (old, new):
+                straddle |= ndi.binary_dilation(p < 0.5 + margin, cube) & ndi.binary_dilation(p >= 0.5 - margin, cube)
+            straddle |= (old >= 0.5 + margin) & (new < 0.5 - margin) | (old < 0.5 - margin) & (new >= 0.5 + margin)
+            relevant = ndi.binary_dilation((old != new) & straddle, cube)
         frame_box = _bbox(relevant)
         if frame_box is None:
             return None

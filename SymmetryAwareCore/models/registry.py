@@ -16,6 +16,7 @@ ARCHITECTURES: Dict[str, str] = {
     "SASwinClassifier": "SymmetryAwareCore.models.sa_swin_classifier:SASwinClassifier",
     "SASwinPretrainer": "SymmetryAwareCore.models.symmetry_head:SASwinPretrainer",
     "PromptableSASwinUNETR": "SymmetryAwareCore.models.promptable:PromptableSASwinUNETR",
+    "ClickRefiner": "SymmetryAwareCore.models.click_refiner:ClickRefiner",
 }
 
 

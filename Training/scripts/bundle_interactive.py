@@ -42,18 +42,21 @@ def main() -> None:
     from SymmetryAwareTraining.config import load_config
     from SymmetryAwareTraining.tasks import _card_common, build_model
 
-    config = load_config(args.run / "config.yaml")
     if args.benchmark and args.output.with_suffix(".json").is_file():
         card_path = args.output.with_suffix(".json")
         data = json.loads(card_path.read_text())
         bench = json.loads(args.benchmark.read_text())
-        data["metrics"] = {"evaluated_on": f"fold {bench['fold']} of {Path(bench['datalist']).name} (held out of "
-                           "training), Benchmarks/interactive_benchmark.py with the shipped float16 weights",
+        data["metrics"] = {"evaluated_on": f"{bench['held_out']}, Benchmarks/interactive_benchmark.py with the "
+                           "shipped weights",
                            "max_clicks": bench["max_clicks"],
                            **{name: c["summary"] for name, c in bench["conditions"].items()}}
         card_path.write_text(json.dumps(data, indent=2) + "\n")
         print(json.dumps(data["metrics"], indent=2))
         return
+    if (args.run / "refiner.pt").is_file():
+        bundle_refiner(args)
+        return
+    config = load_config(args.run / "config.yaml")
     if (args.run / "model.json").is_file():
         network, _ = load_model(args.run / "model.json")
         source, step = "model.json (run finished)", config.train.steps
@@ -105,6 +108,64 @@ def main() -> None:
     path = save_model(network, args.output, card)
     load_model(args.output)  # what users will load: hash and keys checked
     print(f"wrote {path} ({args.output.stat().st_size / 1e6:.1f} MB) from {source}")
+
+
+def bundle_refiner(args) -> None:
+    """A two-stage model: the click refiner of ``SymmetryAwareTraining.click_refiner`` (``<run>/refiner.pt``),
+    its card naming the backbone card it was trained on, which must lie beside the output."""
+    from SymmetryAwareCore.inference.model_source import resolve_model
+    from SymmetryAwareCore.interactive.guidance import DEFAULT_SIGMA
+    from SymmetryAwareCore.interactive.session import BACKBONE_KEY, card_interactive_block
+    from SymmetryAwareCore.models.click_refiner import ClickRefiner
+    from SymmetryAwareCore.models.model_card import Label, ModelCard, load_model, save_model
+
+    state = torch.load(args.run / "refiner.pt", map_location="cpu", weights_only=False)
+    run_args = json.loads((args.run / "args.json").read_text())
+    network = ClickRefiner(**state["kwargs"])
+    network.load_state_dict(state["model"])
+    backbone = resolve_model(run_args["backbone"])
+    backbone_card = Path(backbone.source)
+    if backbone_card.parent.resolve() != args.output.parent.resolve():
+        raise SystemExit(f"the backbone card {backbone_card} must lie beside the output {args.output}")
+    card = ModelCard(
+        name=args.name,
+        description=(
+            "Two-stage interactive SA-Swin for whole-tumour segmentation from T1, T1ce, T2 and FLAIR with clicks "
+            f"and a box. Stage 1 (once per scan): the automatic SA-Swin {backbone.card.name} {backbone.card.version} "
+            "(SACA against the mirrored counterpart) gives its region probabilities on the brain box. Stage 2 (each "
+            "click): a small 3D U-Net (MONAI UNet) on one 64^3 window takes the image, its mirrored counterpart, "
+            "those probabilities and the click guidance. Trained on synthetic brain phantoms only. NOT FOR CLINICAL "
+            "USE: it has never seen a real tumour, and its figures are on phantoms."
+        ),
+        preprocessing=dict(backbone.card.preprocessing),
+        version=args.version,
+        licence="Apache-2.0",
+        training_data=(
+            "lesion cases of " + ", ".join(Path(p).parent.name + "/" + Path(p).name for p in run_args["datalist"])
+            + f" (fold {run_args['exclude_fold']} of each held out where folds exist): synthetic glioma phantoms at "
+            "3 mm and 2 mm, standard contrast and lesion contrast 0.5 and 0.3 (variation 2); "
+            f"{state['steps']} steps of simulated-click training of the refiner only (backbone frozen), batch "
+            f"{run_args['batch']}, {run_args['crop']}^3 crops, 1 CPU thread (SymmetryAwareTraining.click_refiner)"
+        ),
+        extra={
+            "interactive": {**card_interactive_block(run_args.get("sigma") or DEFAULT_SIGMA, "WT"),
+                            "counterpart_guidance": "not used: the refiner takes the counterpart's image channels; "
+                                                    "the backbone's counterpart is its own (no clicks)",
+                            BACKBONE_KEY: backbone_card.name, "backbone_sha256": backbone.card.sha256,
+                            "two_stage": "backbone probabilities once per scan (predict_box), refiner per click"},
+            "training_run": {"args": run_args, "steps": state["steps"], "cases": len(state["cases"]),
+                             "final_loss_mean_last_50": float(sum(state["history"][-50:]) / max(1, len(state["history"][-50:])))},
+            "limits": "synthetic training data only; whole tumour of glioma-like lesions; 3 mm frame, so structures "
+                      "under ~6 mm are not resolved; one 64^3 window per click; not for clinical use",
+        },
+        channels=list(backbone.card.channels),
+        modality=backbone.card.modality,
+        labels=[Label(1, "lesion", (250, 120, 40))],
+        postprocessing={"activation": "sigmoid", "regions": {"lesion": [1]}, "threshold": 0.5},
+    )
+    path = save_model(network, args.output, card)
+    load_model(args.output)  # what users will load: hash and keys checked
+    print(f"wrote {path} ({args.output.stat().st_size / 1e6:.2f} MB), refiner of {state['steps']} steps")
 
 
 def vars_deep(obj):
