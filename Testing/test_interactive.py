@@ -303,12 +303,16 @@ def test_click_training_step_reaches_the_guidance_weights():
 
 
 def test_load_without_an_installed_interactive_model_is_one_clear_line(monkeypatch, tmp_path):
-    """None is shipped: `load` without a model says so instead of 'unknown model'."""
+    """With the default model removed, `load` without a model says so instead of 'unknown model'."""
     from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.inference import model_source
     from SymmetryAwareCore.interactive.session import DEFAULT_MODEL, InteractiveSession
     from SymmetryAwareCore.phantoms import sample_case_paths
 
     monkeypatch.setenv("SYMMETRYAWARE_MODELS", str(tmp_path))  # an empty user model folder
+    shipped = model_source.list_models
+    monkeypatch.setattr(model_source, "list_models",
+                        lambda: [row for row in shipped() if row["name"] != DEFAULT_MODEL])
     with pytest.raises(InputError, match="no interactive model is installed") as error:
         InteractiveSession().load([str(sample_case_paths()["t1"])])
     assert DEFAULT_MODEL in str(error.value) and "\n" not in str(error.value)

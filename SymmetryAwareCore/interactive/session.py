@@ -7,20 +7,32 @@ The Python API behind ``symmetryaware interactive`` (:mod:`.worker`), usable dir
     s.click([-30.0, 12.0, 20.0], positive=True)      # RAS mm
     s.undo(); s.save("lesion.nii.gz")
 
-What is kept between interactions: the model; the scan prepared ONCE by the pipeline's own
-preparation (:func:`SymmetryAwareCore.inference.pipeline.prepare_for_model`: mid-sagittal
-plane, symmetric frame at the card's spacing, normalisation, brain box); the counterpart
-encoding of each window used so far (the counterpart's guidance is empty, so clicks never
-change it); the frame probabilities; the mask on the input's grid; an undo stack.
+Two kinds of model are served:
+
+- **two-stage** (the bundled ``interactive-glioma-saswin-f12``): a
+  :class:`~SymmetryAwareCore.models.click_refiner.ClickRefiner` whose card names its backbone,
+  an automatic SA-Swin segmentation card beside it (:func:`load_backbone`). At ``load`` the
+  backbone runs ONCE over the brain box (the pipeline's mirror-paired sliding window,
+  :func:`~SymmetryAwareCore.inference.pipeline.predict_box`) and its probabilities are kept;
+  a click runs only the small refiner on one window (image, mirrored counterpart, backbone
+  prior, guidance);
+- **one-stage**: a :class:`~SymmetryAwareCore.models.promptable.PromptableSASwinUNETR`; a click
+  runs the patch encoder + SACA + decoder with the counterpart's encoding cached.
+
+What is kept between interactions: the model (and backbone); the scan prepared ONCE by the
+pipeline's own preparation (:func:`SymmetryAwareCore.inference.pipeline.prepare_for_model`:
+mid-sagittal plane, symmetric frame at the card's spacing, normalisation, brain box); per
+window used so far, its counterpart (encoding, or image for the refiner; clicks never change
+it); the backbone prior; the frame probabilities; the mask on the input's grid; an undo stack.
 
 A click costs: guidance drawn for one ``roi_size`` window (the grid window of the brain box
 whose centre is nearest the click; at the bundled model's 3 mm frame and 64^3 windows one or
-two windows cover the head), ONE forward pass of the patch encoder + SACA + decoder with the
-cached counterpart features, and an update of the mask limited to where it can change: frame
-voxels whose probability changed next to a voxel at or above 0.5 (before or after); only the
-block of the input's grid around them is resampled (linear, then thresholded, by
-:func:`~SymmetryAwareCore.inference.pipeline.probabilities_to_native` with a region, voxel for
-voxel what the whole-grid mapping gives there).
+two windows cover the head), ONE forward pass (refiner, or encoder + SACA + decoder), and an
+update of the mask limited to where it can change (:meth:`InteractiveSession._native_region`):
+only the block of the input's grid around frame voxels that changed where a label can flip
+is recomputed, voxel for voxel what the whole-grid mapping gives there
+(:func:`~SymmetryAwareCore.inference.pipeline.threshold_to_native` for a binary model, which
+interpolates only near the mask's border).
 
 Geometry: the mask lives on the grid of the FIRST file given to :meth:`load` (whichever channel
 it is; the other channels are resampled onto it when their grids differ, as ``segment`` does
@@ -220,8 +232,8 @@ class InteractiveSession:
         if loaded is None or (model or DEFAULT_MODEL) != self._model_name:
             if model is None and not any(row["name"] == DEFAULT_MODEL for row in list_models()):
                 # None is shipped yet (docs/interactive.md): say so, not just "unknown model".
-                raise InputError(f"no interactive model is installed ({DEFAULT_MODEL} is not shipped yet, see "
-                                 "docs/interactive.md); give a promptable model's card as \"model\"")
+                raise InputError(f"no interactive model is installed ({DEFAULT_MODEL} is missing from this "
+                                 "installation, see docs/interactive.md); give a promptable model's card as \"model\"")
             loaded = resolve_model(model or DEFAULT_MODEL, self.device)
             if not hasattr(loaded.network, "guidance_channels"):
                 raise InputError(f"model {loaded.card.name or model} is not promptable (no guidance channels); "
@@ -425,13 +437,20 @@ class InteractiveSession:
 
     def _native_region(self, old: np.ndarray, new: np.ndarray, everywhere: bool = False) -> Optional[Region]:
         """The block of the input's grid whose labels can differ between frame probabilities
-        ``old`` and ``new``: a native label is a linear mix of its 8 frame neighbours, so it can
-        only be 1 (before or after) next to a frame voxel >= 0.5, and only change next to a
-        frame voxel that changed."""
+        ``old`` and ``new`` (``everywhere``: the whole brain box)."""
         if everywhere:
             relevant = np.zeros(old.shape, bool)
             relevant[self.prepared.box] = True
+            frame_box = _bbox(relevant)
         else:
+            changed = _bbox(old != new)
+            if changed is None:
+                return None
+            # Work on the changed block grown by 2 voxels (the two dilations' reach), not the frame.
+            lo = np.maximum(np.asarray(changed[0]) - 2, 0)
+            hi = np.minimum(np.asarray(changed[1]) + 2, old.shape)
+            block = tuple(slice(a, b) for a, b in zip(lo, hi))
+            old, new = old[block], new[block]
             # A native label is a convex mix of its 8 frame neighbours (kept in float16, whose
             # rounding near 0.5 is under 2^-9): it is 1 when they are all clearly above 0.5, 0
             # when all clearly below. So it can change only where a frame voxel changed in a
@@ -443,7 +462,9 @@ class InteractiveSession:
                 straddle |= ndi.binary_dilation(p < 0.5 + margin, cube) & ndi.binary_dilation(p >= 0.5 - margin, cube)
             straddle |= (old >= 0.5 + margin) & (new < 0.5 - margin) | (old < 0.5 - margin) & (new >= 0.5 + margin)
             relevant = ndi.binary_dilation((old != new) & straddle, cube)
-        frame_box = _bbox(relevant)
+            frame_box = _bbox(relevant)
+            if frame_box is not None:
+                frame_box = (tuple(int(v) for v in np.add(frame_box[0], lo)), tuple(int(v) for v in np.add(frame_box[1], lo)))
         if frame_box is None:
             return None
         lo, hi = (np.asarray(v, np.float64) for v in frame_box)

@@ -225,7 +225,8 @@ def train(args) -> Path:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone = resolve_model(args.backbone)
-    files = build_cache([Path(p) for p in args.datalist], backbone, out / "cache", args.exclude_fold)
+    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
+    files = build_cache([Path(p) for p in args.datalist], backbone, cache, args.exclude_fold)
     cases = [load_cached(f) for f in files]
     print(f"{len(cases)} lesion cases cached", flush=True)
     args.sigma = getattr(args, "sigma", None) or DEFAULT_SIGMA
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", action="append", required=True, help="datalist JSON (repeatable)")
     p.add_argument("--exclude-fold", type=int, default=0, help="fold held out of every datalist (default 0)")
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--cache-dir", help="where the prepared cases and backbone priors are kept (default "
+                   "<output-dir>/cache); runs with the same backbone and data can share it")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--crop", type=int, default=48, help="crop edge in frame voxels (divisible by 8)")
