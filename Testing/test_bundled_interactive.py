@@ -44,21 +44,39 @@ def test_the_default_interactive_model_is_the_bundled_two_stage_model(session):
     assert s.model.card.metrics, "the card must carry its benchmark figures"
 
 
-def test_clicks_build_the_lesion_and_change_it_where_they_say(session):
+def test_one_click_from_an_empty_mask_gives_the_lesion(session):
     s, _, label, truth = session
     s.reset()
-    first = deepest_point(truth)
-    s.click(_ras(label, first), True)
-    after_one = dice(s.mask, truth)
-    assert after_one > 0.80, after_one
-    before = s.mask.copy()
-    # A negative click at the lesion's deepest point must carve out a region around it (a model
-    # that ignored its clicks would leave the mask as it was).
-    s.click(_ras(label, first), False)
-    removed = before.astype(bool) & ~s.mask.astype(bool)
-    assert not s.mask[first] and removed.sum() > 50
-    s.undo()
-    np.testing.assert_array_equal(s.mask, before)
+    assert s.mask.sum() == 0
+    s.click(_ras(label, deepest_point(truth)), True)
+    assert dice(s.mask, truth) > 0.80
+
+
+def test_clicks_repair_a_low_contrast_lesion_the_automatic_pass_misses(tmp_path):
+    """Lesion contrast 0.4 (a phantom of the kind held out in the benchmark, seed 7): the
+    automatic pass is poor; five clicks of the simulated annotator must raise Dice by > 0.1
+    (a model that ignored its clicks would stay where the automatic pass is)."""
+    from SymmetryAwareCore.interactive.clicker import next_click
+    from SymmetryAwareCore.interactive.session import InteractiveSession
+    from SymmetryAwareCore.io.writers import write_nifti
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    phantom = make_subject(7, "glioma", "mri", spacing=3.0, scenario="unilateral", lesion_contrast=0.4, variation=2.0)
+    paths = []
+    for c, name in enumerate(phantom.image.channel_names):
+        path = tmp_path / f"low_{name}.nii.gz"
+        write_nifti(phantom.image.channel(c), path)
+        paths.append(str(path))
+    truth, affine = np.isin(phantom.label.array, (1, 2, 4)), phantom.label.affine
+    s = InteractiveSession(threads=2)
+    s.load(paths)
+    s.auto()
+    scores = [dice(s.mask, truth)]
+    for _ in range(5):
+        click = next_click(s.mask, truth)
+        s.click((affine @ np.append(click.voxel, 1.0))[:3].tolist(), click.positive)
+        scores.append(dice(s.mask, truth))
+    assert scores[0] < 0.75 and scores[-1] > scores[0] + 0.1, scores
 
 
 def test_auto_then_clicks_does_not_get_worse(session):

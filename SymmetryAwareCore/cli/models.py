@@ -279,9 +279,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
-        print(f"{'name':<28} {'version':<9} {'origin':<9} {'modality':<9} inputs")
+        width = max([28] + [len(str(r["name"])) + 1 for r in rows])
+        print(f"{'name':<{width}} {'version':<9} {'origin':<9} {'modality':<9} inputs")
         for r in rows:
-            print(f"{r['name']:<28} {r['version']:<9} {r['origin']:<9} {r['modality']:<9} {', '.join(map(str, r['inputs']))}")
+            print(f"{r['name']:<{width}} {r['version']:<9} {r['origin']:<9} {r['modality']:<9} "
+                  f"{', '.join(map(str, r['inputs']))}")
         return 0
     if args.action == "import":
         card = import_model(args.source, args.overwrite)

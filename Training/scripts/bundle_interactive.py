@@ -1,5 +1,10 @@
 """Turn a ``finetune-interactive`` run into the bundled interactive model, with its card.
 
+A ``SymmetryAwareTraining.click_refiner`` run (``<run>/refiner.pt``) becomes a two-stage
+model: the refiner's weights (float32, 0.6 MB) with a card naming the backbone card, which must
+lie beside the output with the weights the refiner was trained on (SHA-256 checked).
+A ``finetune-interactive`` run (one-stage promptable SA-Swin):
+
 1. Takes the run's weights: ``<run>/model.json`` when the run finished, else the last
    checkpoint (``<run>/checkpoints/last.pt``, a run stopped on time), rebuilt from the run's
    own ``config.yaml`` (one model definition: the training task's ``build_model`` path).
@@ -31,7 +36,8 @@ def main() -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--name", default="interactive-glioma-saswin-f12")
     parser.add_argument("--version", default="0.1.0")
-    parser.add_argument("--benchmark", type=Path, help="interactive_benchmark.py JSON of the shipped file: into metrics")
+    parser.add_argument("--benchmark", type=Path, action="append",
+                        help="interactive_benchmark.py JSON of the shipped file (repeatable): into the card's metrics")
     args = parser.parse_args()
 
     from SymmetryAwareCore.inference.model_source import brats_card_fields
@@ -45,11 +51,17 @@ def main() -> None:
     if args.benchmark and args.output.with_suffix(".json").is_file():
         card_path = args.output.with_suffix(".json")
         data = json.loads(card_path.read_text())
-        bench = json.loads(args.benchmark.read_text())
-        data["metrics"] = {"evaluated_on": f"{bench['held_out']}, Benchmarks/interactive_benchmark.py with the "
-                           "shipped weights",
-                           "max_clicks": bench["max_clicks"],
-                           **{name: c["summary"] for name, c in bench["conditions"].items()}}
+        sets = {}
+        for path in args.benchmark:
+            bench = json.loads(path.read_text())
+            sets[bench.get("held_out") or f"fold {bench['fold']} of {bench['datalist']}"] = {
+                "max_clicks": bench["max_clicks"], "threads": bench.get("threads"),
+                "load_average_at_start": bench.get("load_average_at_start"),
+                **{name: c["summary"] for name, c in bench["conditions"].items()}}
+        data["metrics"] = {"evaluated_with": "Benchmarks/interactive_benchmark.py with the shipped weights, whole "
+                           "tumour, the simulated clicker (SymmetryAwareCore.interactive.clicker), on the input grid",
+                           "sets": sets}
+        # The card's own fields change, not the weights: their SHA-256 stays valid.
         card_path.write_text(json.dumps(data, indent=2) + "\n")
         print(json.dumps(data["metrics"], indent=2))
         return
@@ -123,10 +135,14 @@ def bundle_refiner(args) -> None:
     run_args = json.loads((args.run / "args.json").read_text())
     network = ClickRefiner(**state["kwargs"])
     network.load_state_dict(state["model"])
-    backbone = resolve_model(run_args["backbone"])
-    backbone_card = Path(backbone.source)
-    if backbone_card.parent.resolve() != args.output.parent.resolve():
-        raise SystemExit(f"the backbone card {backbone_card} must lie beside the output {args.output}")
+    trained_with = resolve_model(run_args["backbone"])
+    # The card the refiner will name must lie beside the output and hold the same weights.
+    backbone_card = args.output.parent / Path(trained_with.source).name
+    if not backbone_card.is_file():
+        raise SystemExit(f"copy the backbone card and weights ({Path(trained_with.source).name}) beside {args.output}")
+    backbone = resolve_model(str(backbone_card))
+    if backbone.card.sha256 != trained_with.card.sha256:
+        raise SystemExit(f"{backbone_card} holds other weights than the backbone the refiner was trained with")
     card = ModelCard(
         name=args.name,
         description=(
