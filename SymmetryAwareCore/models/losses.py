@@ -27,7 +27,12 @@ __all__ = [
     "symmetry_loss",
     "rotation_loss",
     "SymmetryAwarePretrainingLoss",
+    "TASKS",
+    "balanced_weights",
 ]
+
+TASKS = ("rotation", "contrastive", "inpainting", "symmetry")
+"""The four proxy tasks, in the order of the loss's weights."""
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -159,3 +164,29 @@ class SymmetryAwarePretrainingLoss(nn.Module):
             ) / 2
         losses["total"] = sum(self.weights[name] * losses[name] for name in self.weights)
         return losses
+
+
+def balanced_weights(gradient_norms: Mapping[str, float], total: float = 1.0) -> Dict[str, float]:
+    """Loss weights that give every task the same share of the encoder gradient.
+
+    ``gradient_norms``: each task's encoder gradient norm ``g_t = ||d L_t / d theta_enc||`` for
+    an unweighted loss, measured on the same batches at the same weights (initialisation).
+    Returns ``w_t = total / (n * g_t)``, so each weighted task contributes a gradient of norm
+    ``total / n`` and their sum has norm at most ``total``. With the authors' weights
+    (1, 1, 1, 0.5) this project measured g = 18.9, 0.53, 0.22 and 10.0 at initialisation:
+    rotation and symmetry took over 97 % of the gradient, and clipping at 1 kept only them.
+
+    Raises ValueError for an unknown task or a norm that is not positive and finite.
+    """
+    import math
+
+    unknown = sorted(set(gradient_norms) - set(TASKS))
+    if unknown or not gradient_norms:
+        raise ValueError(f"gradient_norms must name tasks among {', '.join(TASKS)}, got {sorted(gradient_norms)}")
+    for name, g in gradient_norms.items():
+        if not (math.isfinite(float(g)) and float(g) > 0):
+            raise ValueError(f"the {name} gradient norm must be positive and finite, got {g}")
+    if not total > 0:
+        raise ValueError(f"total must be positive, got {total}")
+    n = len(gradient_norms)
+    return {name: total / (n * float(g)) for name, g in gradient_norms.items()}
