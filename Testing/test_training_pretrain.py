@@ -38,8 +38,14 @@ class TinyPretrainer(nn.Module):
     def forward(self, x, x_counterpart):
         f, fc = torch.relu(self.conv(x)), torch.relu(self.conv(x_counterpart))
         pooled, pooled_c = f.mean((2, 3, 4)), fc.mean((2, 3, 4))
+
+        def tokens(features):  # (B, 8, 2, 2, 2) region embeddings, as the real head's
+            t = torch.nn.functional.adaptive_avg_pool3d(features, 2)
+            return self.proj(t.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(t.shape[0], -1, 2, 2, 2)
+
         return {"rotation": self.rot(pooled), "contrastive": self.con(pooled), "reconstruction": self.rec(f),
-                "embedding": self.proj(pooled), "embedding_counterpart": self.proj(pooled_c)}
+                "embedding": self.proj(pooled), "embedding_counterpart": self.proj(pooled_c),
+                "token_embedding": tokens(f), "token_embedding_counterpart": tokens(fc)}
 
 
 @pytest.fixture()

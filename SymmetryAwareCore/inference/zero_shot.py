@@ -14,9 +14,10 @@ mismatched is refused in one line.
 Score and map (:func:`zero_shot_asymmetry`): the brain box of the prepared case is resized
 to the head's ``roi_size`` (as scan-level classifiers see a scan,
 :func:`~SymmetryAwareCore.preprocessing.whole_scan_input`), its left-right flip is the
-exact counterpart, and the head gives ``(1 - cos(z, z~)) / 2`` in ``[0, 1]`` per scan
-(pooled embeddings) and per bottleneck token (each token covers ``roi_size / 32`` of the
-box along each axis). The token map is resized back onto the box (trilinear) and set on
+exact counterpart, and the head gives ``(1 - cos(z, z~)) / 2`` in ``[0, 1]`` per bottleneck
+token (each token covers ``roi_size / 32`` of the box along each axis) against its mirror
+token; the scan's score is the largest token's
+(:func:`~SymmetryAwareCore.models.symmetry_head.scan_asymmetry`). The token map is resized back onto the box (trilinear) and set on
 the frame, 0 outside the head.
 """
 
@@ -40,8 +41,9 @@ SYMMETRY_HEAD_KEY = "symmetry_head"
 
 HEAD_ARCHITECTURE = "SASwinPretrainer"
 
-DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's embeddings of the brain box resized to the head's "
-              "roi_size and of its left-right mirror; 0 = symmetric, 1 = opposite")
+DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's token embeddings of each region of the brain box "
+              "(resized to the head's roi_size) and of its mirror region; the scan's score is the largest "
+              "region's; 0 = symmetric, 1 = opposite")
 
 
 @dataclass

@@ -454,8 +454,10 @@ class PretrainTask(_ModelTask):
         from SymmetryAwareCore.models.losses import SymmetryAwarePretrainingLoss
 
         p = config.pretrain
+        # Whole scans: the counterpart is the exact flip, so symmetry is compared region by region.
         self.criterion = SymmetryAwarePretrainingLoss(p.rotation_weight, p.contrastive_weight, p.inpainting_weight,
-                                                      p.symmetry_weight, p.temperature)
+                                                      p.symmetry_weight, p.temperature,
+                                                      token_symmetry=p.input == "whole-scan")
 
     def card_metadata(self) -> Dict[str, Any]:
         return _card_common(self.config, "pretraining", extra={"pretrain": vars(self.config.pretrain)},
@@ -519,7 +521,8 @@ class PretrainTask(_ModelTask):
 
         on = self.active_tasks
         return SymmetryAwarePretrainingLoss(*(float(t in on) for t in ("rotation", "contrastive", "inpainting", "symmetry")),
-                                            temperature=self.config.pretrain.temperature)
+                                            temperature=self.config.pretrain.temperature,
+                                            token_symmetry=self.criterion.token_symmetry)
 
 
 def pretrain_gradient_norms(model: nn.Module, task: "PretrainTask", batches, prefix: str = "swinViT.") -> Dict[str, float]:

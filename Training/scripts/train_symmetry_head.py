@@ -5,10 +5,12 @@ Why this exists: the four-task pretraining (``symmetryaware-train pretrain`` wit
 project's shared 2-core CPU (16 Swin passes at 64^3 per step, most of it the frozen early
 stages' forward pass), so an hour buys about 30 steps. Here the frozen part of the encoder
 (patch embedding, stages 1 and 2, initialised from the bundled segmentation model and never
-changed) is run ONCE per scan and per mirror side, and only the rest of the symmetry path
-trains: Swin stages 3 and 4 and the head's symmetry projector, with the SAH's own loss
-(:func:`SymmetryAwareCore.models.losses.symmetry_loss`: BCE on ``(1 + cos(z, z~)) / 2``,
-healthy 1, patient 0). Rotation, contrastive and inpainting are not trained here (they need
+changed; by default stage 3 too) is run ONCE per scan and per mirror side, and only the rest of
+the symmetry path trains: Swin stage 4 and the head's symmetry projector, with the SAH's own loss
+(BCE on ``(1 + cos(z, z~)) / 2``, healthy 1, patient 0), in its region-by-region form
+(:func:`SymmetryAwareCore.models.losses.token_symmetry_loss`: each bottleneck region against
+its mirror region, the scan's similarity that of its most asymmetric region), because the
+counterpart of a whole scan is its exact flip. Rotation, contrastive and inpainting are not trained here (they need
 new input views every step, i.e. the full passes this avoids).
 
 The network is the run's :class:`SASwinPretrainer`, built and initialised by the same
@@ -41,26 +43,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TRAINED = ("swinViT.layers3", "swinViT.layers4", "head.symmetry_norm", "head.projector")
+HEAD_TRAINED = ("head.symmetry_norm", "head.projector")
 
 
-def stem(model, x: torch.Tensor) -> torch.Tensor:
-    """Frozen part: ``(B, C, X, Y, Z)`` -> stage-2 output ``(B, 4F, X/8, Y/8, Z/8)``."""
+def trained_prefixes(frozen: int):
+    """Parameter prefixes trained above ``frozen`` frozen Swin stages."""
+    return tuple(f"swinViT.layers{k}" for k in range(frozen + 1, 5)) + HEAD_TRAINED
+
+
+def advance(model, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Swin stages ``start+1 .. stop`` (MONAI's ``layers<k>``) on the output of stage ``start``."""
     sw = model.swinViT
-    x0 = sw.pos_drop(sw.patch_embed(x))
-    x1 = sw.layers1[0](x0.contiguous())
-    return sw.layers2[0](x1.contiguous())
+    for k in range(start + 1, stop + 1):
+        x = getattr(sw, f"layers{k}")[0](x.contiguous())
+    return x
 
 
-def tail(model, x2: torch.Tensor) -> torch.Tensor:
-    """Trained part: stage-2 output -> symmetry tokens ``(B, P, X/32, Y/32, Z/32)``."""
+def stem(model, x: torch.Tensor, frozen: int) -> torch.Tensor:
+    """Frozen part: ``(B, C, X, Y, Z)`` -> output of Swin stage ``frozen`` (2: ``(B, 4F, X/8, ...)``,
+    3: ``(B, 8F, X/16, ...)``)."""
     sw = model.swinViT
-    x4 = sw.layers4[0](sw.layers3[0](x2.contiguous()).contiguous())
-    return model.head.symmetry_tokens(sw.proj_out(x4, model.normalize))
+    return advance(model, sw.pos_drop(sw.patch_embed(x)), 0, frozen)
 
 
-def pooled(model, x2: torch.Tensor) -> torch.Tensor:
-    return tail(model, x2).flatten(2).mean(dim=2)
+def tail(model, hidden: torch.Tensor, frozen: int) -> torch.Tensor:
+    """Trained part: stage ``frozen``'s output -> symmetry tokens ``(B, P, X/32, Y/32, Z/32)``."""
+    x4 = advance(model, hidden, frozen, 4)
+    return model.head.symmetry_tokens(model.swinViT.proj_out(x4, model.normalize))
+
+
+
 
 
 def auc(pos, neg) -> float:
@@ -81,10 +93,17 @@ def main(argv=None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--val", type=int, default=8, help="scans of each class held out to watch over-fitting")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frozen-stages", type=int, default=3, choices=(1, 2, 3),
+                        help="Swin stages kept as initialised and cached (default 3: only stage 4 and the projector "
+                        "train; on a 64^3 input stage 3 runs 343-token windows over an 8^3 grid padded to 14^3, "
+                        "about 30 s per step of 16 scans on the shared CPU)")
     args = parser.parse_args(argv)
+    frozen = args.frozen_stages
+    trained = trained_prefixes(frozen)
 
     from SymmetryAwareCore.errors import InputError
-    from SymmetryAwareCore.models.losses import symmetry_loss
+    from SymmetryAwareCore.models.losses import token_symmetry_loss
+    from SymmetryAwareCore.models.symmetry_head import asymmetry_map, scan_asymmetry
     from SymmetryAwareTraining.config import load_config, save_config
     from SymmetryAwareTraining.data import whole_scan_view
     from SymmetryAwareTraining.modelcard import write_model_card
@@ -102,16 +121,24 @@ def main(argv=None) -> int:
     if model.swinViT.use_v2 if hasattr(model.swinViT, "use_v2") else False:
         sys.exit("error: the split forward assumes use_v2=False")
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(TRAINED))
+        p.requires_grad_(name.startswith(trained))
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
+    args_text = {k: str(v) for k, v in vars(args).items()}
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
 
     # 1. Stem features of every scan and of its mirror, once (cached on disk, resumable).
-    cache_file = out / "stem_cache.pt"
+    cache_file = out / f"stem{frozen}_cache.pt"
     cache = torch.load(cache_file) if cache_file.is_file() else {}
     model.eval()
+    for lower in range(frozen - 1, 0, -1):  # a cache of fewer frozen stages is advanced, not recomputed
+        if not cache and (out / f"stem{lower}_cache.pt").is_file():
+            with torch.no_grad():
+                cache = {i: advance(model, h, lower, frozen).clone()
+                         for i, h in torch.load(out / f"stem{lower}_cache.pt").items()}
+            torch.save(cache, cache_file)
+            print(f"advanced the stage-{lower} cache to stage {frozen}", file=sys.stderr, flush=True)
     indices = dataset.healthy + dataset.patient
     roi = dataset.roi_size
     started = time.perf_counter()
@@ -120,15 +147,20 @@ def main(argv=None) -> int:
             continue
         x, xc = whole_scan_view(dataset.load(i)[0], roi, np.random.default_rng(0), False)
         with torch.no_grad():
-            cache[i] = stem(model, torch.stack([x, xc])).clone()
-            if n == 0:  # the split forward is the network's own forward
-                from SymmetryAwareCore.models.encoder import stage_index
-
-                own = model.head.symmetry_tokens(model.forward_features(x[None])[stage_index(4)])
-                assert torch.allclose(own, tail(model, cache[i][:1]), atol=1e-5), "split forward differs"
+            cache[i] = stem(model, torch.stack([x, xc]), frozen).clone()
         if n % 8 == 7 or n == len(indices) - 1:
             torch.save(cache, cache_file)
             print(f"stem {n + 1}/{len(indices)} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    # The split forward (cached stem + tail) is the network's own forward, as zero-shot runs it.
+    from SymmetryAwareCore.models.encoder import stage_index
+
+    first = indices[0]
+    x, xc = whole_scan_view(dataset.load(first)[0], roi, np.random.default_rng(0), False)
+    with torch.no_grad():
+        own = model.head.symmetry_tokens(model.forward_features(torch.stack([x, xc]))[stage_index(4)])
+        if not torch.allclose(own, tail(model, cache[first], frozen), atol=1e-4):
+            sys.exit("error: the split forward differs from the network's forward")
 
     # 2. Held-out scans, per class, drawn once.
     rng = np.random.default_rng([args.seed, 1])
@@ -163,10 +195,10 @@ def main(argv=None) -> int:
         model.eval()
         with torch.no_grad():
             pair = torch.stack([cache[i] for i in val])  # (V, 2, 4F, ...)
-            z, zc = pooled(model, pair[:, 0]), pooled(model, pair[:, 1])
+            z, zc = tail(model, pair[:, 0], frozen), tail(model, pair[:, 1], frozen)
             healthy_t = 1 - torch.tensor(val_status)
-            loss = float(symmetry_loss(z, zc, healthy_t))
-            score = ((1 - torch.nn.functional.cosine_similarity(z, zc, dim=1)) / 2).numpy()
+            loss = float(token_symmetry_loss(z, zc, healthy_t))
+            score = scan_asymmetry(asymmetry_map(z, zc)).numpy()  # the zero-shot scan score
         model.train()
         s = np.asarray(val_status)
         return loss, auc(score[s == 1], score[s == 0])
@@ -183,19 +215,19 @@ def main(argv=None) -> int:
         k = step % per_epoch
         idx = list(h[k * args.pairs:(k + 1) * args.pairs]) + list(p[k * args.pairs:(k + 1) * args.pairs])
         pair = torch.stack([cache[i] for i in idx])
-        z, zc = pooled(model, pair[:, 0]), pooled(model, pair[:, 1])
+        z, zc = tail(model, pair[:, 0], frozen), tail(model, pair[:, 1], frozen)
         healthy_t = torch.tensor([1] * args.pairs + [0] * args.pairs)
-        loss = symmetry_loss(z, zc, healthy_t)
+        loss = token_symmetry_loss(z, zc, healthy_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         step += 1
-        row = [step, epoch + 1, f"{float(loss):.5f}", "", "", f"{scheduler.get_last_lr()[0]:.3g}"]
+        row = [step, epoch + 1, f"{float(loss.detach()):.5f}", "", "", f"{scheduler.get_last_lr()[0]:.3g}"]
         if step % per_epoch == 0:
             vl, va = evaluate()
             row[3:5] = [f"{vl:.5f}", f"{va:.4f}"]
-            print(f"step {step}/{steps} epoch {epoch + 1}: train {float(loss):.4f} val {vl:.4f} val AUC {va:.3f}",
+            print(f"step {step}/{steps} epoch {epoch + 1}: train {float(loss.detach()):.4f} val {vl:.4f} val AUC {va:.3f}",
                   file=sys.stderr, flush=True)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "step": step}, ckpt)
@@ -208,7 +240,8 @@ def main(argv=None) -> int:
         "selected": "last", "step": steps,
         "why": f"symmetry task on cached frozen-stem features (Training/scripts/train_symmetry_head.py), "
                f"{args.epochs} epochs of {per_epoch} steps, {args.pairs}+{args.pairs} scans per step, "
-               f"lr {args.lr:g}, weight decay {args.weight_decay:g}; trained: {', '.join(TRAINED)}"})
+               f"lr {args.lr:g}, weight decay {args.weight_decay:g}; trained: {', '.join(trained)}; "
+               f"frozen as initialised: patch embedding and Swin stages 1-{frozen}"})
     print(f"wrote {card}", file=sys.stderr)
     return 0
 
