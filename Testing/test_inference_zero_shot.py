@@ -141,3 +141,14 @@ def test_a_head_card_beside_models_is_not_a_model(tmp_path, monkeypatch):
     assert model_source.find_model_card(None).name == "model.json"
     assert model_source.find_model_card(str(tmp_path)).name == "model.json"
     assert "random-test-head" not in [row["name"] for row in model_source.list_models()]
+    # The Slicer panel's own list (torch-free) follows the same rule.
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "SymmetryAwareSeg"))
+    try:
+        from SymmetryAwareSegLib.models import find_models
+    finally:
+        sys.path.remove(str(root / "SymmetryAwareSeg"))
+    assert [c.path.name for c in find_models([tmp_path])] == ["model.json"]

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from ..contract import is_component_card
 from ..errors import InputError
-from .zero_shot import HEAD_ARCHITECTURE
 
 __all__ = [
     "BUNDLED_DIR",
@@ -149,16 +149,10 @@ def _card_data(path: Path) -> Optional[Dict]:
     return data if isinstance(data, dict) and data.get("format") == CARD_FORMAT else None
 
 
-COMPONENT_ARCHITECTURES = (HEAD_ARCHITECTURE,)
-"""Cards of networks that are parts of a model, not models: a symmetry head lies beside the
-segmentation model whose card names it (:mod:`.zero_shot`), and is never listed, picked as
-the default or run by ``segment`` on its own."""
-
-
 def _cards_in(folder: Path) -> List[Path]:
     """Model cards under ``folder``, skipping hidden files and folders (an import or a run
     in progress (or killed) stages there, and a half-imported model is not a model) and
-    component cards (:data:`COMPONENT_ARCHITECTURES`)."""
+    component cards (:func:`SymmetryAwareCore.contract.is_component_card`: a symmetry head)."""
     if not folder.is_dir():
         return []
     out = []
@@ -166,7 +160,7 @@ def _cards_in(folder: Path) -> List[Path]:
         if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
         data = _card_data(p)
-        if data is not None and data.get("architecture") not in COMPONENT_ARCHITECTURES:
+        if data is not None and not is_component_card(data):
             out.append(p)
     return out
 

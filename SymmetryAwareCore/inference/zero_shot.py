@@ -30,6 +30,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..contract import SYMMETRY_HEAD_ARCHITECTURE
 from ..errors import InputError
 from ..preprocessing import PreparedCase, Preprocessing, whole_scan_input
 
@@ -39,7 +40,7 @@ __all__ = ["SYMMETRY_HEAD_KEY", "HEAD_ARCHITECTURE", "SymmetryHead", "ZeroShot",
 SYMMETRY_HEAD_KEY = "symmetry_head"
 """Key in a model card's ``extra``: the file name of its pretrainer card, beside the card."""
 
-HEAD_ARCHITECTURE = "SASwinPretrainer"
+HEAD_ARCHITECTURE = SYMMETRY_HEAD_ARCHITECTURE
 
 DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's token embeddings of each region of the brain box "
               "(resized to the head's roi_size) and of its mirror region; the scan's score is the largest "

@@ -3,9 +3,9 @@
 1. Loads the pretraining run's model (``<run>/model.json``, checked by hash and keys).
 2. Writes it as float16 safetensors beside the model (``save_model``; inference runs in
    float32) with a card: the model's channels, the run's preprocessing, what it was trained on,
-   and the measured zero-shot figures of ``--benchmark`` (the JSON that
-   ``Benchmarks/asymmetry_benchmark.py --json`` wrote for THIS head, scored through the
-   shipped file's own network: see step 3).
+   and the measured zero-shot figures of ``--benchmark`` (the JSONs that
+   ``Benchmarks/asymmetry_benchmark.py --json`` wrote for THIS run's head, float32; the
+   float16 file's scores are compared with the run's on ``--check`` stored cases).
 3. Refuses to ship unless the benchmark's per-scan AUC of the ``sah`` row, unilateral lesions
    at contrast 1 against all healthy scans, has a 95 % CI lower bound above 0.5.
 4. Names the head in the segmentation model's card (``extra.symmetry_head``), so
@@ -13,7 +13,8 @@
    weights file only, which is not touched.
 
 Run:
-    python Training/scripts/bundle_symmetry_head.py --run runs/sah --benchmark runs/asym/sah.json \\
+    python Training/scripts/bundle_symmetry_head.py --run runs/sah_head \\
+        --benchmark runs/asym/sah_hard.json runs/asym/sah_low.json runs/asym/sah_c1.json \\
         --model SymmetryAwareCore/data/models/glioma_phantom_saswin_f12.json \\
         --output SymmetryAwareCore/data/models/glioma_phantom_sah_f12.safetensors
 """
@@ -44,7 +45,10 @@ def sah_figures(benchmark: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path)
-    parser.add_argument("--benchmark", required=True, type=Path, help="asymmetry_benchmark.py --json of this head")
+    parser.add_argument("--benchmark", required=True, type=Path, nargs="+",
+                        help="asymmetry_benchmark.py --json file(s) of this head; rows merged, later files win")
+    parser.add_argument("--check", type=Path, nargs="*", default=[],
+                        help="stored prepared cases (asymmetry_benchmark.py --prepared *.npz) to compare float16 and run scores on")
     parser.add_argument("--model", required=True, type=Path, help="the segmentation model card to attach the head to")
     parser.add_argument("--output", required=True, type=Path, help="the head's .safetensors, beside --model")
     parser.add_argument("--name", default="glioma-phantom-sah-f12")
@@ -59,8 +63,12 @@ def main(argv=None) -> int:
 
     if args.output.parent.resolve() != args.model.parent.resolve():
         sys.exit("error: --output must lie beside --model (the card names the head by file name)")
-    benchmark = json.loads(args.benchmark.read_text())
-    figures = sah_figures(benchmark)
+    benchmarks = [json.loads(b.read_text()) for b in args.benchmark]
+    figures: dict = {}
+    for b in benchmarks:
+        for group, rows in sah_figures(b).items():
+            figures.setdefault(group, {}).update(rows)
+    benchmark = benchmarks[0]
     main_row = figures.get("unilateral", {}).get("1")
     if main_row is None:
         sys.exit(f"error: {args.benchmark} has no sah row for unilateral lesions at contrast 1")
@@ -92,8 +100,22 @@ def main(argv=None) -> int:
             "healthy with 95 % bootstrap CIs, through the function report.json uses")},
         extra={"task": "pretraining", "training_run": config, "zero_shot_input": "brain box resized to roi_size"},
     )
+    import copy
+
+    from SymmetryAwareCore.inference.zero_shot import SymmetryHead, zero_shot_asymmetry
+
+    reference = copy.deepcopy(network).float().eval()
     card_path = save_model(to_shipping_precision(network), args.output, card)
-    load_model(card_path)  # what users will load: hash and keys checked
+    shipped, _ = load_model(card_path)  # what users will load: hash and keys checked
+    roi = tuple(spec.roi_size)
+    for case in args.check:
+        import numpy as np
+
+        with np.load(case) as z:
+            cropped = z["cropped"]
+        a = zero_shot_asymmetry(cropped, SymmetryHead(reference, roi, {}))[0]
+        b = zero_shot_asymmetry(cropped, SymmetryHead(shipped.float().eval(), roi, {}))[0]
+        print(f"{case.name}: run {a:.5f} shipped float16 {b:.5f}")
     data = json.loads(args.model.read_text())
     data.setdefault("extra", {})[SYMMETRY_HEAD_KEY] = card_path.name
     args.model.write_text(json.dumps(data, indent=2) + "\n")
