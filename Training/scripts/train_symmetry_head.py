@@ -118,14 +118,13 @@ def main(argv=None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if model.swinViT.use_v2 if hasattr(model.swinViT, "use_v2") else False:
+    if getattr(model.swinViT, "use_v2", False):
         sys.exit("error: the split forward assumes use_v2=False")
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(trained))
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    args_text = {k: str(v) for k, v in vars(args).items()}
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
 
     # 1. Stem features of every scan and of its mirror, once (cached on disk, resumable).
