@@ -30,7 +30,10 @@ each map (lesion voxels against the other head voxels of the same scan), mean ov
 scans with a bootstrap CI over scans.
 
 Per-case results go to ``--cache`` (JSON lines) as they are computed, so a larger run
-reuses a smaller one's cases. Run (nice, one thread)::
+reuses a smaller one's cases; baseline rows are keyed by the data and preparation, SAH rows
+also by the head's SHA-256. With ``--prepared DIR`` the prepared brain box, head mask and
+labels of every case are kept, so each further head (a trained one, a random-init sanity
+head) costs one network pass per scan instead of a new preparation. Run (nice, one thread)::
 
     OMP_NUM_THREADS=1 nice -n 10 python Benchmarks/asymmetry_benchmark.py \\
         --healthy 25 --lesion 25 --hard 10 --cache runs/asym/cases.jsonl --json runs/asym/results.json
@@ -98,32 +101,71 @@ def maps_of(prepared, kind: str) -> Dict[str, np.ndarray]:
     return {"intensity": np.where(prepared.head, intensity, -np.inf), "mirror": np.where(head, mirror, -np.inf)}
 
 
+def _prepared_file(folder: Optional[Path], tag: dict, group: str, seed: int, contrast: float) -> Optional[Path]:
+    if folder is None:
+        return None
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([tag, group, seed, contrast], sort_keys=True).encode()).hexdigest()[:20]
+    return folder / f"{group}_{seed}_{contrast:g}_{key}.npz"
+
+
+class _Stored:
+    """What the SAH score reads of a :class:`PreparedCase`, reloaded from ``--prepared``."""
+
+    def __init__(self, path: Path):
+        with np.load(path) as z:
+            self.cropped = z["cropped"]
+            self.head = z["head"]
+            self.label = z["label"]
+            self.box = tuple(slice(int(a), int(b)) for a, b in z["box"])
+
+
+def _save_prepared(path: Path, prepared) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, cropped=prepared.cropped, head=prepared.head, label=prepared.label,
+                        box=np.array([[b.start, b.stop] for b in prepared.box]))
+    tmp.replace(path)
+
+
 def case_result(kind: str, group: str, seed: int, contrast: float, variation: float, spec: Preprocessing,
-                head) -> dict:
-    """Scores and localisation of one subject (``group``: a scenario; healthy ones by name)."""
+                keep: Optional[Path] = None) -> dict:
+    """Scores and localisation of the non-learned baselines on one subject (``group``: a
+    scenario; healthy ones by name). ``keep``: also save what the SAH score reads there."""
     started = time.perf_counter()
     healthy = group in ("healthy", "asymmetric")
     phantom = make_subject(seed, "healthy" if healthy else kind, _MODALITY[kind], spec.spacing[0], group,
                            lesion_contrast=1.0 if healthy else contrast, variation=variation)
     prepared = prepare_image(phantom.image, spec, label=phantom.label.array, msp_on_failure="axes")
+    if keep is not None:
+        _save_prepared(keep, prepared)
     maps = maps_of(prepared, kind)
-    if head is not None:
-        from SymmetryAwareCore.inference.zero_shot import zero_shot_for_model
-
-        zs = zero_shot_for_model(prepared, head)
-        maps["sah"] = np.where(prepared.head, zs.frame_map, -np.inf)
-        sah_score = zs.score
     inside = prepared.head
     lesion = (prepared.label > 0) & inside
     out = {"group": group, "seed": int(seed), "contrast": None if healthy else float(contrast),
            "variation": float(variation), "lesion_voxels": int(lesion.sum()), "scores": {}, "local_auc": {}}
     for name, m in maps.items():
-        out["scores"][name] = float(sah_score) if name == "sah" else float(np.percentile(m[inside & np.isfinite(m)], 99))
+        out["scores"][name] = float(np.percentile(m[inside & np.isfinite(m)], 99))
         if lesion.any() and (inside & ~lesion).any():
             ok = inside & np.isfinite(m)
             out["local_auc"][name] = auc(m[ok & lesion], m[ok & ~lesion])
     out["plane_confident"] = bool(prepared.plane.confident)
     out["seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def sah_result(prepared, head) -> dict:
+    """The learned head's scan score and voxel AUC on one prepared case (or its stored arrays),
+    through the function ``report.json`` uses."""
+    from SymmetryAwareCore.inference.zero_shot import zero_shot_for_model
+
+    zs = zero_shot_for_model(prepared, head)
+    inside = prepared.head
+    lesion = (prepared.label > 0) & inside
+    out = {"score": float(zs.score)}
+    if lesion.any() and (inside & ~lesion).any():
+        out["local_auc"] = auc(zs.frame_map[inside & lesion], zs.frame_map[inside & ~lesion])
     return out
 
 
@@ -211,6 +253,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--cache", help="JSON-lines file of per-case results, reused and extended")
     parser.add_argument("--json", help="write the summary and every case here")
+    parser.add_argument("--prepared", help="folder keeping each prepared case's brain box, head mask and labels "
+                        "(compressed), so another --pretrainer is scored without preparing the scans again")
     parser.add_argument("--groups", nargs="+", default=["healthy", "unilateral", "bilateral", "midline"],
                         choices=("healthy", "unilateral", "bilateral", "midline"),
                         help="compute only these groups (to split a run over processes; 'healthy' means both "
@@ -221,28 +265,58 @@ def main(argv=None) -> int:
     head, card = load_head(args.pretrainer)
     spec = spec_for(args.kind, args.spacing, card)
     methods = [m for m in METHODS if m != "sah" or head is not None]
+    # Baseline rows depend on the data and preparation only; SAH rows also on the head.
     tag = {"kind": args.kind, "spacing": list(spec.spacing), "variation": args.variation,
-           "pretrainer": None if card is None else card.sha256}
+           "preprocessing": spec.to_card()}
+    sah_tag = None if card is None else dict(tag, pretrainer=card.sha256)
     done: Dict[tuple, dict] = {}
+    sah_done: Dict[tuple, dict] = {}
     cache = Path(args.cache) if args.cache else None
+    kept = Path(args.prepared) if args.prepared else None
     if cache is not None and cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
+            key = (r["group"], r["seed"], r["contrast"] if r["contrast"] is not None else 1.0)
             if r.get("tag") == tag:
-                done[(r["group"], r["seed"], r["contrast"] if r["contrast"] is not None else 1.0)] = r
+                done[key] = r
+            elif sah_tag is not None and r.get("sah_tag") == sah_tag:
+                sah_done[key] = r
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(record: dict) -> None:
+        if cache is not None:
+            with cache.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
     jobs = plan(args)
     rows = []
     started = time.perf_counter()
     for n, (group, seed, c) in enumerate(jobs):
-        key = (group, seed, None if group in ("healthy", "asymmetric") else c)
-        r = done.get((group, seed, c if key[2] is not None else 1.0))
-        if r is None:
-            r = dict(case_result(args.kind, group, seed, c, args.variation, spec, head), tag=tag)
-            if cache is not None:
-                with cache.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
+        healthy = group in ("healthy", "asymmetric")
+        key = (group, seed, 1.0 if healthy else c)
+        stored = _prepared_file(kept, tag, group, seed, key[2])
+        r = done.get(key)
+        if r is None or (stored is not None and head is not None and not stored.is_file()):
+            r = dict(case_result(args.kind, group, seed, c, args.variation, spec, keep=stored), tag=tag)
+            append(r)
+        r = json.loads(json.dumps(r))  # a copy: SAH results are added below
+        if head is not None:
+            s_row = sah_done.get(key)
+            if s_row is None:
+                if stored is None:  # no stored arrays: prepare the case again
+                    phantom = make_subject(seed, "healthy" if healthy else args.kind, _MODALITY[args.kind],
+                                           spec.spacing[0], group, lesion_contrast=1.0 if healthy else c,
+                                           variation=args.variation)
+                    prepared = prepare_image(phantom.image, spec, label=phantom.label.array, msp_on_failure="axes")
+                else:
+                    prepared = _Stored(stored)
+                s_row = dict(sah_result(prepared, head), group=group, seed=int(seed),
+                             contrast=None if healthy else float(c), sah_tag=sah_tag)
+                append(s_row)
+            r["scores"]["sah"] = s_row["score"]
+            if "local_auc" in s_row:
+                r["local_auc"]["sah"] = s_row["local_auc"]
         rows.append(r)
         print(f"[{n + 1}/{len(jobs)}] {group} c={c:g} seed={seed}: "
               + " ".join(f"{m}={r['scores'][m]:.3f}" for m in methods)

@@ -203,6 +203,19 @@ def card_findings(card: Any) -> Tuple[str, ...]:
     return ()
 
 
+SYMMETRY_HEAD_ARCHITECTURE = "SASwinPretrainer"
+"""Architecture of a symmetry head's card (:mod:`SymmetryAwareCore.inference.zero_shot`)."""
+
+
+def is_component_card(card: Any) -> bool:
+    """True for the card of a network that is a PART of a model, not a model: a symmetry head
+    lies beside the segmentation model whose card names it (``extra.symmetry_head``), and
+    is never listed, offered as a model or picked as the default, here or in Slicer.
+    ``card``: the card's JSON object or a card object with ``architecture``."""
+    architecture = card.get("architecture") if isinstance(card, dict) else getattr(card, "architecture", None)
+    return architecture == SYMMETRY_HEAD_ARCHITECTURE
+
+
 # ---------------------------------------------------------------------------------------
 # Run options
 # ---------------------------------------------------------------------------------------

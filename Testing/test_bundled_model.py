@@ -84,3 +84,25 @@ def test_mirror_focus_varies_in_the_head_is_zero_outside_and_sides_differ(run):
     summary = report["attention"]
     assert summary["saca_stage"] < 4
     assert report["inference"]["pairing"] == "input"  # the bundled model predates mirror-pair training
+
+
+def test_bundled_model_writes_a_zero_shot_score_and_map_on_the_input_grid(model, run):
+    """The bundled model carries a trained symmetry head (docs/asymmetry_benchmark.md), so the
+    report has a score and the map lies on the input's grid, 0 outside the head."""
+    from SymmetryAwareCore.inference.zero_shot import SYMMETRY_HEAD_KEY
+
+    paths, result = run
+    assert model.card.extra.get(SYMMETRY_HEAD_KEY)
+    report = json.loads((result.output_dir / OUTPUT_FILES["report"]).read_text())
+    zero_shot = report["zero_shot_asymmetry"]
+    assert zero_shot is not None, report.get("zero_shot_asymmetry_reason")
+    assert 0.0 <= zero_shot["score"] <= 1.0
+    assert zero_shot["map"] == OUTPUT_FILES["zero_shot"] and zero_shot["head"]["sha256"]
+    image = nib.load(str(paths["flair"]))
+    zs_image = nib.load(str(result.output_dir / OUTPUT_FILES["zero_shot"]))
+    assert zs_image.shape == image.shape
+    np.testing.assert_allclose(zs_image.affine, image.affine, atol=1e-5)
+    values = np.asarray(zs_image.get_fdata())
+    head = np.asarray(image.dataobj) != 0
+    assert np.all(values[~head] == 0)
+    assert np.all((values >= 0) & (values <= 1)) and values[head].max() > 0

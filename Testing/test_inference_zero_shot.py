@@ -126,3 +126,29 @@ def test_a_named_but_unusable_head_is_refused_before_any_work(case, tmp_path, pr
     with pytest.raises(InputError, match=words):
         segment_case(paths, tmp_path / "out", model, SegmentOptions(device="cpu", overview=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_head_card_beside_models_is_not_a_model(tmp_path, monkeypatch):
+    """A symmetry head lies beside its segmentation model's card; listing, the default model
+    and a folder path must still find the model only (the head's name sorts first here)."""
+    from SymmetryAwareCore.inference import model_source
+
+    _head(tmp_path, name="a_head")
+    _model(tmp_path, head_name="a_head.json")
+    monkeypatch.setattr(model_source, "BUNDLED_DIR", tmp_path)
+    monkeypatch.setattr(model_source, "user_model_dir", lambda: tmp_path / "none")
+    assert [p.name for p in model_source._cards_in(tmp_path)] == ["model.json"]
+    assert model_source.find_model_card(None).name == "model.json"
+    assert model_source.find_model_card(str(tmp_path)).name == "model.json"
+    assert "random-test-head" not in [row["name"] for row in model_source.list_models()]
+    # The Slicer panel's own list (torch-free) follows the same rule.
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "SymmetryAwareSeg"))
+    try:
+        from SymmetryAwareSegLib.models import find_models
+    finally:
+        sys.path.remove(str(root / "SymmetryAwareSeg"))
+    assert [c.path.name for c in find_models([tmp_path])] == ["model.json"]

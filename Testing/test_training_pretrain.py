@@ -38,8 +38,14 @@ class TinyPretrainer(nn.Module):
     def forward(self, x, x_counterpart):
         f, fc = torch.relu(self.conv(x)), torch.relu(self.conv(x_counterpart))
         pooled, pooled_c = f.mean((2, 3, 4)), fc.mean((2, 3, 4))
+
+        def tokens(features):  # (B, 8, 2, 2, 2) region embeddings, as the real head's
+            t = torch.nn.functional.adaptive_avg_pool3d(features, 2)
+            return self.proj(t.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(t.shape[0], -1, 2, 2, 2)
+
         return {"rotation": self.rot(pooled), "contrastive": self.con(pooled), "reconstruction": self.rec(f),
-                "embedding": self.proj(pooled), "embedding_counterpart": self.proj(pooled_c)}
+                "embedding": self.proj(pooled), "embedding_counterpart": self.proj(pooled_c),
+                "token_embedding": tokens(f), "token_embedding_counterpart": tokens(fc)}
 
 
 @pytest.fixture()
@@ -131,3 +137,86 @@ def test_init_weights_from_a_pretraining_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "shape.pt", {"model": {"conv.weight": torch.zeros(8, 2, 3, 3, 3)}})
     with pytest.raises(InputError, match="another shape"):
         load_init_weights(Downstream(), str(tmp_path / "shape.pt"))
+
+
+def test_balanced_weights_equalise_the_encoder_gradient(lists):
+    """Weights from the measured norms make every task's weighted encoder gradient the same
+    size (total / n) on the batch they were measured on; bad norms are refused."""
+    from SymmetryAwareCore.models.losses import balanced_weights
+    from SymmetryAwareTraining.tasks import PretrainTask, pretrain_gradient_norms
+
+    pre, down = lists
+    config = apply_overrides(RunConfig(), [f"data.datalist={pre}", f"data.exclude_datalist={down}",
+                                           "data.exclude_fold=2", "data.batch_size=3", "pretrain.block_size=4"])
+    task = PretrainTask(config)
+    torch.manual_seed(0)
+    model = TinyPretrainer()
+    # the tiny model's rotation and contrastive heads differ in scale, so the raw norms differ
+    with torch.no_grad():
+        model.rot.weight.mul_(20.0)
+    batch = {"image": torch.randn(3, 1, 16, 16, 16), "counterpart": torch.randn(3, 1, 16, 16, 16),
+             "status": torch.tensor([1, 0, 1])}
+    torch.manual_seed(1)
+    norms = pretrain_gradient_norms(model, task, [batch], prefix="conv.")
+    assert set(norms) == {"rotation", "contrastive", "inpainting", "symmetry"}
+    assert max(norms.values()) > 3 * min(norms.values())  # unbalanced to start with
+    weights = balanced_weights(norms, total=1.0)
+    for name, w in weights.items():
+        assert w * norms[name] == pytest.approx(0.25)
+    # The same views again (same seed): each weighted loss's gradient now has norm 1/4.
+    from SymmetryAwareCore.models.losses import TASKS
+
+    torch.manual_seed(1)
+    losses = task.losses(model, batch, weighted=False)
+    params = [p for n, p in model.named_parameters() if n.startswith("conv.")]
+    for name in TASKS:
+        grads = torch.autograd.grad(weights[name] * losses[name], params, retain_graph=True)
+        assert float(torch.sqrt(sum((g ** 2).sum() for g in grads))) == pytest.approx(0.25, rel=1e-4)
+    with pytest.raises(ValueError, match="positive"):
+        balanced_weights({"rotation": 0.0})
+    with pytest.raises(ValueError, match="tasks among"):
+        balanced_weights({"rotatoin": 1.0})
+
+
+def test_whole_scan_pretraining_balances_each_batch_and_trains(lists, tmp_path, monkeypatch):
+    """pretrain.input=whole-scan: each item is a healthy and a patient scan, resized whole,
+    with their exact left-right flips; with the contrastive task off one view is made; a
+    frozen stage does not move while the rest trains."""
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareTraining.engine import collate
+    from SymmetryAwareTraining.tasks import PretrainTask
+
+    monkeypatch.syspath_prepend(str(HERE))
+    pre, down = lists
+    config = apply_overrides(RunConfig(), [f"data.datalist={pre}", f"data.exclude_datalist={down}",
+                                           "data.exclude_fold=2", "data.batch_size=1", "data.roi_size=[16,16,16]",
+                                           "data.align=false", "pretrain.input=whole-scan", "pretrain.block_size=4",
+                                           "pretrain.contrastive_weight=0",
+                                           "model.name=test_training_pretrain:TinyPretrainer",
+                                           "model.kwargs={in_channels: 1}", "model.freeze=[conv.]"])
+    task = PretrainTask(config)  # batch_size 1 item = 2 scans: the contrastive check does not refuse it
+    dataset = task.train_dataset()
+    assert len(dataset) == 2  # 2 healthy, 2 patient in folds 0-1
+    batch = collate([dataset[(0, 0)], dataset[(0, 1)]])
+    assert batch["image"].shape == (2, 2, 1, 16, 16, 16)
+    assert batch["status"].tolist() == [[0, 1], [0, 1]]
+    assert torch.equal(batch["counterpart"], torch.flip(batch["image"], dims=(3,)))
+    model = task.build_model()
+    assert not model.conv.weight.requires_grad and model.rot.weight.requires_grad
+    calls = []
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    before = model.conv.weight.detach().clone(), model.proj.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    losses = task.loss(model, batch)
+    assert calls == [4]  # one view of 2 x 2 scans
+    assert float(losses["contrastive"]) == 0.0 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    optimizer.step()
+    assert torch.equal(model.conv.weight, before[0]) and not torch.equal(model.proj.weight, before[1])
+    with pytest.raises(InputError, match="model.freeze"):
+        PretrainTask(apply_overrides(config, ["model.freeze=[nothing.]"])).build_model()
+    only_healthy = tmp_path / "healthy.json"
+    only_healthy.write_text(json.dumps({"training": [e for e in json.loads(pre.read_text())["training"]
+                                                     if e["status"] == "healthy"]}))
+    with pytest.raises(InputError, match="healthy AND patient"):
+        PretrainTask(apply_overrides(config, [f"data.datalist={only_healthy}"])).train_dataset()

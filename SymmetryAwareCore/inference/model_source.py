@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
+from ..contract import is_component_card
 from ..errors import InputError
 
 __all__ = [
@@ -149,15 +150,17 @@ def _card_data(path: Path) -> Optional[Dict]:
 
 
 def _cards_in(folder: Path) -> List[Path]:
-    """Model cards under ``folder``, skipping hidden files and folders: an import or a run
-    in progress (or killed) stages there, and a half-imported model is not a model."""
+    """Model cards under ``folder``, skipping hidden files and folders (an import or a run
+    in progress (or killed) stages there, and a half-imported model is not a model) and
+    component cards (:func:`SymmetryAwareCore.contract.is_component_card`: a symmetry head)."""
     if not folder.is_dir():
         return []
     out = []
     for p in sorted(folder.rglob("*.json")):
         if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
-        if _card_data(p) is not None:
+        data = _card_data(p)
+        if data is not None and not is_component_card(data):
             out.append(p)
     return out
 

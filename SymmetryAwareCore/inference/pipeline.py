@@ -39,7 +39,7 @@ from ..io.validate import check_output_path
 from ..io.writers import write_labelmap_nifti, write_map, write_seg_nrrd
 from ..geometry.symmetric_frame import resample_to_grid
 from ..preprocessing import PreparedCase, Preprocessing, brain_box, prepare_case
-from .attention_maps import NativeAttentionMaps, attention_point_voxel, native_attention_maps
+from .attention_maps import NativeAttentionMaps, attention_point_voxel, head_mask, native_attention_maps
 from .engine import InferenceSettings, run_paired_inference
 from .hemispheric import signed_asymmetry
 from .model_source import LoadedModel
@@ -470,7 +470,11 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     head, reason = symmetry_head if symmetry_head is not None else (None, "not computed by this caller")
     if head is not None:
         result = zero_shot_for_model(prepared, head, prediction.device)
-        score, native_map, head_info = result.score, prepared.frame.to_native(result.frame_map, "linear"), head.describe
+        native_map = np.clip(prepared.frame.to_native(result.frame_map, "linear"), 0.0, 1.0).astype(np.float32)
+        # 0 outside the head on the input's grid too, as the mirror focus: linear resampling
+        # smears the frame's head edge over a voxel of air.
+        native_map[~head_mask(prepared.image.array)] = 0.0
+        score, head_info = result.score, head.describe
     return NativeOutputs(labels, asymmetry, attention, score, native_map, reason, head_info)
 
 

@@ -14,9 +14,10 @@ mismatched is refused in one line.
 Score and map (:func:`zero_shot_asymmetry`): the brain box of the prepared case is resized
 to the head's ``roi_size`` (as scan-level classifiers see a scan,
 :func:`~SymmetryAwareCore.preprocessing.whole_scan_input`), its left-right flip is the
-exact counterpart, and the head gives ``(1 - cos(z, z~)) / 2`` in ``[0, 1]`` per scan
-(pooled embeddings) and per bottleneck token (each token covers ``roi_size / 32`` of the
-box along each axis). The token map is resized back onto the box (trilinear) and set on
+exact counterpart, and the head gives ``(1 - cos(z, z~)) / 2`` in ``[0, 1]`` per bottleneck
+token (each token covers ``roi_size / 32`` of the box along each axis) against its mirror
+token; the scan's score is the largest token's
+(:func:`~SymmetryAwareCore.models.symmetry_head.scan_asymmetry`). The token map is resized back onto the box (trilinear) and set on
 the frame, 0 outside the head.
 """
 
@@ -29,6 +30,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..contract import SYMMETRY_HEAD_ARCHITECTURE
 from ..errors import InputError
 from ..preprocessing import PreparedCase, Preprocessing, whole_scan_input
 
@@ -38,10 +40,11 @@ __all__ = ["SYMMETRY_HEAD_KEY", "HEAD_ARCHITECTURE", "SymmetryHead", "ZeroShot",
 SYMMETRY_HEAD_KEY = "symmetry_head"
 """Key in a model card's ``extra``: the file name of its pretrainer card, beside the card."""
 
-HEAD_ARCHITECTURE = "SASwinPretrainer"
+HEAD_ARCHITECTURE = SYMMETRY_HEAD_ARCHITECTURE
 
-DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's embeddings of the brain box resized to the head's "
-              "roi_size and of its left-right mirror; 0 = symmetric, 1 = opposite")
+DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's token embeddings of each region of the brain box "
+              "(resized to the head's roi_size) and of its mirror region; the scan's score is the largest "
+              "region's; 0 = symmetric, 1 = opposite")
 
 
 @dataclass
@@ -132,7 +135,7 @@ def zero_shot_asymmetry(cropped: np.ndarray, head: SymmetryHead, device: Union[s
 def zero_shot_for_model(prepared: PreparedCase, head: SymmetryHead, device: Union[str, torch.device] = "cpu") -> ZeroShot:
     """:func:`zero_shot_asymmetry` of a prepared case, the map set on the whole frame."""
     score, box_map = zero_shot_asymmetry(prepared.cropped, head, device)
-    frame_map = np.zeros(prepared.volume.shape[1:], np.float32)
+    frame_map = np.zeros(prepared.head.shape, np.float32)  # the frame's (W, H, D)
     frame_map[prepared.box] = box_map
     frame_map[~prepared.head] = 0.0
     return ZeroShot(score, frame_map)

@@ -9,9 +9,14 @@ classification network as is), a bottleneck SACA block and :class:`SymmetryAware
 - symmetry embeddings: a token-wise projection of the patch's and of the counterpart's
   OWN bottleneck tokens (before SACA, which would mix the two), per token and pooled.
 
-Zero-shot asymmetry: ``(1 - cos(z, z~)) / 2`` in ``[0, 1]``, per scan
-(:func:`asymmetry_score`) or per bottleneck token (:func:`asymmetry_map`,
-``(B, X/32, Y/32, Z/32)``, first axis left-right).
+Zero-shot asymmetry: ``(1 - cos(z, z~)) / 2`` in ``[0, 1]`` per bottleneck token
+(:func:`asymmetry_map`, ``(B, X/32, Y/32, Z/32)``, first axis left-right: each region against
+its mirror region); the scan's score is the map's MAXIMUM (:func:`scan_asymmetry`: a lesion
+makes at least one region differ from its mirror). Not the cosine of token-pooled
+embeddings (:func:`asymmetry_score`): when the counterpart is the exact left-right flip of the
+whole input, its tokens are the patch's tokens mirrored, and a mean over tokens is the same
+for both whatever the scan holds (exactly so for a mirror-equivariant encoder); only
+what the encoder's own left-right asymmetry adds would remain.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from .encoder import apply_saca, build_saca_stages, build_swin_encoder, check_spatial_input, encode, stage_index
 from .pretext import ROTATION_CLASSES
 
-__all__ = ["SymmetryAwareHead", "SASwinPretrainer", "asymmetry_score", "asymmetry_map"]
+__all__ = ["SymmetryAwareHead", "SASwinPretrainer", "asymmetry_score", "asymmetry_map", "scan_asymmetry"]
 
 
 def asymmetry_score(z: torch.Tensor, z_counterpart: torch.Tensor) -> torch.Tensor:
@@ -47,6 +52,13 @@ def asymmetry_map(tokens: torch.Tensor, tokens_counterpart: torch.Tensor) -> tor
             f"token maps must be (B, D, X, Y, Z) of equal shape, got {tuple(tokens.shape)}, {tuple(tokens_counterpart.shape)}"
         )
     return (1.0 - F.cosine_similarity(tokens.float(), tokens_counterpart.float(), dim=1)) / 2.0
+
+
+def scan_asymmetry(token_map: torch.Tensor) -> torch.Tensor:
+    """A scan's score from its ``(B, X', Y', Z')`` token map: ``(B,)``, the largest region score."""
+    if token_map.ndim != 4:
+        raise ValueError(f"token_map must be (B, X, Y, Z), got {tuple(token_map.shape)}")
+    return token_map.flatten(1).amax(dim=1)
 
 
 class SymmetryAwareHead(nn.Module):
@@ -188,11 +200,14 @@ class SASwinPretrainer(nn.Module):
 
     @torch.no_grad()
     def asymmetry(self, x: torch.Tensor, x_counterpart: torch.Tensor):
-        """Zero-shot asymmetry: ``(score (B,), map (B, X/32, Y/32, Z/32))`` in ``[0, 1]``."""
+        """Zero-shot asymmetry: ``(score (B,), map (B, X/32, Y/32, Z/32))`` in ``[0, 1]``; the
+        score is the map's maximum (:func:`scan_asymmetry`). Patch and counterpart are encoded
+        in one call."""
         check_spatial_input(x, self.in_channels)
         check_spatial_input(x_counterpart, self.in_channels, "x_counterpart")
-        i = stage_index(4)
-        tokens = self.head.symmetry_tokens(self.forward_features(x)[i])
-        tokens_c = self.head.symmetry_tokens(self.forward_features(x_counterpart)[i])
-        score = asymmetry_score(tokens.flatten(2).mean(dim=2), tokens_c.flatten(2).mean(dim=2))
-        return score, asymmetry_map(tokens, tokens_c)
+        if x_counterpart.shape != x.shape:
+            raise ValueError("x_counterpart must have the shape of x")
+        both = self.head.symmetry_tokens(self.forward_features(torch.cat([x, x_counterpart]))[stage_index(4)])
+        tokens, tokens_c = both[: x.shape[0]], both[x.shape[0]:]
+        amap = asymmetry_map(tokens, tokens_c)
+        return scan_asymmetry(amap), amap

@@ -129,6 +129,10 @@ def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
                 card = read_model_card(path)
             except (ValueError, RecursionError):
                 continue  # other JSON files (reports, manifests) live beside models
+            from SymmetryAwareCore.contract import is_component_card
+
+            if is_component_card(card.raw):
+                continue  # a symmetry head beside its model is part of it, not a model
             cards.setdefault(card.name, card)
     # Segmentation models first (stable otherwise): the first one is the panel's default, and
     # the panel segments.

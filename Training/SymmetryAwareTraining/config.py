@@ -98,6 +98,9 @@ class ModelConfig:
     init_allow_partial: bool = False
     """Load an init checkpoint that lacks some encoder or SACA tensors (what loaded is printed);
     by default every encoder and SACA tensor must load."""
+    freeze: List[str] = field(default_factory=list)
+    """Parameter-name prefixes kept fixed (e.g. ``swinViT.patch_embed``, ``swinViT.layers1``):
+    the initialised early stages stay as loaded, and no gradient is kept or computed for them."""
     output_prior: float = 0.01
     """Segmentation: start every region's output bias at logit(output_prior), the expected
     share of foreground voxels (0 keeps PyTorch's near-zero initialisation). With a near-zero
@@ -139,7 +142,14 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    """Symmetry-aware pretraining: loss weights (the authors: 1, 1, 1 and 0.5) and masking."""
+    """Symmetry-aware pretraining: loss weights (the authors: 1, 1, 1 and 0.5), masking, input.
+
+    The authors' weights leave the encoder's gradient to rotation and symmetry at
+    initialisation (docs/asymmetry_benchmark.md); ``Training/scripts/pretrain_balance.py``
+    measures each task's encoder gradient norm on the run's own data and model and prints the
+    weights that make the four contributions equal
+    (:func:`SymmetryAwareCore.models.losses.balanced_weights`), to put here.
+    """
 
     rotation_weight: float = 1.0
     contrastive_weight: float = 1.0
@@ -148,6 +158,11 @@ class PretrainConfig:
     temperature: float = 0.5
     mask_ratio: float = 0.3
     block_size: int = 16
+    input: str = "crop"
+    """``crop``: random ``roi_size`` crops with their counterparts (the paper's). ``whole-scan``:
+    the prepared brain box resized to ``roi_size`` and its left-right flip, the very input of
+    the zero-shot score (:mod:`SymmetryAwareCore.inference.zero_shot`); each item is then one
+    healthy and one patient scan, so ``data.batch_size`` counts such pairs (2 scans each)."""
 
 
 @dataclass
@@ -206,6 +221,8 @@ class RunConfig:
     interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
 
 
+PRETRAIN_INPUTS = ("crop", "whole-scan")
+
 _SWIN_MODELS = ("SASwinUNETR", "SASwinClassifier", "SASwinPretrainer", "PromptableSASwinUNETR")
 # Bounds against values that would only exhaust memory: a crop of 512^3 voxels is 4 x larger
 # than a whole BraTS case; feature size 192 is 4 x the paper's network width (16 x its weights).
@@ -256,6 +273,8 @@ def check_config(config: RunConfig) -> None:
             need(m.kwargs["pairing"] in PAIRINGS,
                  f"model.kwargs.pairing must be one of {', '.join(PAIRINGS)}, got {m.kwargs['pairing']!r}")
     need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")
+    need(config.pretrain.input in PRETRAIN_INPUTS,
+         f"pretrain.input must be one of {', '.join(PRETRAIN_INPUTS)}, got {config.pretrain.input!r}")
     need(0 <= d.num_workers <= 256, f"data.num_workers must be 0..256, got {d.num_workers}")
     need(0.0 <= d.pos_fraction <= 1.0, f"data.pos_fraction must be in [0, 1], got {d.pos_fraction}")
     need(0.0 < d.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")

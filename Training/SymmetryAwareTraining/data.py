@@ -31,7 +31,8 @@ from .crops import paired_crop
 from .datalist import case_id, finding_value, status_of
 from .metrics import labels_to_regions
 
-__all__ = ["entry_paths", "PreparedCases", "PairedCropDataset", "WholeScanDataset"]
+__all__ = ["entry_paths", "PreparedCases", "PairedCropDataset", "WholeScanDataset", "BalancedWholeScanDataset",
+           "whole_scan_view"]
 
 
 def entry_paths(entry: Dict[str, Any]):
@@ -125,6 +126,22 @@ class PairedCropDataset(Dataset):
         return out
 
 
+def whole_scan_view(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator, augment: bool):
+    """``(image, counterpart)`` ``(C, *roi_size)`` of a prepared brain box ``(C, w, h, d)``.
+
+    The box is resized by :func:`SymmetryAwareCore.preprocessing.whole_scan_input` (what
+    ``classify`` and the zero-shot score read); the counterpart is its left-right flip (axis 1),
+    exact because resizing commutes with the flip. With ``augment``, flips along each spatial
+    axis are drawn from ``rng`` (a left-right flip keeps the pair a mirror pair).
+    """
+    image = whole_scan_input(np.asarray(volume, np.float32), roi_size)
+    if augment:
+        for axis in (1, 2, 3):
+            if rng.random() < 0.5:
+                image = image.flip(axis)
+    return image.contiguous(), flip_lr(image, spatial_start=1).contiguous()
+
+
 class WholeScanDataset(Dataset):
     """Whole scans resized to ``roi_size``, paired with their left-right flip (classification).
 
@@ -157,15 +174,56 @@ class WholeScanDataset(Dataset):
         epoch, index = _key(key)
         rng = np.random.default_rng([self.seed, epoch, index])
         volume, _ = self.load(index)
-        image = whole_scan_input(np.asarray(volume, np.float32), self.roi_size)
-        if self.augment:
-            for axis in (1, 2, 3):
-                if rng.random() < 0.5:
-                    image = image.flip(axis)
+        image, counterpart = whole_scan_view(volume, self.roi_size, rng, self.augment)
         entry = self.entries[index]
         return {
-            "image": image.contiguous(),
-            "counterpart": flip_lr(image, spatial_start=1).contiguous(),
+            "image": image,
+            "counterpart": counterpart,
             "target": torch.tensor([finding_value(entry, f) for f in self.findings]),
             "case": case_id(entry),
+        }
+
+
+class BalancedWholeScanDataset(Dataset):
+    """Whole-scan mirror pairs for symmetry pretraining, one healthy and one patient scan per item.
+
+    Each item holds two scans, so every batch of ``B`` items is ``B`` healthy + ``B`` patient
+    scans (the symmetry loss sees both classes in every step, whatever the list's balance).
+    The input is the zero-shot score's own (:func:`whole_scan_view`): the prepared brain box
+    resized to ``roi_size`` and its left-right flip, so the head is trained on exactly what
+    ``report.json``'s score reads.
+
+    Length ``max(healthy, patient)``; item ``i`` takes the ``i``-th scan of each class, or, past
+    the end of the smaller class, one of it drawn from ``rng([seed, epoch, i])``.
+    Sample keys: ``image``, ``counterpart`` ``(2, C, *roi_size)`` (healthy first), ``status``
+    ``(2,)`` int64 ``[0, 1]``, ``case`` ``[healthy name, patient name]``.
+    """
+
+    def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], spec: Preprocessing,
+                 channel_names: Sequence[str], seed: int = 0, augment: bool = True, cache: bool = True,
+                 cache_dir: Optional[str] = None):
+        entries = list(entries)
+        self.healthy = [i for i, e in enumerate(entries) if status_of(e) == 0]
+        self.patient = [i for i, e in enumerate(entries) if status_of(e) == 1]
+        if not self.healthy or not self.patient:
+            raise InputError(f"whole-scan symmetry pretraining needs healthy AND patient scans; the list has "
+                             f"{len(self.healthy)} healthy and {len(self.patient)} patient (status / healthy / patient keys)")
+        self.entries, self.roi_size = entries, tuple(int(r) for r in roi_size)
+        self.seed, self.augment = seed, augment
+        self.load = PreparedCases(entries, False, spec, channel_names, cache, cache_dir)
+
+    def __len__(self) -> int:
+        return max(len(self.healthy), len(self.patient))
+
+    def __getitem__(self, key) -> Dict[str, Any]:
+        epoch, index = _key(key)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        picked = [group[index] if index < len(group) else group[int(rng.integers(len(group)))]
+                  for group in (self.healthy, self.patient)]
+        views = [whole_scan_view(self.load(i)[0], self.roi_size, rng, self.augment) for i in picked]
+        return {
+            "image": torch.stack([v[0] for v in views]),
+            "counterpart": torch.stack([v[1] for v in views]),
+            "status": torch.tensor([0, 1]),
+            "case": [case_id(self.entries[i]) for i in picked],
         }

@@ -20,12 +20,13 @@ import torch.nn as nn
 from SymmetryAwareCore.errors import InputError
 
 from .config import RunConfig
-from .data import PairedCropDataset, WholeScanDataset
+from .data import BalancedWholeScanDataset, PairedCropDataset, WholeScanDataset
 from .datalist import check_leakage, load_datalist, subset_fraction
 from .metrics import REGIONS
 
 __all__ = ["build_model", "load_init_weights", "channel_adapter", "resolve_callable", "set_output_prior",
-           "SegmentationTask", "ClassificationTask", "PretrainTask", "InteractiveSegmentationTask", "task_for"]
+           "SegmentationTask", "ClassificationTask", "PretrainTask", "InteractiveSegmentationTask", "task_for",
+           "pretrain_gradient_norms", "freeze_parameters"]
 
 
 
@@ -175,6 +176,22 @@ def load_init_weights(model: nn.Module, path: str, allow_partial: bool = False, 
     return counts
 
 
+def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training every parameter whose name starts with one of ``prefixes``; returns how many.
+
+    A prefix that matches no parameter is an InputError (a typo would silently train everything).
+    """
+    count = 0
+    for prefix in prefixes:
+        hits = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+        if not hits:
+            raise InputError(f"model.freeze: no parameter of {type(model).__name__} starts with {prefix!r}")
+        for p in hits:
+            p.requires_grad_(False)
+            count += 1
+    return count
+
+
 def set_output_prior(model: nn.Module, prior: float) -> None:
     """Set the bias of the network's output convolution (``model.out``) to logit(prior)."""
     import math
@@ -296,6 +313,7 @@ class _ModelTask:
         self.initialise(model)
         if self.config.model.init_checkpoint:  # after initialise: loaded tensors win
             load_init_weights(model, self.config.model.init_checkpoint, self.config.model.init_allow_partial)
+        freeze_parameters(model, self.config.model.freeze)
         return model
 
     def initialise(self, model: nn.Module) -> None:
@@ -430,14 +448,16 @@ class PretrainTask(_ModelTask):
             raise InputError("pretraining needs data.exclude_datalist (the downstream list whose evaluation fold "
                              "must stay unseen); see the leakage check")
         check_leakage(load_datalist(d.datalist), load_datalist(d.exclude_datalist), d.exclude_fold)
-        if config.pretrain.contrastive_weight > 0 and d.batch_size < 2:
+        if config.pretrain.contrastive_weight > 0 and d.batch_size * self.supervised_per_item < 2:
             raise InputError("the contrastive task needs data.batch_size >= 2 (the other samples are its negatives); "
                              "or set pretrain.contrastive_weight=0")
         from SymmetryAwareCore.models.losses import SymmetryAwarePretrainingLoss
 
         p = config.pretrain
+        # Whole scans: the counterpart is the exact flip, so symmetry is compared region by region.
         self.criterion = SymmetryAwarePretrainingLoss(p.rotation_weight, p.contrastive_weight, p.inpainting_weight,
-                                                      p.symmetry_weight, p.temperature)
+                                                      p.symmetry_weight, p.temperature,
+                                                      token_symmetry=p.input == "whole-scan")
 
     def card_metadata(self) -> Dict[str, Any]:
         return _card_common(self.config, "pretraining", extra={"pretrain": vars(self.config.pretrain)},
@@ -446,26 +466,88 @@ class PretrainTask(_ModelTask):
     def train_dataset(self):
         d = self.config.data
         entries = load_datalist(d.datalist).all_entries()
+        if self.config.pretrain.input == "whole-scan":
+            return BalancedWholeScanDataset(entries, d.roi_size, run_preprocessing(self.config),
+                                            _channel_names(self.config), self.config.train.seed, augment=d.augment,
+                                            cache=d.cache, cache_dir=d.cache_dir)
         return PairedCropDataset(entries, d.roi_size, run_preprocessing(self.config), _channel_names(self.config),
                                  self.config.train.seed, segmentation=False, augment=d.augment, cache=d.cache,
                                  cache_dir=d.cache_dir)
 
     def loss(self, model, batch):
+        return self.losses(model, batch)
+
+    def losses(self, model, batch, weighted: bool = True):
+        """The step's losses (``loss``: the weighted sum; each task's unweighted loss apart).
+
+        Two pretext views when the contrastive task is on (it compares them), else one: the
+        other three tasks need only one, and a view costs two encoder passes.
+        ``weighted=False``: every task whose weight is not 0 at weight 1 (for
+        :func:`pretrain_gradient_norms`).
+        """
         import torch
 
         from SymmetryAwareCore.models.pretext import make_pretext_view
 
         p = self.config.pretrain
-        image, counterpart = batch["image"], batch["counterpart"]
-        views = [make_pretext_view(image, counterpart, p.mask_ratio, p.block_size) for _ in range(2)]
+        image, counterpart, status = batch["image"], batch["counterpart"], batch["status"]
+        if image.ndim == 6:  # whole-scan items of (healthy, patient): (B, 2, C, X, Y, Z) -> (2B, C, X, Y, Z)
+            image, counterpart, status = image.flatten(0, 1), counterpart.flatten(0, 1), status.reshape(-1)
+        n_views = 2 if p.contrastive_weight > 0 else 1
+        views = [make_pretext_view(image, counterpart, p.mask_ratio, p.block_size) for _ in range(n_views)]
         out = model(torch.cat([v.image for v in views]), torch.cat([v.counterpart for v in views]))
         n = image.shape[0]
         out1 = {k: v[:n] for k, v in out.items()}
-        out2 = {k: v[n:] for k, v in out.items()}
-        status = batch["status"]  # 1 patient, 0 healthy, -1 unknown; the loss wants 1 healthy
+        out2 = {k: v[n:] for k, v in out.items()} if n_views == 2 else out1
+        # status: 1 patient, 0 healthy, -1 unknown; the loss wants 1 healthy
         healthy = torch.where(status < 0, status, 1 - status)
-        losses = self.criterion(out1, out2, views[0], views[1], healthy)
+        criterion = self.criterion if weighted else self._unit
+        losses = criterion(out1, out2, views[0], views[-1], healthy)
         return {"loss": losses.pop("total"), **losses}
+
+    @property
+    def active_tasks(self):
+        """The proxy tasks whose weight is not 0."""
+        return tuple(name for name, w in self.criterion.weights.items() if w > 0)
+
+    @property
+    def supervised_per_item(self) -> int:
+        """Scans per dataset item: 2 for whole-scan (healthy, patient) items, else 1."""
+        return 2 if self.config.pretrain.input == "whole-scan" else 1
+
+    @property
+    def _unit(self):
+        from SymmetryAwareCore.models.losses import SymmetryAwarePretrainingLoss
+
+        on = self.active_tasks
+        return SymmetryAwarePretrainingLoss(*(float(t in on) for t in ("rotation", "contrastive", "inpainting", "symmetry")),
+                                            temperature=self.config.pretrain.temperature,
+                                            token_symmetry=self.criterion.token_symmetry)
+
+
+def pretrain_gradient_norms(model: nn.Module, task: "PretrainTask", batches, prefix: str = "swinViT.") -> Dict[str, float]:
+    """Each active proxy task's encoder gradient norm, unweighted, averaged over ``batches``.
+
+    Only the TRAINABLE encoder parameters count (``model.freeze`` ones have no gradient).
+    For every batch the task losses are computed once (one pair of views) and the
+    gradient of each with respect to the encoder parameters (names starting with ``prefix``)
+    is taken apart; the result is the mean norm per task. Used to set the loss weights by
+    :func:`SymmetryAwareCore.models.losses.balanced_weights` (``Training/scripts/pretrain_balance.py``).
+    """
+    params = [p for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+    if not params:
+        raise InputError(f"the model has no trainable parameters named {prefix}*")
+    sums = {name: 0.0 for name in task.active_tasks}
+    count = 0
+    for batch in batches:
+        losses = task.losses(model, batch, weighted=False)
+        for name in sums:
+            grads = torch.autograd.grad(losses[name], params, retain_graph=True, allow_unused=True)
+            sums[name] += float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        count += 1
+    if count == 0:
+        raise InputError("no batch to measure gradient norms on")
+    return {name: v / count for name, v in sums.items()}
 
 
 class InteractiveSegmentationTask(SegmentationTask):

@@ -1,0 +1,128 @@
+"""Ship a trained symmetry-aware head (SASwinPretrainer) beside the bundled segmentation model.
+
+1. Loads the pretraining run's model (``<run>/model.json``, checked by hash and keys).
+2. Writes it as float16 safetensors beside the model (``save_model``; inference runs in
+   float32) with a card: the model's channels, the run's preprocessing, what it was trained on,
+   and the measured zero-shot figures of ``--benchmark`` (the JSONs that
+   ``Benchmarks/asymmetry_benchmark.py --json`` wrote for THIS run's head, float32; the
+   float16 file's scores are compared with the run's on ``--check`` stored cases).
+3. Refuses to ship unless the benchmark's per-scan AUC of the ``sah`` row, unilateral lesions
+   at contrast 1 against all healthy scans, has a 95 % CI lower bound above 0.5.
+4. Names the head in the segmentation model's card (``extra.symmetry_head``), so
+   ``segment`` writes the zero-shot score and map. The model card's SHA-256 covers its
+   weights file only, which is not touched.
+
+Run:
+    python Training/scripts/bundle_symmetry_head.py --run runs/sah_head \\
+        --benchmark runs/asym/sah_hard.json runs/asym/sah_low.json runs/asym/sah_c1.json \\
+        --model SymmetryAwareCore/data/models/glioma_phantom_saswin_f12.json \\
+        --output SymmetryAwareCore/data/models/glioma_phantom_sah_f12.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def sah_figures(benchmark: dict) -> dict:
+    """The ``sah`` rows of a benchmark summary, by hard-case group and contrast."""
+    out: dict = {}
+    for row in benchmark["table"]:
+        if row["method"] != "sah":
+            continue
+        out.setdefault(row["group"], {})[f"{row['contrast']:g}"] = {
+            "scan_auc": round(row["auc"], 3), "scan_auc_ci95": [round(v, 3) for v in row["auc_ci"]],
+            "scan_auc_vs_asymmetric": round(row["auc_vs_asymmetric"], 3),
+            "scan_auc_vs_asymmetric_ci95": [round(v, 3) for v in row["auc_vs_asymmetric_ci"]],
+            "voxel_auc": None if row["local_auc"] is None else round(row["local_auc"], 3),
+            "n_lesion": row["n_lesion"], "n_healthy": row["n_healthy"], "n_asymmetric": row["n_asymmetric"]}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--benchmark", required=True, type=Path, nargs="+",
+                        help="asymmetry_benchmark.py --json file(s) of this head; rows merged, later files win")
+    parser.add_argument("--check", type=Path, nargs="*", default=[],
+                        help="stored prepared cases (asymmetry_benchmark.py --prepared *.npz) to compare float16 and run scores on")
+    parser.add_argument("--model", required=True, type=Path, help="the segmentation model card to attach the head to")
+    parser.add_argument("--output", required=True, type=Path, help="the head's .safetensors, beside --model")
+    parser.add_argument("--name", default="glioma-phantom-sah-f12")
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--training-data", required=True, help="the card's training_data text")
+    args = parser.parse_args(argv)
+
+    from SymmetryAwareCore.inference.zero_shot import SYMMETRY_HEAD_KEY
+    from SymmetryAwareCore.models.model_card import ModelCard, load_model, read_card, save_model
+    from SymmetryAwareCore.preprocessing import Preprocessing
+    from SymmetryAwareTraining.modelcard import to_shipping_precision
+
+    if args.output.parent.resolve() != args.model.parent.resolve():
+        sys.exit("error: --output must lie beside --model (the card names the head by file name)")
+    benchmarks = [json.loads(b.read_text()) for b in args.benchmark]
+    figures: dict = {}
+    for b in benchmarks:
+        for group, rows in sah_figures(b).items():
+            figures.setdefault(group, {}).update(rows)
+    benchmark = benchmarks[0]
+    main_row = figures.get("unilateral", {}).get("1")
+    if main_row is None:
+        sys.exit(f"error: {args.benchmark} has no sah row for unilateral lesions at contrast 1")
+    if not main_row["scan_auc_ci95"][0] > 0.5:
+        sys.exit(f"error: not shipped: zero-shot scan AUC at contrast 1 is {main_row['scan_auc']} "
+                 f"(95 % CI {main_row['scan_auc_ci95']}), not clearly above chance")
+    network, run_card = load_model(args.run / "model.json")
+    model_card = read_card(args.model)
+    spec = Preprocessing.from_card(run_card.preprocessing, source=str(args.run))
+    config = run_card.extra.get("training", {}).get("config", {})
+    card = ModelCard(
+        name=args.name,
+        description=(
+            "Symmetry-aware head (SASwinPretrainer, feature size "
+            f"{network.init_kwargs['feature_size']}) for the zero-shot asymmetry score (1 - cos(z, z~)) / 2 of "
+            "a whole scan and its left-right mirror, beside the glioma segmentation model. Trained on "
+            "synthetic phantoms only; NOT FOR CLINICAL USE. How well it separates lesion scans from "
+            "healthy ones on held-out phantoms, per contrast level: metrics.zero_shot."
+        ),
+        channels=model_card.channels,
+        modality=model_card.modality,
+        preprocessing=spec.to_card(),
+        version=args.version,
+        licence="Apache-2.0",
+        training_data=args.training_data,
+        metrics={"zero_shot": figures, "evaluated_on": (
+            "Benchmarks/asymmetry_benchmark.py, held-out phantom seeds (benchmark seed "
+            f"{benchmark['args']['seed']}, variation {benchmark['args']['variation']:g}), per-scan AUC lesion vs "
+            "healthy with 95 % bootstrap CIs, through the function report.json uses")},
+        extra={"task": "pretraining", "training_run": config, "zero_shot_input": "brain box resized to roi_size"},
+    )
+    import copy
+
+    from SymmetryAwareCore.inference.zero_shot import SymmetryHead, zero_shot_asymmetry
+
+    reference = copy.deepcopy(network).float().eval()
+    card_path = save_model(to_shipping_precision(network), args.output, card)
+    shipped, _ = load_model(card_path)  # what users will load: hash and keys checked
+    roi = tuple(spec.roi_size)
+    for case in args.check:
+        import numpy as np
+
+        with np.load(case) as z:
+            cropped = z["cropped"]
+        a = zero_shot_asymmetry(cropped, SymmetryHead(reference, roi, {}))[0]
+        b = zero_shot_asymmetry(cropped, SymmetryHead(shipped.float().eval(), roi, {}))[0]
+        print(f"{case.name}: run {a:.5f} shipped float16 {b:.5f}")
+    data = json.loads(args.model.read_text())
+    data.setdefault("extra", {})[SYMMETRY_HEAD_KEY] = card_path.name
+    args.model.write_text(json.dumps(data, indent=2) + "\n")
+    read_card(args.model)
+    print(f"wrote {args.output} and {card_path.name}; {args.model.name} extra.{SYMMETRY_HEAD_KEY} = {card_path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
