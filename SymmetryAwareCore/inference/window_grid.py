@@ -22,7 +22,7 @@ from typing import List, Sequence, Tuple
 
 from ..geometry.mirror import LR_AXIS, counterpart_start
 
-__all__ = ["axis_starts", "window_starts", "mirror_pairs", "padding_for_roi", "scan_step"]
+__all__ = ["axis_starts", "window_starts", "mirror_pairs", "padding_for_roi", "pad_for_roi", "scan_step"]
 
 
 def scan_step(roi: int, overlap: float) -> int:
@@ -112,3 +112,12 @@ def padding_for_roi(shape: Sequence[int], roi_size: Sequence[int]) -> List[Tuple
             total += 1
         pads.append((total // 2, total - total // 2))
     return pads
+
+
+def pad_for_roi(array, roi_size: Sequence[int]):
+    """``array`` ``(..., X, Y, Z)`` zero-padded by :func:`padding_for_roi` of its last three axes
+    (the interactive session's volume and prior, and the click refiner's training cases)."""
+    import numpy as np
+
+    pads = padding_for_roi(array.shape[-3:], roi_size)
+    return np.pad(array, [(0, 0)] * (array.ndim - 3) + [tuple(p) for p in pads])

@@ -290,12 +290,12 @@ class InteractiveSession:
 
     def _prepare_windows(self) -> None:
         """The brain box padded to the window (mirror-safe) and its window grid."""
-        from ..inference.window_grid import padding_for_roi, window_starts
+        from ..inference.window_grid import pad_for_roi, padding_for_roi, window_starts
 
         roi = tuple(int(r) for r in self.spec.roi_size)
         cropped = self.prepared.cropped
         pads = padding_for_roi(cropped.shape[1:], roi)
-        volume = np.pad(cropped, [(0, 0)] + [tuple(p) for p in pads])
+        volume = pad_for_roi(cropped, roi)
         self._roi = roi
         self._volume = torch.from_numpy(np.ascontiguousarray(volume, np.float32))
         # Frame voxel of padded voxel 0.
@@ -306,11 +306,10 @@ class InteractiveSession:
         """Two-stage models: the backbone's probabilities on the brain box, once per scan (the
         pipeline's mirror-paired sliding window), padded like the volume."""
         from ..inference.pipeline import predict_box
-        from ..inference.window_grid import padding_for_roi
+        from ..inference.window_grid import pad_for_roi
 
         prior = predict_box(self.prepared.cropped, self._backbone)
-        pads = padding_for_roi(self.prepared.cropped.shape[1:], self._roi)
-        self._prior = torch.from_numpy(np.ascontiguousarray(np.pad(prior, [(0, 0)] + [tuple(p) for p in pads])))
+        self._prior = torch.from_numpy(np.ascontiguousarray(pad_for_roi(prior, self._roi)))
 
     def _counterpart(self, start):
         """The window's mirrored counterpart as the network uses it, cached: its encoding

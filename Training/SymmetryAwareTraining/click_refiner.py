@@ -53,18 +53,12 @@ class CachedCase:
         self.name, self.volume, self.prior, self.truth = name, volume, prior, truth
 
 
-def _pad(array: np.ndarray, roi: Sequence[int]) -> np.ndarray:
-    from SymmetryAwareCore.inference.window_grid import padding_for_roi
-
-    pads = padding_for_roi(array.shape[-3:], tuple(roi))
-    return np.pad(array, [(0, 0)] * (array.ndim - 3) + [tuple(p) for p in pads])
-
-
 def build_cache(datalists: Sequence[Path], backbone, out: Path, exclude_fold: Optional[int],
                 log=print) -> List[Path]:
     """Prepare every lesion case of ``datalists`` (skipping fold ``exclude_fold``), run the
     backbone once, write ``<out>/<case>.npz``; returns the files (existing ones are reused)."""
     from SymmetryAwareCore.inference.pipeline import model_preprocessing, predict_box
+    from SymmetryAwareCore.inference.window_grid import pad_for_roi
 
     from .data import PreparedCases
     from .datalist import case_id, load_datalist
@@ -95,8 +89,8 @@ def build_cache(datalists: Sequence[Path], backbone, out: Path, exclude_fold: Op
             prior = predict_box(np.asarray(volume, np.float32), backbone)
             dice = 2 * float((truth & (prior[WT_CHANNEL] >= 0.5)).sum()) / (truth.sum() + (prior[WT_CHANNEL] >= 0.5).sum())
             tmp = target.with_suffix(".tmp.npz")
-            np.savez(tmp, volume=_pad(np.asarray(volume, np.float32), roi).astype(np.float16),
-                     prior=_pad(prior, roi).astype(np.float16), truth=_pad(truth[None], roi)[0])
+            np.savez(tmp, volume=pad_for_roi(np.asarray(volume, np.float32), roi).astype(np.float16),
+                     prior=pad_for_roi(prior, roi).astype(np.float16), truth=pad_for_roi(truth, roi))
             tmp.rename(target)
             files.append(target)
             log(f"cached {target.name}: box {tuple(truth.shape)}, backbone WT Dice {dice:.3f} "
