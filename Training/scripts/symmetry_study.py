@@ -1,0 +1,390 @@
+"""Does symmetry earn its cost? The study of issue 12, decided before it was run (docs/symmetry_study.md).
+
+Three steps, each resumable:
+
+    data    phantoms at 1.5 mm where only the other hemisphere tells a subtle lesion from
+            tissue: a training pool (folds 1-4) and a held-out set (fold 0) per lesion contrast
+            and hard-case type, in one datalist;
+    train   every arm x label size x seed through ``symmetryaware-train finetune-seg`` (the
+            project's one training engine), sequentially, skipping finished runs;
+    report  every finished run scored on the held-out set the same way, paired bootstrap
+            confidence intervals, and the decision rule applied; writes results.json/.md.
+
+    python Training/scripts/symmetry_study.py data --output datasets/study15 --workers 2
+    python Training/scripts/symmetry_study.py train --datalist datasets/study15/datalist.json \
+        --output runs/study --shard 0/2        # and --shard 1/2 in a second process
+    python Training/scripts/symmetry_study.py report --datalist datasets/study15/datalist.json --output runs/study
+
+Scoring: one 64^3 window per held-out case, drawn once from the case's own seed with
+``crops.paired_crop(pos_fraction=1)`` (the training sampler: a box around a random lesion
+voxel), with its mirrored counterpart; every network sees the same window. Dice per region
+inside the window (so a network that marks healthy tissue in the window is penalised); a
+whole-scan sliding window per case per run does not fit this machine (docs/symmetry_study.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE.parent / "configs" / "symmetry_study.yaml"
+REGIONS = ("WT", "TC", "ET")
+
+# Arm name -> config overrides. swin_unetr is SA-Swin with SACA off: MONAI's SwinUNETR key for key.
+# Every arm sees 2 supervised 64^3 crops per step: swin_unetr and input pairing batch 2, mirror-pair one pair.
+ARMS: Dict[str, List[str]] = {
+    "swin_unetr": ["model.kwargs.use_saca=false", "data.batch_size=2"],
+    "sa_swin_mirror_pair": ["model.kwargs.pairing=mirror-pair", "data.batch_size=1"],
+    "sa_swin_input": ["model.kwargs.pairing=input", "data.batch_size=2"],
+}
+
+# Held-out groups: (scenario, lesion contrast, count). The training pool mixes the three contrasts.
+HELD_OUT = (("unilateral", 1.0, 20), ("unilateral", 0.5, 20), ("unilateral", 0.3, 20),
+            ("bilateral", 0.5, 8), ("midline", 0.5, 8))
+TRAIN_CONTRASTS = (1.0, 0.5, 0.3)
+TRAIN_CASES = 32
+SPACING = 1.5
+VARIATION = 2.0
+
+
+# ----------------------------------------------------------------------------------------- data
+
+def _plan(seed: int) -> List[dict]:
+    from SymmetryAwareCore.phantoms.dataset import case_seed
+
+    plan, index = [], 0
+    for i in range(TRAIN_CASES):
+        # Folds 1-4 in turn; the scenario is the generator's own draw (70 % unilateral).
+        plan.append({"index": index, "seed": case_seed(seed, index), "scenario": None,
+                     "contrast": TRAIN_CONTRASTS[i % len(TRAIN_CONTRASTS)], "fold": 1 + i % 4})
+        index += 1
+    for scenario, contrast, count in HELD_OUT:
+        for _ in range(count):
+            plan.append({"index": index, "seed": case_seed(seed, index), "scenario": scenario,
+                         "contrast": contrast, "fold": 0})
+            index += 1
+    return plan
+
+
+def _make(item_and_dir):
+    item, folder = item_and_dir
+    from SymmetryAwareCore.phantoms.dataset import write_case
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    name = f"study_{item['index']:04d}"
+    if not (Path(folder) / f"{name}.json").is_file():
+        phantom = make_subject(item["seed"], "glioma", "mri", SPACING, scenario=item["scenario"],
+                               lesion_contrast=item["contrast"], variation=VARIATION)
+        write_case(phantom, folder, name)
+    info = json.loads((Path(folder) / f"{name}.json").read_text())
+    channels = list(info["channels"])
+    return {"name": name, "image": [f"{name}_{c}.nii.gz" for c in channels], "label": f"{name}_label.nii.gz",
+            "case_json": f"{name}.json", "fold": item["fold"], "scenario": info["scenario"],
+            "lesion_contrast": item["contrast"]}, channels
+
+
+def make_data(output: Path, seed: int, workers: int) -> Path:
+    from multiprocessing import Pool
+
+    from SymmetryAwareCore.phantoms.dataset import write_json
+
+    output.mkdir(parents=True, exist_ok=True)
+    plan = _plan(seed)
+    jobs = [(item, str(output)) for item in plan]
+    start = time.perf_counter()
+    with Pool(workers) as pool:
+        made = []
+        for k, result in enumerate(pool.imap(_make, jobs)):
+            made.append(result)
+            print(f"phantom {k + 1}/{len(jobs)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    entries = [entry for entry, _ in made]
+    datalist = {
+        "description": "Symmetry study phantoms (Training/scripts/symmetry_study.py); fold 0 is held out",
+        "seed": seed, "kind": "glioma", "modality": "mri", "spacing_mm": SPACING, "variation": VARIATION,
+        "channels": made[0][1], "num_folds": 5, "training": entries, "validation": [],
+    }
+    return write_json(datalist, output / "datalist.json")
+
+
+# -------------------------------------------------------------------------------------- prepare
+
+def _config(datalist: Path, cache_dir: str, extra: Sequence[str] = ()):
+    from SymmetryAwareTraining.config import load_config
+
+    return load_config(CONFIG, [f"data.datalist={datalist}", f"data.cache_dir={cache_dir}", *extra])
+
+
+def _prepare_one(job):
+    entry, spec, channels, cache_dir = job
+    from SymmetryAwareTraining.data import PreparedCases
+
+    PreparedCases([entry], True, spec, channels, cache=False, cache_dir=cache_dir or None)(0)
+    return entry["name"]
+
+
+def prepare_all(datalist: Path, cache_dir: str, workers: int) -> None:
+    """Align and prepare every case once, in parallel, into the store the runs share."""
+    from multiprocessing import Pool
+
+    from SymmetryAwareTraining.datalist import load_datalist
+    from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
+
+    config = _config(datalist, cache_dir)
+    spec, channels = run_preprocessing(config), _channel_names(config)
+    entries = load_datalist(str(datalist)).sections["training"]
+    start = time.perf_counter()
+    with Pool(workers) as pool:
+        for k, name in enumerate(pool.imap(_prepare_one, [(e, spec, channels, cache_dir) for e in entries])):
+            print(f"prepared {k + 1}/{len(entries)} {name} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- train
+
+def run_name(arm: str, size: int, seed: int) -> str:
+    return f"{arm}_n{size}_s{seed}"
+
+
+def grid(arms: Sequence[str], sizes: Sequence[int], seeds: Sequence[int], input_seeds: Sequence[int]) -> List[tuple]:
+    """The runs in order: seed-major, so a stopped study has whole seeds of every arm.
+
+    The input-pairing arm costs 1.7x per step (two encoder passes per supervised crop); on
+    this machine it runs only for ``input_seeds``.
+    """
+    return [(arm, size, seed) for seed in seeds for size in sizes for arm in arms
+            if arm != "sa_swin_input" or seed in input_seeds]
+
+
+def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, steps: int, shard: str,
+              cache_dir: str) -> None:
+    index, count = (int(v) for v in shard.split("/"))
+    pool = sum(1 for e in json.loads(datalist.read_text())["training"] if e["fold"] != 0)
+    for k, (arm, size, seed) in enumerate(grid(arms, sizes, seeds, input_seeds)):
+        if k % count != index:
+            continue
+        run = output / run_name(arm, size, seed)
+        if (run / "model.json").is_file():
+            continue
+        args = [sys.executable, "-m", "SymmetryAwareTraining.cli", "finetune-seg", "--config", str(CONFIG),
+                "--output-dir", str(run)]
+        if (run / "checkpoints" / "last.pt").is_file():
+            args.append("--resume")
+        overrides = [f"data.datalist={datalist}", f"data.label_fraction={size / pool}", f"train.steps={steps}",
+                     f"train.seed={seed}", f"data.cache_dir={cache_dir}"] + ARMS[arm]
+        for item in overrides:
+            args += ["--set", item]
+        output.mkdir(parents=True, exist_ok=True)
+        print("$ " + " ".join(args[2:]), flush=True)
+        with open(output / f"train_{index}.log", "a") as stream:
+            subprocess.run(args, check=True, stdout=stream, stderr=subprocess.STDOUT)
+
+# --------------------------------------------------------------------------------------- report
+
+def score_window(entry: dict, volume: np.ndarray, label: np.ndarray, roi: int = 64) -> dict:
+    """The case's one scoring window: image, counterpart, label; drawn from the case's name only."""
+    import zlib
+
+    from SymmetryAwareTraining.crops import paired_crop
+
+    rng = np.random.default_rng([SCORE_SEED, zlib.crc32(entry["name"].encode("utf-8"))])
+    return paired_crop(np.asarray(volume), (roi,) * 3, rng, label=np.asarray(label), pos_fraction=1.0)
+
+
+SCORE_SEED = 20261203
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    # BraTS convention: both empty is a perfect score.
+    total = int(pred.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
+
+
+def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]]:
+    """Per held-out case, Dice of TC/WT/ET inside its window (cached in ``<run>/study_scores.json``)."""
+    import torch
+
+    from SymmetryAwareCore.models.model_card import load_model
+    from SymmetryAwareTraining.metrics import labels_to_regions
+
+    cached = run / "study_scores.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    network, _ = load_model(run / "model.json")
+    use_saca = bool(getattr(network, "saca", None) is not None)
+    scores = {}
+    with torch.no_grad():
+        for name, window in windows.items():
+            x = torch.from_numpy(window["image"])[None]
+            c = torch.from_numpy(window["counterpart"])[None]
+            logits = network(x, c) if use_saca else network(x)
+            pred = (torch.sigmoid(logits[0]) > 0.5).numpy()  # (3, X, Y, Z): TC, WT, ET
+            truth = labels_to_regions(window["label"].astype(np.int64))
+            scores[name] = {region: _dice(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
+    cached.write_text(json.dumps(scores, indent=1))
+    return scores
+
+
+def paired_bootstrap(diff: np.ndarray, resamples: int = 10000, seed: int = 0):
+    """Mean of per-case differences and its 95 % percentile interval (resampling cases)."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def verdict(by_size: Dict[int, dict]) -> str:
+    """The decision rule of docs/symmetry_study.md, applied to the primary comparison."""
+    above = [s for s, r in by_size.items() if r["low"] > 0 and all(d > 0 for d in r["per_seed"])]
+    below = [s for s, r in by_size.items() if r["high"] < 0 and all(d < 0 for d in r["per_seed"])]
+    any_above = any(r["low"] > 0 for r in by_size.values())
+    any_below = any(r["high"] < 0 for r in by_size.values())
+    if above and not any_below:
+        return "symmetry helps"
+    if below and not any_above:
+        return "symmetry hurts"
+    return "no measurable difference"
+
+
+def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds) -> dict:
+    from SymmetryAwareTraining.datalist import load_datalist
+    from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
+
+    from SymmetryAwareTraining.data import PreparedCases
+
+    config = _config(datalist, cache_dir)
+    spec, channels = run_preprocessing(config), _channel_names(config)
+    held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+    cases = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
+    windows = {}
+    for k, entry in enumerate(held):
+        volume, label = cases(k)
+        windows[entry["name"]] = score_window(entry, volume, label)
+    group_of = {e["name"]: f"{e['scenario']} c{e['lesion_contrast']:g}" for e in held}
+    runs = {}
+    for run in sorted(output.glob("*_n*_s*")):
+        if (run / "model.json").is_file():
+            summary = json.loads((run / "summary.json").read_text())
+            runs[run.name] = {"scores": score_run(run, windows), "seconds": float(summary.get("seconds", float("nan"))),
+                              "steps": int(summary.get("steps", 0))}
+            print(f"scored {run.name}", flush=True)
+    names = sorted(windows)
+    groups = sorted(set(group_of.values()))
+    primary = [n for n in names if group_of[n] in ("unilateral c0.5", "unilateral c0.3")]
+
+    def matrix(arm, size, region, subset, run_seeds):
+        rows = []
+        for seed in run_seeds:
+            key = run_name(arm, size, seed)
+            if key not in runs:
+                return None
+            rows.append([runs[key]["scores"][n][region] for n in subset])
+        return np.asarray(rows)  # (seeds, cases)
+
+    results = {"held_out": {g: sum(1 for n in names if group_of[n] == g) for g in groups}, "runs": {}, "primary": {},
+               "secondary": []}
+    for key, r in runs.items():
+        results["runs"][key] = {"seconds": r["seconds"], "steps": r["steps"],
+                                "mean": {reg: float(np.mean([r["scores"][n][reg] for n in names])) for reg in REGIONS}}
+    for size in sizes:
+        a = matrix("sa_swin_mirror_pair", size, "WT", primary, seeds)
+        b = matrix("swin_unetr", size, "WT", primary, seeds)
+        if a is None or b is None:
+            continue
+        mean, low, high = paired_bootstrap(a.mean(0) - b.mean(0))
+        results["primary"][size] = {"sa_swin_mirror_pair": float(a.mean()), "swin_unetr": float(b.mean()),
+                                    "difference": mean, "low": low, "high": high,
+                                    "per_seed": [float(d) for d in (a - b).mean(1)], "cases": len(primary),
+                                    "seeds": len(seeds)}
+    complete = len(results["primary"]) == len(sizes)
+    results["verdict"] = verdict(results["primary"]) if complete else "incomplete: not every primary run finished"
+    for size in sizes:
+        for arm, arm_seeds in (("sa_swin_mirror_pair", seeds), ("sa_swin_input", [seeds[0]])):
+            for subset_name, subset in [("all held-out", names)] + [(g, [n for n in names if group_of[n] == g]) for g in groups]:
+                for region in REGIONS:
+                    a = matrix(arm, size, region, subset, arm_seeds)
+                    b = matrix("swin_unetr", size, region, subset, arm_seeds)
+                    if a is None or b is None:
+                        continue
+                    mean, low, high = paired_bootstrap(a.mean(0) - b.mean(0))
+                    results["secondary"].append({"size": size, "arm": arm, "seeds": len(arm_seeds), "set": subset_name,
+                                                 "cases": len(subset), "region": region, "arm_dice": float(a.mean()),
+                                                 "swin_unetr_dice": float(b.mean()), "difference": mean,
+                                                 "low": low, "high": high})
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    lines = markdown(results)
+    (output / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return results
+
+
+def markdown(results: dict) -> List[str]:
+    lines = ["Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
+             "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", "",
+             "| labelled | cases | seeds | Swin UNETR | SA-Swin mirror-pair | difference [95 % CI] | per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for size, r in results["primary"].items():
+        lines.append(f"| {size} | {r['cases']} | {r['seeds']} | {r['swin_unetr']:.3f} | {r['sa_swin_mirror_pair']:.3f} | "
+                     f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
+                     + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + " |")
+    lines += ["", f"Verdict (decision rule): **{results['verdict']}**", "",
+              "Secondary (no verdict): mean Dice, arm against Swin UNETR at the same seeds.", "",
+              "| labelled | arm | seeds | set | cases | region | arm | Swin UNETR | difference [95 % CI] |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["secondary"]:
+        lines.append(f"| {r['size']} | {r['arm']} | {r['seeds']} | {r['set']} | {r['cases']} | {r['region']} | "
+                     f"{r['arm_dice']:.3f} | {r['swin_unetr_dice']:.3f} | "
+                     f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
+    lines += ["", "| run | steps | train time | mean Dice WT / TC / ET (all 76) |", "|---|---|---|---|"]
+    for key, r in sorted(results["runs"].items()):
+        m = r["mean"]
+        lines.append(f"| {key} | {r['steps']} | {r['seconds'] / 60:.1f} min | {m['WT']:.3f} / {m['TC']:.3f} / {m['ET']:.3f} |")
+    return lines
+
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--output", type=Path, required=True)
+    d.add_argument("--seed", type=int, default=1500)
+    d.add_argument("--workers", type=int, default=2)
+    p = sub.add_parser("prepare")
+    p.add_argument("--datalist", type=Path, required=True)
+    p.add_argument("--cache-dir", default="")
+    p.add_argument("--workers", type=int, default=2)
+    t = sub.add_parser("train")
+    t.add_argument("--datalist", type=Path, required=True)
+    t.add_argument("--output", type=Path, required=True)
+    t.add_argument("--arms", nargs="+", default=list(ARMS))
+    t.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--input-seeds", type=int, nargs="+", default=[0], help="seeds of the input-pairing arm")
+    t.add_argument("--steps", type=int, default=150)
+    t.add_argument("--shard", default="0/1", help="i/n: run every n-th run of the grid, starting at i")
+    t.add_argument("--cache-dir", default="", help="prepared-case store shared by the runs")
+    r = sub.add_parser("report")
+    r.add_argument("--datalist", type=Path, required=True)
+    r.add_argument("--output", type=Path, required=True)
+    r.add_argument("--cache-dir", default="")
+    r.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = parser.parse_args()
+    if a.command == "data":
+        print(make_data(a.output, a.seed, a.workers))
+    elif a.command == "prepare":
+        prepare_all(a.datalist, a.cache_dir, a.workers)
+    elif a.command == "train":
+        train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
+    else:
+        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds)
+
+
+if __name__ == "__main__":
+    main()
