@@ -231,6 +231,18 @@ def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]
     return scores
 
 
+_WINDOWS: Dict[str, dict] = {}
+
+
+def _score_in_worker(run: Path):
+    import torch
+
+    torch.set_num_threads(1)
+    scores = score_run(run, _WINDOWS)
+    print(f"scored {run.name}", flush=True)
+    return scores
+
+
 def paired_bootstrap(diff: np.ndarray, resamples: int = 10000, seed: int = 0):
     """Mean of per-case differences and its 95 % percentile interval (resampling cases)."""
     rng = np.random.default_rng(seed)
@@ -251,7 +263,7 @@ def verdict(by_size: Dict[int, dict]) -> str:
     return "no measurable difference"
 
 
-def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds) -> dict:
+def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2) -> dict:
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
 
@@ -266,13 +278,18 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds) -> dict:
         volume, label = cases(k)
         windows[entry["name"]] = score_window(entry, volume, label)
     group_of = {e["name"]: f"{e['scenario']} c{e['lesion_contrast']:g}" for e in held}
+    finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
+    global _WINDOWS
+    _WINDOWS = windows  # forked workers inherit the windows instead of receiving copies
+    from multiprocessing import get_context
+
+    with get_context("fork").Pool(max(1, workers)) as pool:
+        scored = pool.map(_score_in_worker, finished)
     runs = {}
-    for run in sorted(output.glob("*_n*_s*")):
-        if (run / "model.json").is_file():
-            summary = json.loads((run / "summary.json").read_text())
-            runs[run.name] = {"scores": score_run(run, windows), "seconds": float(summary.get("seconds", float("nan"))),
-                              "steps": int(summary.get("steps", 0))}
-            print(f"scored {run.name}", flush=True)
+    for run, scores in zip(finished, scored):
+        summary = json.loads((run / "summary.json").read_text())
+        runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
+                          "steps": int(summary.get("steps", 0))}
     names = sorted(windows)
     groups = sorted(set(group_of.values()))
     primary = [n for n in names if group_of[n] in ("unilateral c0.5", "unilateral c0.3")]
@@ -375,6 +392,7 @@ def main() -> None:
     r.add_argument("--cache-dir", default="")
     r.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--workers", type=int, default=2, help="runs scored in parallel")
     a = parser.parse_args()
     if a.command == "data":
         print(make_data(a.output, a.seed, a.workers))
@@ -383,7 +401,7 @@ def main() -> None:
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
-        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds)
+        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""The symmetry study's fixed parts (Training/scripts/symmetry_study.py): plan, grid, scoring
+window, paired bootstrap and the decision rule written in docs/symmetry_study.md."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("symmetry_study", ROOT / "Training" / "scripts" / "symmetry_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_holds_out_the_designed_groups(study):
+    plan = study._plan(1500)
+    held = [p for p in plan if p["fold"] == 0]
+    train = [p for p in plan if p["fold"] != 0]
+    assert len(train) == study.TRAIN_CASES and {p["fold"] for p in train} == {1, 2, 3, 4}
+    assert len(held) == sum(count for _, _, count in study.HELD_OUT) >= 50
+    for scenario, contrast, count in study.HELD_OUT:
+        assert sum(1 for p in held if p["scenario"] == scenario and p["contrast"] == contrast) == count
+    assert len({p["seed"] for p in plan}) == len(plan)  # every case its own subject
+    assert study._plan(1500) == plan
+
+
+def test_grid_is_seed_major_and_limits_input_pairing(study):
+    grid = study.grid(list(study.ARMS), [8, 32], [0, 1, 2], [0])
+    assert [seed for _, _, seed in grid] == sorted(seed for _, _, seed in grid)
+    assert {seed for arm, _, seed in grid if arm == "sa_swin_input"} == {0}
+    assert sum(1 for arm, _, _ in grid if arm == "swin_unetr") == 6
+
+
+def test_scoring_window_is_fixed_by_the_case_name_and_holds_lesion(study):
+    from SymmetryAwareCore.geometry.mirror import flip_lr
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(2, 90, 80, 70)).astype(np.float32)
+    label = np.zeros((90, 80, 70), np.uint8)
+    label[10:16, 30:36, 20:26] = 2
+    a = study.score_window({"name": "study_0040"}, volume, label)
+    b = study.score_window({"name": "study_0040"}, volume, label)
+    c = study.score_window({"name": "study_0041"}, volume, label)
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["counterpart"], b["counterpart"])
+    assert a["image"].shape == (2, 64, 64, 64) and (a["label"] > 0).any()
+    assert not np.array_equal(a["start"], c["start"]) or not np.array_equal(a["image"], c["image"])
+    # The counterpart is the crop of the flipped volume at the same box: voxel i of it is the
+    # mirror of voxel i of the window (no padding here: the volume is larger than the window).
+    x0, y0, z0 = (int(v) for v in a["start"])
+    assert np.array_equal(a["image"], volume[:, x0:x0 + 64, y0:y0 + 64, z0:z0 + 64])
+    flipped = flip_lr(volume, spatial_start=1)
+    assert np.array_equal(a["counterpart"], flipped[:, x0:x0 + 64, y0:y0 + 64, z0:z0 + 64])
+
+
+def test_paired_bootstrap(study):
+    mean, low, high = study.paired_bootstrap(np.full(40, 0.05))
+    assert mean == pytest.approx(0.05) and low == pytest.approx(0.05) and high == pytest.approx(0.05)
+    noise = np.random.default_rng(1).normal(0, 0.1, 40)
+    mean, low, high = study.paired_bootstrap(noise - noise.mean())
+    assert low < 0 < high and abs(mean) < 1e-12
+    shifted = study.paired_bootstrap(noise - noise.mean() + 0.2)
+    assert shifted[1] > 0
+    assert study.paired_bootstrap(noise) == study.paired_bootstrap(noise)
+
+
+@pytest.mark.parametrize("primary, expected", [
+    ({8: {"low": 0.01, "high": 0.05, "per_seed": [0.02, 0.03, 0.01]}}, "symmetry helps"),
+    ({8: {"low": 0.01, "high": 0.05, "per_seed": [0.02, -0.01, 0.01]}}, "no measurable difference"),
+    ({8: {"low": -0.05, "high": -0.01, "per_seed": [-0.02, -0.03, -0.01]}}, "symmetry hurts"),
+    ({8: {"low": -0.02, "high": 0.03, "per_seed": [0.02, 0.03, 0.01]}}, "no measurable difference"),
+    ({8: {"low": 0.01, "high": 0.05, "per_seed": [0.02, 0.03, 0.01]},
+      32: {"low": -0.05, "high": -0.01, "per_seed": [-0.02, -0.03, -0.01]}}, "no measurable difference"),
+])
+def test_decision_rule(study, primary, expected):
+    assert study.verdict(primary) == expected
