@@ -390,3 +390,35 @@ def test_dicom_source_files_are_gathered_from_the_dicom_database(tmp_path):
     volume.SetAttribute("DICOM.instanceUIDs", "1.2.3.1 9.9.9")
     assert dicom_source_folder(volume, tmp_path / "c", Database()) is None  # a file the database lacks
     assert dicom_source_folder(volume, tmp_path / "d", None) is None  # no database (headless)
+
+
+def test_zero_shot_map_loads_on_its_grid_with_a_fixed_unit_window_and_the_score_is_summarised(tmp_path, oblique_t1, scene_logic):
+    from SymmetryAwareSegLib.results import run_summary
+
+    path, affine, shape = oblique_t1
+    scene, logic = scene_logic
+    reference = logic.read_volume(path, "vtkMRMLScalarVolumeNode", "case01_t1")
+    case = write_case(tmp_path / "out" / "case01_t1", affine, shape)
+    loaded = logic.load_results(case, reference)
+    assert loaded.zero_shot is None  # models without a symmetry head write no map
+
+    centres = nib_centres(affine, shape)
+    # Larger to the right of x = 0, so a flipped or transposed load shows; 0..0.6, not 0..1.
+    values = np.clip(centres[..., 0] / 100.0, 0.0, 0.6).astype(np.float16).astype(np.float32)
+    nib.save(nib.Nifti1Image(values, affine), case / "zero_shot_asymmetry.nii.gz")
+    report = json.loads((case / "report.json").read_text())
+    report["zero_shot_asymmetry"] = {"score": 0.61234, "map": "zero_shot_asymmetry.nii.gz",
+                                     "head": {"name": "glioma_phantom_sah_f12"}}
+    (case / "report.json").write_text(json.dumps(report))
+    loaded = logic.load_results(case, reference)
+    node = loaded.zero_shot
+    assert node is not None and "zero-shot" in node.GetName()
+    ras = voxel_centres_ras(_array_from_volume(node).shape, _ijk_to_ras(node))
+    assert np.allclose(_array_from_volume(node), np.clip(ras[..., 0] / 100.0, 0.0, 0.6), atol=2e-3)
+    display = node.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "Inferno"
+    # The window is the score's definition range, not this map's peak (0.6).
+    assert display.GetWindow() == pytest.approx(1.0) and display.GetLevel() == pytest.approx(0.5)
+    lines = run_summary(loaded.report).splitlines()
+    assert "Zero-shot asymmetry: 0.61 (0 symmetric, 1 opposite); glioma_phantom_sah_f12" in lines
+    assert not any("Zero-shot" in line for line in run_summary({"zero_shot_asymmetry": None}).splitlines())

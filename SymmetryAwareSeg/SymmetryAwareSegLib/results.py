@@ -88,6 +88,8 @@ MAP_STYLES: Dict[str, MapStyle] = {
     "attention": MapStyle(MAGNITUDE_COLORMAP, "unit", "Mirror focus (0-1)", "%.2f"),
     "attention_from": MapStyle(MAGNITUDE_COLORMAP, "peak", "Point attention (per mL)", "%.3g"),
     "asymmetry": MapStyle(SIGNED_COLORMAP, "symmetric", "Asymmetry p(x) - p(mirror x)", "%.2f"),
+    # The symmetry head's score is defined on 0..1 for every scan, so scans compare by colour.
+    "zero_shot": MapStyle(MAGNITUDE_COLORMAP, "unit", "Zero-shot asymmetry (0-1)", "%.2f"),
 }
 """Display of each map, by its key in the contract's ``OUTPUT_FILES``."""
 
@@ -176,6 +178,11 @@ def run_summary(report: dict) -> str:
     others = [n for n in notes if n not in fallbacks]
     if others:
         lines.append(_("Notes: {notes}").format(notes="; ".join(others)))
+    zero_shot = report.get("zero_shot_asymmetry")
+    if isinstance(zero_shot, dict) and zero_shot.get("score") is not None:
+        head = (zero_shot.get("head") or {}).get("name")
+        text = _("Zero-shot asymmetry: {score:.2f} (0 symmetric, 1 opposite)").format(score=float(zero_shot["score"]))
+        lines.append(text + (f"; {head}" if head else ""))
     runtime = (report.get("runtime_s") or {}).get("total")
     if runtime is not None:
         lines.append(_("Run time: {seconds:.1f} s").format(seconds=float(runtime)))
@@ -189,6 +196,7 @@ class LoadedResults:
     segmentation: object = None
     attention: object = None
     asymmetry: object = None
+    zero_shot: object = None
     plane: object = None
     legends: Dict[str, object] = field(default_factory=dict)
     table: object = None
@@ -231,7 +239,9 @@ class ResultsMixin:
             loaded.attention = self.load_map(result.path("attention"), f"{case} attention", style="attention")
         if result.path("asymmetry").is_file():
             loaded.asymmetry = self.load_map(result.path("asymmetry"), f"{case} asymmetry", style="asymmetry")
-        for key, node in (("attention", loaded.attention), ("asymmetry", loaded.asymmetry)):
+        if result.path("zero_shot").is_file():
+            loaded.zero_shot = self.load_map(result.path("zero_shot"), f"{case} zero-shot asymmetry", style="zero_shot")
+        for key, node in (("attention", loaded.attention), ("asymmetry", loaded.asymmetry), ("zero_shot", loaded.zero_shot)):
             legend = self.legend_of(node)
             if legend is not None:
                 loaded.legends[key] = legend
@@ -240,7 +250,8 @@ class ResultsMixin:
         volumes = self.segment_volumes(loaded.segmentation, reference_volume, loaded.plane)
         self.apply_terminology(loaded.segmentation, terminology_by_value(result.path("segmentation")), volumes)
         loaded.table = self.volume_table(loaded.segmentation, reference_volume, loaded.plane, name=f"{case} volumes", volumes=volumes)
-        place_beside(reference_volume, [loaded.segmentation, loaded.attention, loaded.asymmetry, loaded.plane, loaded.table])
+        place_beside(reference_volume, [loaded.segmentation, loaded.attention, loaded.asymmetry, loaded.zero_shot,
+                                        loaded.plane, loaded.table])
         if show_attention and loaded.attention is not None:
             self.show_overlay(reference_volume, loaded.attention, opacity)
         return loaded
