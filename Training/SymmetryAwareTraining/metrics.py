@@ -32,6 +32,7 @@ from SymmetryAwareCore.io.atomic import atomic_path
 __all__ = [
     "REGIONS",
     "labels_to_regions",
+    "dice_score",
     "segmentation_metrics",
     "lesion_wise_metrics",
     "case_metrics",
@@ -96,7 +97,8 @@ def hd95(pred, truth, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
                                                 spacing=[list(map(float, spacing))])[0, 0])
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks; both empty is 1 (a correct "no tumour", BraTS)."""
     total = int(pred.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
 
@@ -115,7 +117,7 @@ def segmentation_metrics(pred_regions, true_regions, spacing: Sequence[float] = 
     true = np.asarray(true_regions).astype(bool)
     if pred.shape != true.shape:
         raise InputError(f"prediction shape {tuple(pred.shape[1:])} differs from reference {tuple(true.shape[1:])}")
-    return {name: {"dice": _dice(pred[r], true[r]), "hd95": hd95(pred[r], true[r], spacing)}
+    return {name: {"dice": dice_score(pred[r], true[r]), "hd95": hd95(pred[r], true[r], spacing)}
             for r, name in enumerate(names)}
 
 
@@ -172,7 +174,7 @@ def lesion_wise_metrics(pred, truth, spacing: Sequence[float] = (1.0, 1.0, 1.0),
         detected += 1
         matched = np.isin(pred_cc, matches)
         whole = true_cc == index
-        dice_scores.append(_dice(matched, whole))
+        dice_scores.append(dice_score(matched, whole))
         distances.append(hd95(matched, whole, spacing))
     false_positives = int((~touched[1:]).sum())
     dice_scores += [0.0] * false_positives

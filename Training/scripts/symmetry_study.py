@@ -200,18 +200,12 @@ def score_window(entry: dict, volume: np.ndarray, label: np.ndarray, roi: int = 
 SCORE_SEED = 20261203
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    # BraTS convention: both empty is a perfect score.
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
-
-
 def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]]:
     """Per held-out case, Dice of TC/WT/ET inside its window (cached in ``<run>/study_scores.json``)."""
     import torch
 
     from SymmetryAwareCore.models.model_card import load_model
-    from SymmetryAwareTraining.metrics import labels_to_regions
+    from SymmetryAwareTraining.metrics import dice_score, labels_to_regions
 
     cached = run / "study_scores.json"
     if cached.is_file():
@@ -226,7 +220,7 @@ def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]
             logits = network(x, c) if use_saca else network(x)
             pred = (torch.sigmoid(logits[0]) > 0.5).numpy()  # (3, X, Y, Z): TC, WT, ET
             truth = labels_to_regions(window["label"].astype(np.int64))
-            scores[name] = {region: _dice(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
+            scores[name] = {region: dice_score(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
     cached.write_text(json.dumps(scores, indent=1))
     return scores
 
@@ -333,11 +327,46 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                                                  "cases": len(subset), "region": region, "arm_dice": float(a.mean()),
                                                  "swin_unetr_dice": float(b.mean()), "difference": mean,
                                                  "low": low, "high": high})
+    curves = {run.name: loss_curve(run) for run in finished}
+    results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
+    plot_curves(curves, output / "loss_curves.png")
     (output / "results.json").write_text(json.dumps(results, indent=2))
     lines = markdown(results)
     (output / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return results
+
+
+def loss_curve(run: Path) -> Dict[int, float]:
+    """The run's training loss by step (its TensorBoard events, written every ``log_every`` steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    if "train/loss" not in events.Tags().get("scalars", []):
+        return {}
+    return {int(e.step): float(e.value) for e in events.Scalars("train/loss")}
+
+
+def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"swin_unetr": "tab:blue", "sa_swin_mirror_pair": "tab:orange", "sa_swin_input": "tab:green"}
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, curve in sorted(curves.items()):
+        arm = name.rsplit("_n", 1)[0]
+        steps = sorted(curve)
+        axis.plot(steps, [curve[k] for k in steps], color=colours.get(arm, "grey"), alpha=0.8,
+                  label=arm if name.endswith("_s0") else None)
+    axis.set_xlabel("step (2 supervised 64^3 crops each)")
+    axis.set_ylabel("training loss (Dice + BCE)")
+    axis.legend(frameon=False)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def markdown(results: dict) -> List[str]:
@@ -357,10 +386,16 @@ def markdown(results: dict) -> List[str]:
         lines.append(f"| {r['size']} | {r['arm']} | {r['seeds']} | {r['set']} | {r['cases']} | {r['region']} | "
                      f"{r['arm_dice']:.3f} | {r['swin_unetr_dice']:.3f} | "
                      f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
-    lines += ["", "| run | steps | train time | mean Dice WT / TC / ET (all 76) |", "|---|---|---|---|"]
+    lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (all held out) |",
+              "|---|---|---|---|---|"]
     for key, r in sorted(results["runs"].items()):
         m = r["mean"]
-        lines.append(f"| {key} | {r['steps']} | {r['seconds'] / 60:.1f} min | {m['WT']:.3f} / {m['TC']:.3f} / {m['ET']:.3f} |")
+        curve = {int(k): v for k, v in results.get("loss_curves", {}).get(key, {}).items()}
+        steps = sorted(curve)
+        tail = ", ".join(f"{curve[k]:.3f}" for k in steps[-3:])
+        at = " / ".join(f"{curve[k]:.3f}" if k in curve else "-" for k in (50, 100))
+        lines.append(f"| {key} | {r['steps']} | {r['seconds'] / 60:.1f} min | {at} / {tail} | "
+                     f"{m['WT']:.3f} / {m['TC']:.3f} / {m['ET']:.3f} |")
     return lines
 
 
