@@ -52,6 +52,7 @@ HELD_OUT = (("unilateral", 1.0, 20), ("unilateral", 0.5, 20), ("unilateral", 0.3
 TRAIN_CONTRASTS = (1.0, 0.5, 0.3)
 TRAIN_CASES = 32
 SPACING = 1.5
+DESIGNED_SEEDS = 3
 VARIATION = 2.0
 
 
@@ -314,6 +315,9 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                                     "seeds": len(seeds)}
     complete = len(results["primary"]) == len(sizes)
     results["verdict"] = verdict(results["primary"]) if complete else "incomplete: not every primary run finished"
+    if complete and len(seeds) < DESIGNED_SEEDS:
+        # The rule asks for the sign in each of three seeds; with fewer it is applied to those run.
+        results["verdict"] += f" (provisional: {len(seeds)} of the {DESIGNED_SEEDS} designed seeds)"
     for size in sizes:
         for arm, arm_seeds in (("sa_swin_mirror_pair", seeds), ("sa_swin_input", [seeds[0]])):
             for subset_name, subset in [("all held-out", names)] + [(g, [n for n in names if group_of[n] == g]) for g in groups]:
