@@ -44,6 +44,10 @@ ARMS: Dict[str, List[str]] = {
     "swin_unetr": ["model.kwargs.use_saca=false", "data.batch_size=2"],
     "sa_swin_mirror_pair": ["model.kwargs.pairing=mirror-pair", "data.batch_size=1"],
     "sa_swin_input": ["model.kwargs.pairing=input", "data.batch_size=2"],
+    # Control (third amendment): the mirror-pair arm's crops and supervision with SACA off, so
+    # that mirror-pair vs this arm is SACA alone and this arm vs swin_unetr is the crops alone.
+    "swin_unetr_pair_crops": ["model.kwargs.use_saca=false", "model.kwargs.pairing=mirror-pair",
+                              "data.batch_size=1"],
 }
 
 # Held-out groups: (scenario, lesion contrast, count). The training pool mixes the three contrasts.
