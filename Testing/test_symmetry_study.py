@@ -81,3 +81,20 @@ def test_paired_bootstrap(study):
 ])
 def test_decision_rule(study, primary, expected):
     assert study.verdict(primary) == expected
+
+
+def test_amendment_questions_compare_arms_that_exist_and_use_the_same_rule(study):
+    for question, arm, reference, helps, hurts in study.QUESTIONS:
+        assert arm in study.ARMS and reference in study.ARMS and arm != reference
+        above = {8: {"low": 0.01, "high": 0.05, "per_seed": [0.02, 0.03, 0.01]}}
+        below = {8: {"low": -0.05, "high": -0.01, "per_seed": [-0.02, -0.03, -0.01]}}
+        assert study.verdict(above, helps, hurts) == helps
+        assert study.verdict(below, helps, hurts) == hurts
+    for arm, reference, which in study.SECONDARY:
+        assert arm in study.ARMS and reference in study.ARMS and which in ("all", "first")
+    # The control differs from the mirror-pair arm only by SACA, and from Swin UNETR only by its crops.
+    control = dict(item.split("=") for item in study.ARMS["swin_unetr_pair_crops"])
+    mirror = dict(item.split("=") for item in study.ARMS["sa_swin_mirror_pair"])
+    swin = dict(item.split("=") for item in study.ARMS["swin_unetr"])
+    assert control["model.kwargs.use_saca"] == "false" == swin["model.kwargs.use_saca"]
+    assert {k: v for k, v in control.items() if k != "model.kwargs.use_saca"} == mirror
