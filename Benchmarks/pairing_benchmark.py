@@ -23,6 +23,12 @@ SACA's attention is fused in both (``need_weights=False``).
     thread, with glibc's mmap threshold fixed at 64 KiB so that freed tensors leave the
     resident set (without that the allocator keeps them and later calls look free).
 
+(c) Arithmetic per whole case, machine-independent: FLOPs of one window of each network
+    (``torch.utils.flop_counter`` on shape-only ``meta`` copies: convolutions, matrix products,
+    attention) times the windows and encoder passes of each engine's grid. On a noisy machine
+    the times of (b) scatter by more than SACA costs; this says what the ratio is made of.
+    ``--flops-only`` prints only (c), in seconds, for any case size, width and ROI.
+
 Every round runs each arm once (interleaved), after ``--warmup`` rounds; times are medians
 over ``--repeats`` rounds, so load from other processes falls on all arms alike.
 
@@ -38,6 +44,8 @@ Examples::
     # a quick run on a shared CPU: a smaller case
     nice -n 10 env OMP_NUM_THREADS=1 python Benchmarks/pairing_benchmark.py --feature-size 12 --roi 64 \\
         --case-size 160 160 96 --repeats 3 --threads 1
+    # the arithmetic alone, BraTS-size case at the paper's width (seconds, any machine)
+    python Benchmarks/pairing_benchmark.py --flops-only --feature-size 48 --roi 96
     # the paper's width on a GPU
     python Benchmarks/pairing_benchmark.py --device cuda --feature-size 48 --roi 96 --amp bf16
 """
@@ -272,6 +280,91 @@ def case(args, device, dtype, networks):
     return timed, work
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # PyTorch's counter has formulas for the CUDA fused kernels only; the CPU kernel does the
+    # same arithmetic (QK^T and AV), so it gets the same formula.
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def window_flops(network, *inputs, **kwargs) -> int:
+    """Multiply-add FLOPs (x2) of one forward pass, counted by ``torch.utils.flop_counter``:
+    convolutions, matrix products and attention (fused or not); elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        mapping[cpu_sdpa] = _sdpa_cpu_flops
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        network(*inputs, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def case_plan(args) -> dict:
+    """Windows and encoder passes of each engine for ``--case-size``, from the window grids
+    alone (no network is run). The timed path checks these against what the engines did.
+
+    MONAI: ``dense_patch_slices`` on the case padded to the ROI, with the scan step of
+    :func:`SymmetryAwareCore.inference.window_grid.scan_step` (MONAI's ``int(roi * (1 - overlap))``).
+    Mirror-pair: the mirror-closed grid; every window is encoded once, and a window centred on
+    the plane also needs its flip encoded (docs/pairing.md).
+    """
+    from monai.data.utils import dense_patch_slices
+
+    from SymmetryAwareCore.inference.window_grid import mirror_pairs, padding_for_roi, scan_step, window_starts
+
+    roi = (args.roi,) * 3
+    padded = [s + before + after for s, (before, after) in zip(args.case_size, padding_for_roi(args.case_size, roi))]
+    step = scan_step(args.roi, args.overlap)
+    monai_windows = len(dense_patch_slices(padded, roi, (step,) * 3))
+    starts = window_starts(padded, roi, args.overlap)
+    on_plane = sum(1 for a, m in mirror_pairs(starts, roi, padded) if a == m)
+    return {"SwinUNETR": (monai_windows, monai_windows, monai_windows),
+            "SA-Swin mirror-pair": (len(starts), len(starts) + on_plane, len(starts))}
+
+
+def case_flops(args, networks, plan) -> dict:
+    """(c): the arithmetic each engine does per whole case, from per-window counts and the
+    window plan (:func:`case_plan`). Machine-independent: the case time ratio on a machine
+    where time followed arithmetic alone. Counted on ``meta`` copies of the networks (shapes
+    only, nothing computed), so it costs nothing and fits any width and ROI.
+
+    SwinUNETR: ``windows x F(SwinUNETR window)``. SA-Swin mirror-pair:
+    ``encoder passes x F(encoder) + heads x F(SACA + decoder)``.
+    """
+    import copy
+
+    swin, pair = (copy.deepcopy(net).to("meta").eval() for net in networks[:2])
+    x = torch.empty((1, args.in_channels) + (args.roi,) * 3, device="meta")
+    c = torch.empty_like(x)
+    f_swin = window_flops(swin, x)
+    f_pair = window_flops(pair, x, c, mirror_pair=True) / 2  # one pair = two windows' heads
+    f_encoder = window_flops(pair.forward_features, x)
+    f_head = f_pair - f_encoder
+    windows, _, _ = plan["SwinUNETR"]
+    _, encoded, heads = plan["SA-Swin mirror-pair"]
+    return {"swin_window": f_swin, "encoder": f_encoder, "pair_head": f_head,
+            "swin_case": windows * f_swin, "pair_case": encoded * f_encoder + heads * f_head}
+
+
+def _print_flops(args, networks, plan) -> float:
+    flops = case_flops(args, networks, plan)
+    (w_swin, _, _), (w_pair, e_pair, _) = plan["SwinUNETR"], plan["SA-Swin mirror-pair"]
+    print(f"(c) arithmetic per whole case {' x '.join(map(str, args.case_size))}, roi {args.roi}^3, overlap "
+          f"{args.overlap} (torch.utils.flop_counter: convolutions, matrix products, attention; elementwise work "
+          f"not counted; machine-independent)")
+    print(f"  per window: SwinUNETR {flops['swin_window'] / 1e9:.3f} GFLOP; SA-Swin encoder {flops['encoder'] / 1e9:.3f}"
+          f" GFLOP per pass + SACA and decoder {flops['pair_head'] / 1e9:.3f} GFLOP per head "
+          f"(SACA: {flops['encoder'] + flops['pair_head'] - flops['swin_window']:+.2e} FLOP per window)")
+    ratio = flops["pair_case"] / flops["swin_case"]
+    print(f"  case: SwinUNETR {w_swin} windows, {flops['swin_case'] / 1e9:.1f} GFLOP; SA-Swin mirror-pair {w_pair} "
+          f"windows, {e_pair} encoder passes, {flops['pair_case'] / 1e9:.1f} GFLOP")
+    print(f"case FLOP ratio SA-Swin/SwinUNETR: {ratio:.4f}")
+    return ratio
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -288,6 +381,8 @@ def main(argv=None) -> int:
     parser.add_argument("--case-repeats", type=int, default=3, help="timed whole-case rounds")
     parser.add_argument("--case-warmup", type=int, default=1, help="untimed whole-case rounds first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="only (c): count the arithmetic per case from the window plan (seconds, any size)")
     args = parser.parse_args(argv)
     if args.roi % 32 or args.roi < 64:
         parser.error("--roi must be a multiple of 32, at least 64")
@@ -315,6 +410,9 @@ def main(argv=None) -> int:
           f"{args.feature_size}, {args.in_channels} channels, 3 outputs, {args.amp}; fused Swin window attention "
           f"on in every arm (MONAI SwinUNETR(use_flash_attention=True), used where no gradient is taken)")
 
+    if args.flops_only:
+        _print_flops(args, networks, case_plan(args))
+        return 0
     per_sample = training(args, device, dtype, networks)
     print(f"(a) training step at roi {args.roi}^3: seconds per supervised sample (median of {args.repeats} "
           f"interleaved rounds after {args.warmup} warm-up; every arm's step supervises 2 crops)")
@@ -333,6 +431,11 @@ def main(argv=None) -> int:
         windows, encoded, heads = work[name]
         print(f"  {name:22s} {seconds:8.2f} s  peak {peak / 2**20:8.0f} MiB  windows {windows:4d}  "
               f"encoder passes {encoded:4d}  heads {heads:4d}   rounds: " + ", ".join(f"{v:.2f}" for v in values))
+
+    plan = case_plan(args)
+    if plan != work:  # the plan must be what the engines did, or (c) counts the wrong work
+        raise SystemExit(f"pairing_benchmark: window plan {plan} differs from the engines' work {work}")
+    _print_flops(args, networks, plan)
 
     train_ratio = per_sample["SA-Swin mirror-pair, 1 pair"][0] / ref
     (t_swin, _, m_swin), (t_pair, _, m_pair) = timed["SwinUNETR"], timed["SA-Swin mirror-pair"]
