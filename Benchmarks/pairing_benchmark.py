@@ -306,19 +306,22 @@ def case_plan(args) -> dict:
     """Windows and encoder passes of each engine for ``--case-size``, from the window grids
     alone (no network is run). The timed path checks these against what the engines did.
 
-    MONAI: ``dense_patch_slices`` on the case padded to the ROI, with the scan step of
-    :func:`SymmetryAwareCore.inference.window_grid.scan_step` (MONAI's ``int(roi * (1 - overlap))``).
-    Mirror-pair: the mirror-closed grid; every window is encoded once, and a window centred on
-    the plane also needs its flip encoded (docs/pairing.md).
+    MONAI: ``dense_patch_slices`` with MONAI's own scan interval on the case padded as its
+    ``sliding_window_inference`` pads it (each axis to at least the ROI). Mirror-pair: the
+    mirror-closed grid on the case padded by :func:`padding_for_roi` (which may pad x one
+    voxel more, to stay symmetric); every window is encoded once, and a window centred on the
+    plane also needs its flip encoded (docs/pairing.md).
     """
     from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
 
-    from SymmetryAwareCore.inference.window_grid import mirror_pairs, padding_for_roi, scan_step, window_starts
+    from SymmetryAwareCore.inference.window_grid import mirror_pairs, padding_for_roi, window_starts
 
     roi = (args.roi,) * 3
+    monai_image = [max(int(s), args.roi) for s in args.case_size]
+    interval = _get_scan_interval(monai_image, roi, 3, (args.overlap,) * 3)
+    monai_windows = len(dense_patch_slices(monai_image, roi, interval))
     padded = [s + before + after for s, (before, after) in zip(args.case_size, padding_for_roi(args.case_size, roi))]
-    step = scan_step(args.roi, args.overlap)
-    monai_windows = len(dense_patch_slices(padded, roi, (step,) * 3))
     starts = window_starts(padded, roi, args.overlap)
     on_plane = sum(1 for a, m in mirror_pairs(starts, roi, padded) if a == m)
     return {"SwinUNETR": (monai_windows, monai_windows, monai_windows),

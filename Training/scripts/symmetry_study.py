@@ -351,10 +351,14 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
             mean, low, high = paired_bootstrap(a.mean(0) - b.mean(0))
             by_size[size] = {"arm_dice": float(a.mean()), "reference_dice": float(b.mean()), "difference": mean,
                              "low": low, "high": high, "per_seed": [float(d) for d in (a - b).mean(1)]}
-        if len(by_size) == len(sizes):
-            results["questions"].append({"question": question, "arm": arm, "reference": reference,
-                                         "cases": len(primary), "seeds": len(seeds), "by_size": by_size,
-                                         "answer": verdict(by_size, helps, hurts)})
+        if len(by_size) < len(sizes):
+            answer = f"incomplete: {arm} or {reference} lacks a run at seeds {', '.join(map(str, seeds))}"
+        else:
+            answer = verdict(by_size, helps, hurts)
+            if len(seeds) < DESIGNED_SEEDS:
+                answer += f" (provisional: {len(seeds)} of the {DESIGNED_SEEDS} designed seeds)"
+        results["questions"].append({"question": question, "arm": arm, "reference": reference, "cases": len(primary),
+                                     "seeds": len(seeds), "by_size": by_size, "answer": answer})
     for size in sizes:
         for arm, reference, which in SECONDARY:
             arm_seeds = seeds if which == "all" else [seeds[0]]
@@ -429,6 +433,9 @@ def markdown(results: dict) -> List[str]:
                   "| question | labelled | cases | seeds | arm | reference | difference [95 % CI] | per seed | answer |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for q in results["questions"]:
+            if not q["by_size"]:
+                lines.append(f"| {q['question']} | - | {q['cases']} | {q['seeds']} | {q['arm']} | {q['reference']} "
+                             f"| - | - | {q['answer']} |")
             for size, r in q["by_size"].items():
                 lines.append(f"| {q['question']} | {size} | {q['cases']} | {q['seeds']} | {q['arm']} {r['arm_dice']:.3f} | "
                              f"{q['reference']} {r['reference_dice']:.3f} | "
