@@ -1,0 +1,66 @@
+"""Paired comparison of two bundled classifiers on the same held-out cases.
+
+Reads the ``metrics.cases`` that :mod:`bundle_classifier` wrote into each card (every
+case's probability and truth), pairs the cases by name, and prints both AUCs and the AUC
+difference A - B with a paired bootstrap 95 % interval
+(:func:`bundle_classifier.paired_auc_difference`), then the reading of the decision rule
+in docs/models.md: "A better" if the interval is above 0, "A worse" if below, otherwise
+"no measurable difference".
+
+Run:
+    python Training/scripts/compare_classifiers.py runs/bundles/ct_sa.json runs/bundles/ct_swin.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bundle_classifier import auc, paired_auc_difference  # noqa: E402
+
+
+def card_cases(path: Path) -> Dict[str, Dict]:
+    cases = json.loads(Path(path).read_text(encoding="utf-8")).get("metrics", {}).get("cases")
+    if not cases:
+        raise SystemExit(f"{path}: the card has no metrics.cases (bundle it with bundle_classifier.py first)")
+    return {c["case"]: c for c in cases}
+
+
+def compare(a: Dict[str, Dict], b: Dict[str, Dict], repeats: int = 2000, seed: int = 0) -> Dict[str, object]:
+    """Both AUCs and the paired difference over the cases the two cards share (same truths)."""
+    if set(a) != set(b):
+        raise SystemExit(f"the cards were scored on different cases ({len(set(a) ^ set(b))} not in both)")
+    names: List[str] = sorted(a)
+    bad = [n for n in names if a[n]["target"] != b[n]["target"]]
+    if bad:
+        raise SystemExit(f"case {bad[0]} has different truths in the two cards")
+    t = [a[n]["target"] for n in names]
+    pa, pb = [a[n]["probability"] for n in names], [b[n]["probability"] for n in names]
+    result = paired_auc_difference(pa, pb, t, repeats, seed)
+    lo, hi = result["ci95"]
+    result.update(auc_a=auc(pa, t), auc_b=auc(pb, t), cases=len(names),
+                  reading="A better" if lo > 0 else "A worse" if hi < 0 else "no measurable difference")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("card_a", type=Path)
+    parser.add_argument("card_b", type=Path)
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    r = compare(card_cases(args.card_a), card_cases(args.card_b), args.repeats, args.seed)
+    print(f"cases {r['cases']} ({r['positives']} positive, {r['negatives']} negative)")
+    print(f"AUC A {r['auc_a']:.3f}  B {r['auc_b']:.3f}")
+    print(f"AUC A - B {r['difference']:+.3f} [95 % CI {r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]: {r['reading']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
