@@ -40,6 +40,33 @@ def test_classifier_pools_all_tokens_and_trains_every_parameter():
     assert not _dead(net)
 
 
+def test_multiscale_pooling_reads_every_stage_and_sees_a_local_change():
+    torch.manual_seed(0)
+    net = SASwinClassifier(1, 2, pooling="multiscale", **SMALL).eval()
+    fs = SMALL["feature_size"]
+    x = 0.1 * torch.randn(1, 1, *SHAPE)  # a quiet background, as brain tissue is in a CT window
+    xc = x.flip(2)
+    f, fc = net.forward_features(x), net.forward_features(xc)
+    pooled = net.pooled_tokens(f, fc)
+    assert pooled.shape == (1, 2 * (2 + 4 + 8 + 16) * fs) == (1, net.head_fc.in_features)
+    # The stage-1 block (2 * fs channels) is [mean, max] of the layer-normalised 16^3-token grid.
+    t1 = net.stage_norms[0](f[2].flatten(2).transpose(1, 2))
+    torch.testing.assert_close(pooled[:, : 4 * fs], torch.cat([t1.mean(1), t1.amax(1)], dim=1))
+    # The bottleneck block (last) comes after SACA, as with mean pooling.
+    fused = net.head_norm(net.saca["stage4"](f[5], fc[5]).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(pooled[:, -32 * fs:], torch.cat([fused.mean(1), fused.amax(1)], dim=1))
+    # A small bright blob (4^3 voxels of a 64 x 64 x 32 input) moves the max of the fine stages.
+    blob = x.clone()
+    blob[..., 20:24, 30:34, 10:14] += 4.0
+    moved = net.pooled_tokens(net.forward_features(blob), net.forward_features(blob.flip(2))) - pooled
+    assert float(moved[:, 2 * fs: 4 * fs].abs().max()) > 0.1  # stage-1 max
+    logits = net(x, xc)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[1.0, 0.0]])).backward()
+    assert not _dead(net)
+    with pytest.raises(ValueError, match="pooling"):
+        SASwinClassifier(1, 2, pooling="max", **SMALL)
+
+
 def test_classifier_bad_arguments():
     with pytest.raises(ValueError):
         SASwinClassifier(1, 0, feature_size=12)
