@@ -241,8 +241,10 @@ def case(args, device, dtype, networks):
     def run_swin():
         monai_crops[0] = 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            # Stitched on the compute device and copied to the host once, as the mirror-pair
+            # engine does (both return the case on the CPU).
             out = sliding_window_inference(volume[None].to(device), roi, args.sw_batch_size, swin_predict,
-                                           overlap=args.overlap, mode="gaussian", sw_device=device, device="cpu")
+                                           overlap=args.overlap, mode="gaussian", sw_device=device, device=device).cpu()
         last["monai_shape"] = tuple(out.shape)
 
     # Count what the engine really runs, crop by crop, rather than trusting its own report.

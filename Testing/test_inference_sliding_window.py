@@ -271,6 +271,25 @@ def test_cuda_matches_cpu_with_float16():
     torch.testing.assert_close(gpu, cpu, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("pairing", ["input", "mirror-pair"])
+def test_the_blend_stays_on_the_device_one_copy_to_the_host(monkeypatch, pairing):
+    # On a GPU every host copy is a synchronisation: the windows' logits are blended where the
+    # model ran and the result crosses to the host once (as MONAI's sliding_window_inference).
+    volume = _asymmetric_volume((1, 45, 36, 36))
+    expected = mirror_paired_sliding_window(volume, PairModel(), (16, 16, 16), 0.5, 4, pairing=pairing)
+    calls = []
+    real = torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):
+        calls.append(tuple(self.shape))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    result = mirror_paired_sliding_window(volume, PairModel(), (16, 16, 16), 0.5, 4, pairing=pairing)
+    assert expected.n_windows > 8 and calls == [tuple(result.logits.shape)]
+    torch.testing.assert_close(result.logits, expected.logits, rtol=0, atol=0)
+
+
 def test_cpu_bfloat16_autocast_returns_float32_close_to_full_precision():
     volume = _asymmetric_volume((1, 40, 20, 16))
     full = mirror_paired_sliding_window(volume, PairModel(), (16, 16, 16), 0.5, 4).logits

@@ -1,7 +1,7 @@
 """A CT haemorrhage classifier card: `classify` by name, `segment` refuses it, listings.
 
-The phantom-trained CT classifier is NOT shipped: 30 training steps on 2 shared cores left
-it at chance (held-out AUC 0.40, docs/models.md). These tests use a classifier with random
+The phantom-trained CT classifier is NOT shipped: no run has ranked held-out phantoms
+better than chance (docs/models.md, "The GPU runs"). These tests use a classifier with random
 weights and the card the bundling script writes (ct-windows, one finding), installed as a
 user model through ``$SYMMETRYAWARE_MODELS``, so the whole path is tested without it.
 """

@@ -199,7 +199,10 @@ def mirror_paired_sliding_window(
     # With TTA every crop is needed anyway and every window gets both views: the input path.
     shared = pairing == "mirror-pair" and not tta_flip
     device = resolve_device(device)
-    vol = _as_volume(volume)
+    # The volume, the blend and its weights live on the compute device, as in MONAI's
+    # sliding_window_inference: on a GPU, copying every window's logits to the host and
+    # blending them there serialised the pipeline (measured on an H200, docs/pairing.md).
+    vol = _as_volume(volume).to(device)
     shape = tuple(vol.shape[1:])
 
     padding = padding_for_roi(shape, roi)
@@ -211,13 +214,13 @@ def mirror_paired_sliding_window(
 
     starts = window_starts(padded_shape, roi, overlap)
     groups = _group_pairs(mirror_pairs(starts, roi, padded_shape), sw_batch_size, two_crops_a_pair=shared)
-    importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device="cpu").float()
+    importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device).float()
     stride = int(getattr(model, "attention_token_stride", None) or BOTTLENECK_STRIDE)
     grid = token_grid(roi, stride) if return_attention else None
     n_tokens = int(np.prod(grid)) if grid is not None else 0
 
     out_sum: Optional[torch.Tensor] = None
-    weight_sum = torch.zeros(padded_shape, dtype=torch.float32)
+    weight_sum = torch.zeros(padded_shape, dtype=torch.float32, device=device)
     # Per window: the sum of its views' head-averaged attention, and the number of views.
     att_sum: Dict[Start, torch.Tensor] = {}
     att_views: Dict[Start, int] = {}
@@ -233,7 +236,7 @@ def mirror_paired_sliding_window(
         cache: Dict[CropKey, List[Optional[torch.Tensor]]] = {}
         for i in range(0, len(keys), sw_batch_size):
             chunk = keys[i : i + sw_batch_size]
-            batch = torch.stack([_crop(vol, k, roi) for k in chunk]).to(device)
+            batch = torch.stack([_crop(vol, k, roi) for k in chunk])
             with autocast(device, amp_dtype):
                 hidden = model.forward_features(batch)
             for b, key in enumerate(chunk):
@@ -291,7 +294,7 @@ def mirror_paired_sliding_window(
                 logits, attention = output if return_attention else (output, None)
                 if return_attention and attention is None:
                     raise ValueError("return_attention was asked for but the model's head returned no attention")
-                logits = logits.float().cpu()
+                logits = logits.float()
                 if attention is not None:
                     if attention.ndim != 4 or tuple(attention.shape[-2:]) != (n_tokens, n_tokens):
                         raise ValueError(
@@ -303,7 +306,7 @@ def mirror_paired_sliding_window(
                     box = tuple(slice(a, a + r) for a, r in zip(s, roi))
                     win = flip_lr(logits[b], 1) if flip_back else logits[b]
                     if out_sum is None:
-                        out_sum = torch.zeros((win.shape[0],) + padded_shape, dtype=torch.float32)
+                        out_sum = torch.zeros((win.shape[0],) + padded_shape, dtype=torch.float32, device=device)
                     out_sum[(slice(None),) + box] += view_weight[s] * win
                     weight_sum[box] += view_weight[s]
                     if attention is not None:
@@ -318,7 +321,7 @@ def mirror_paired_sliding_window(
             del cache
 
     crop = tuple(slice(b, n - a) for (b, a), n in zip(padding, padded_shape))
-    logits = (out_sum / weight_sum)[(slice(None),) + crop].contiguous()
+    logits = (out_sum / weight_sum)[(slice(None),) + crop].contiguous().cpu()
     attention_map, windows_attention = None, None
     if return_attention:
         windows_attention = AttentionWindows(
