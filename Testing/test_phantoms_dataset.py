@@ -114,6 +114,7 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
         (["--cases", "2", "--healthy-fraction", "1.5"], "--healthy-fraction"),
         (["--cases", "2", "--lesion-contrast", "2"], "--lesion-contrast"),
         (["--cases", "2", "--variation", "-1"], "--variation"),
+        (["--cases", "2", "--patient-asymmetry", "1.5"], "--patient-asymmetry"),
     ],
 )
 def test_bad_arguments_are_refused_before_writing(tmp_path, extra, words):
@@ -130,8 +131,30 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, extra, words):
             healthy_fraction=float(kwargs.get("healthy_fraction", 0.2)),
             lesion_contrast=float(kwargs.get("lesion_contrast", 1.0)),
             variation=float(kwargs.get("variation", 1.0)),
+            patient_asymmetry=float(kwargs.get("patient_asymmetry", 0.0)),
         )
     assert not out.exists()
+
+
+def test_patient_asymmetry_keeps_each_subject_and_lifts_the_confound(tmp_path):
+    # By default only healthy subjects are naturally asymmetric (asymmetry signals health);
+    # --patient-asymmetry gives patients the same asymmetry without changing anything else.
+    plain = make_subject(5, "haemorrhage", "ct", 6.0, "unilateral")
+    lifted = make_subject(5, "haemorrhage", "ct", 6.0, "unilateral", patient_asymmetry=1.0)
+    assert plain.info["natural_asymmetry"]["hemisphere_scale"] == 0.0
+    assert 0.02 <= abs(lifted.info["natural_asymmetry"]["hemisphere_scale"]) <= 0.04
+    assert lifted.info["natural_asymmetry"]["ventricle_inflation_mm"] is not None
+    assert lifted.info["lesions"] == plain.info["lesions"] and lifted.info["pose"] == plain.info["pose"]
+    assert not np.array_equal(lifted.image.array, plain.image.array)
+    healthy = make_subject(5, "healthy", "ct", 6.0, "healthy", patient_asymmetry=1.0)
+    assert np.array_equal(healthy.image.array, make_subject(5, "healthy", "ct", 6.0, "healthy").image.array)
+
+    out = tmp_path / "ct"
+    assert main(["phantom", "--output-dir", str(out), "--cases", "2", "--kind", "haemorrhage", "--modality", "ct",
+                 "--folds", "0", "--healthy-fraction", "0", "--patient-asymmetry", "1", *ARGS]) == 0
+    datalist = json.loads((out / "datalist.json").read_text())
+    entries = datalist["training"] + datalist["validation"]
+    assert datalist["patient_asymmetry"] == 1.0 and all(e["patient"] == 1 and e["asymmetric"] == 1 for e in entries)
 
 
 def test_bundled_sample_case_is_small_complete_and_reproducible():

@@ -45,6 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--variation", type=float, default=1.0,
                         help="strength of healthy anatomical and intensity variation (warp, head size, bias "
                         "field, tissue values), 0-3 (default 1)")
+    parser.add_argument("--patient-asymmetry", type=float, default=0.0,
+                        help="probability that a patient also has natural asymmetry (default 0: only healthy "
+                        "subjects have it, so asymmetry signals health; 0.5 matches the healthy share)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     parser.set_defaults(func=run)
     return parser
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         bleed_hu=args.bleed_hu,
         lesion_contrast=args.lesion_contrast,
         variation=args.variation,
+        patient_asymmetry=args.patient_asymmetry,
     )
     print(path)
     return 0

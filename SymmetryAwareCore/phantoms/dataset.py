@@ -132,6 +132,7 @@ def write_dataset(
     progress: Optional[Callable[[str], None]] = None,
     lesion_contrast: float = 1.0,
     variation: float = 1.0,
+    patient_asymmetry: float = 0.0,
 ) -> Path:
     """Generate ``cases`` phantoms into ``output_dir`` and write ``datalist.json``; return its path.
 
@@ -145,12 +146,16 @@ def write_dataset(
     (CT only) set the ``(low, high)`` ranges each haemorrhage's radius and density are drawn
     from (see :func:`.generator.make_subject`); the datalist records the ranges used.
     ``lesion_contrast`` and ``variation`` are :func:`~.generator.make_subject`'s difficulty
-    controls (1 = default).
+    controls (1 = default); ``patient_asymmetry`` the probability that a patient also has
+    natural asymmetry (default 0: only healthy subjects have it). The ``asymmetric`` flag of
+    an entry says whether its subject has natural asymmetry, healthy or not.
     """
     output_dir = Path(output_dir)
     _validate(output_dir, cases, seed, kind, modality, float(spacing), folds, overwrite, healthy_fraction,
               bleed_radius_mm, bleed_hu)
     _check_difficulty(lesion_contrast, variation)
+    if not 0.0 <= float(patient_asymmetry) <= 1.0:
+        raise InputError(f"--patient-asymmetry must be a probability in [0, 1], got {patient_asymmetry}")
     bleeds = {}
     if modality == "ct":
         radius, hu = bleed_ranges(bleed_radius_mm, bleed_hu)
@@ -167,7 +172,8 @@ def write_dataset(
     for item in plan:
         start = time.perf_counter()
         phantom = make_subject(item["seed"], item["kind"], modality, spacing, et_label=et_label,
-                               lesion_contrast=lesion_contrast, variation=variation, **bleeds)
+                               lesion_contrast=lesion_contrast, variation=variation,
+                               patient_asymmetry=patient_asymmetry, **bleeds)
         name = f"{prefix}_{item['index']:04d}"
         paths = write_case(phantom, output_dir, name)
         info = phantom.info
@@ -183,6 +189,8 @@ def write_dataset(
         }
         for flag in FLAGS:
             entry[flag] = int(flag in info["findings"] or info["scenario"] == flag)
+        # Natural asymmetry, healthy subjects' scenario or a patient's (patient_asymmetry).
+        entry["asymmetric"] = int(info["natural_asymmetry"]["hemisphere_scale"] != 0.0)
         if folds:
             entry["fold"] = rank % folds
             entries["training"].append(entry)
@@ -198,6 +206,7 @@ def write_dataset(
         "spacing_mm": float(spacing),
         "lesion_contrast": float(lesion_contrast),
         "variation": float(variation),
+        "patient_asymmetry": float(patient_asymmetry),
         "channels": channels,
         **{k: list(v) for k, v in bleeds.items()},
         # Label values mean different things per finding (1 is necrotic core in a glioma,

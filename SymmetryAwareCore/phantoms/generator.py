@@ -139,6 +139,7 @@ def make_subject(
     bleed_hu: Optional[Tuple[float, float]] = None,
     lesion_contrast: float = 1.0,
     variation: float = 1.0,
+    patient_asymmetry: float = 0.0,
 ) -> Phantom:
     """Generate one subject, deterministic given all arguments (``seed`` drives every draw).
 
@@ -170,11 +171,19 @@ def make_subject(
             amplitude (2 mm), the bias field's strength and the per-subject tissue-value
             jitter (MRI gain 0.8-1.2 and +-5 % per tissue; CT +-2 HU). The draws are the
             same at every value, so 1 reproduces the default subjects exactly.
+        patient_asymmetry: probability, in [0, 1], that a patient also has the natural
+            asymmetry of the ``asymmetric`` healthy scenario (one hemisphere 2-4 % larger,
+            one ventricle inflated). With the default 0 only healthy subjects have it, so in
+            a dataset asymmetry signals health (a confound for scan-level classifiers, see
+            docs/models.md); 0.5 matches the healthy subjects' share. Drawn from a stream of
+            its own: the subject, its lesions and its pose do not change with this value.
     Returns:
         a :class:`Phantom`.
     """
     _validate(seed, kind, modality, spacing, scenario, et_label, max_rotation_deg, max_shift_mm, orientation,
               lesion_contrast, variation)
+    if not 0.0 <= float(patient_asymmetry) <= 1.0:
+        raise InputError(f"patient asymmetry must be a probability in [0, 1], got {patient_asymmetry}")
     spacing, lesion_contrast, variation = float(spacing), float(lesion_contrast), float(variation)
     bleed_radius_mm, bleed_hu = bleed_ranges(bleed_radius_mm, bleed_hu)
     rng = np.random.default_rng(int(seed))
@@ -193,6 +202,13 @@ def make_subject(
         hemisphere_scale = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.04))
         side = int(rng.integers(2))
         ventricle_push = RadialPush(anatomy.ventricle_centres[side] * scale, rng.uniform(6.0, 9.0), fade_mm=30.0)
+    elif kind != "healthy" and patient_asymmetry > 0.0:
+        # A separate stream, so the main one (lesions, tissue values, pose) is the same at every value.
+        extra = np.random.default_rng([int(seed), 0xA5])
+        if extra.random() < patient_asymmetry:
+            hemisphere_scale = float(extra.choice([-1.0, 1.0]) * extra.uniform(0.02, 0.04))
+            side = int(extra.integers(2))
+            ventricle_push = RadialPush(anatomy.ventricle_centres[side] * scale, extra.uniform(6.0, 9.0), fade_mm=30.0)
     healthy = HealthyVariation(scale, warp, hemisphere_scale, ventricle_push)
 
     lesions: List[Lesion] = []
