@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "Training" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 try:
-    from bundle_classifier import auc, paired_auc_difference
+    from bundle_classifier import auc, bootstrap_ci, paired_auc_difference
     from compare_classifiers import compare, main
 finally:
     sys.path.remove(str(SCRIPTS))
@@ -43,16 +43,18 @@ def test_a_separating_classifier_beats_noise_and_the_interval_says_so():
     assert flipped["ci95"][1] < 0
 
 
-def test_pairing_narrows_the_interval_against_unpaired_resampling():
-    # Two classifiers that share most of their per-case error: the paired interval of the
-    # difference must be much narrower than the spread of either AUC alone.
+def test_classifiers_sharing_their_errors_get_a_narrow_paired_interval():
+    # Two classifiers that share most of their per-case error: resampling the same cases for
+    # both cancels that error, so the interval of the difference is much narrower than the
+    # interval of either AUC alone.
     rng = np.random.default_rng(2)
     t = np.r_[np.ones(25), np.zeros(35)]
     shared = t * 0.8 + rng.standard_normal(60)
     a, b = shared + 0.05 * rng.standard_normal(60), shared + 0.05 * rng.standard_normal(60)
     paired = paired_auc_difference(a, b, t, repeats=500)
     width = paired["ci95"][1] - paired["ci95"][0]
-    assert width < 0.08
+    lo, hi = bootstrap_ci(a, t, repeats=500)
+    assert width < 0.08 and width < 0.5 * (hi - lo)
 
 
 def test_compare_reads_the_cards_and_refuses_mismatched_cases(tmp_path, capsys):

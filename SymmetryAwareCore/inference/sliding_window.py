@@ -53,9 +53,11 @@ as it has ``sw_batch_size`` crops, and one pair adds at most 4; 2 in mirror-pair
 inference without TTA, so ``sw_batch_size + 1``). A model with a
 ``counterpart_feature_indices`` attribute (the hidden states its head reads from the
 counterpart; SASwinUNETR: the bottleneck only) lets counterpart crops keep only those
-when ``tta_flip`` is off, so about half the cache is skip features of windows. Blending accumulators
-live on the CPU in float32: ``(out + 1)`` volumes. With attention, each window's
-head-averaged ``(N, N)`` attention is kept on the CPU (``4 N^2`` bytes a window: 1 MiB at
+when ``tta_flip`` is off, so about half the cache is skip features of windows. The padded
+input and the blending accumulators live on the compute device in float32: ``(C + out + 1)``
+volumes (on a GPU as in MONAI's sliding window; the blended logits cross to the host once,
+divided in place). With attention, each window's head-averaged ``(N, N)`` attention is
+copied to the host per batch and kept there (``4 N^2`` bytes a window: 1 MiB at
 stage 2 of a 64^3 window, 12 MiB of a 96^3 one) and the maps are built from them
 (:mod:`.attention_maps`).
 """
@@ -321,7 +323,8 @@ def mirror_paired_sliding_window(
             del cache
 
     crop = tuple(slice(b, n - a) for (b, a), n in zip(padding, padded_shape))
-    logits = (out_sum / weight_sum)[(slice(None),) + crop].contiguous().cpu()
+    out_sum.div_(weight_sum)  # in place: no second full-size volume on the device
+    logits = out_sum[(slice(None),) + crop].cpu().contiguous()
     attention_map, windows_attention = None, None
     if return_attention:
         windows_attention = AttentionWindows(

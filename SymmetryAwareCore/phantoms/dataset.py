@@ -187,10 +187,10 @@ def write_dataset(
             "healthy": int(info["status"] == "healthy"),
             "patient": int(info["status"] == "patient"),
         }
+        # "asymmetric": natural asymmetry, the healthy scenario's or a patient's (patient_asymmetry).
+        natural = info["natural_asymmetry"]["hemisphere_scale"] != 0.0
         for flag in FLAGS:
-            entry[flag] = int(flag in info["findings"] or info["scenario"] == flag)
-        # Natural asymmetry, healthy subjects' scenario or a patient's (patient_asymmetry).
-        entry["asymmetric"] = int(info["natural_asymmetry"]["hemisphere_scale"] != 0.0)
+            entry[flag] = int(natural if flag == "asymmetric" else flag in info["findings"] or info["scenario"] == flag)
         if folds:
             entry["fold"] = rank % folds
             entries["training"].append(entry)

@@ -28,7 +28,10 @@ def card_cases(path: Path) -> Dict[str, Dict]:
     cases = json.loads(Path(path).read_text(encoding="utf-8")).get("metrics", {}).get("cases")
     if not cases:
         raise SystemExit(f"{path}: the card has no metrics.cases (bundle it with bundle_classifier.py first)")
-    return {c["case"]: c for c in cases}
+    by_name = {c["case"]: c for c in cases}
+    if len(by_name) != len(cases):
+        raise SystemExit(f"{path}: metrics.cases names a case twice")
+    return by_name
 
 
 def compare(a: Dict[str, Dict], b: Dict[str, Dict], repeats: int = 2000, seed: int = 0) -> Dict[str, object]:
