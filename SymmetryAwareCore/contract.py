@@ -48,6 +48,9 @@ __all__ = [
     "case_id_from_files",
     "match_channels",
     "card_findings",
+    "finding_map_file",
+    "classify_command",
+    "card_has_lesion_map",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -67,6 +70,14 @@ OUTPUT_FILES: Dict[str, str] = {
 """File names inside ``<output_dir>/<case_id>/``, by key (``attention_from`` only with
 ``--attention-from``; ``zero_shot`` only for models whose card names a symmetry head; the
 others on every run)."""
+
+def finding_map_file(case_id: str, finding: str) -> str:
+    """File name of one finding's map from ``symmetryaware classify --maps DIR`` (a classifier
+    with a lesion map): ``<case_id>_<finding>_map.nii.gz``, characters other than letters,
+    digits, ``-``, ``_`` and ``.`` in the finding's name replaced by ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", finding) or "finding"
+    return f"{case_id}_{safe}_map.nii.gz"
+
 
 DICOM_SEG_FILE = "segmentation.dcm"
 """The DICOM Segmentation object written with ``--dicom-seg`` (DICOM inputs only)."""
@@ -201,6 +212,16 @@ def card_findings(card: Any) -> Tuple[str, ...]:
         if isinstance(names, (list, tuple)) and names:
             return tuple(str(n) for n in names)
     return ()
+
+
+def card_has_lesion_map(card: Any) -> bool:
+    """True for a classifier whose card builds it with ``pooling: lesion``: it scores a map
+    whose maximum is its logit, and ``symmetryaware classify --maps`` writes that map.
+    ``card``: the card's JSON object or a card object with ``kwargs``."""
+    if not card_findings(card):
+        return False
+    kwargs = card.get("kwargs") if isinstance(card, dict) else getattr(card, "kwargs", None)
+    return isinstance(kwargs, dict) and kwargs.get("pooling") == "lesion"
 
 
 SYMMETRY_HEAD_ARCHITECTURE = "SASwinPretrainer"
@@ -422,6 +443,32 @@ def add_run_option_arguments(parser: argparse.ArgumentParser) -> None:
             help_text += f" (default {f.default})"
         metavar = "R,A,S" if f.name == "roi_center" else "X,Y,Z" if f.name == "roi_size" else None
         parser.add_argument(*names, dest=f.name, type=convert, default=f.default, metavar=metavar, help=help_text)
+
+
+def classify_command(
+    python: str,
+    inputs: Sequence[Union[str, Path]],
+    model: str,
+    output_file: Union[str, Path],
+    maps_dir: Optional[Union[str, Path]] = None,
+    device: str = "auto",
+    core_module: str = "SymmetryAwareCore",
+    overwrite: bool = False,
+) -> List[str]:
+    """Argument vector of ``python -m SymmetryAwareCore classify`` for one case.
+
+    The probabilities go to ``output_file`` (JSON keyed by case id); with ``maps_dir`` the
+    classifier's lesion maps go there, named by :func:`finding_map_file`.
+    """
+    if not inputs:
+        raise ValueError("at least one input image is needed")
+    command = [str(python), "-m", core_module, "classify", *[str(p) for p in inputs],
+               "--model", str(model), "--device", str(device), "--output", str(output_file)]
+    if maps_dir is not None:
+        command += ["--maps", str(maps_dir)]
+    if overwrite:
+        command.append("--overwrite")
+    return command
 
 
 def segment_command(

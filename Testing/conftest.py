@@ -44,3 +44,20 @@ def subject_epi() -> Image:
     """The first volume of a real subject's EPI, 128x96x24, not in template space."""
     path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
     return _nifti_image(path, volume=0)
+
+
+@pytest.fixture(scope="session")
+def save_classifier():
+    """``save(network, path, findings, name)``: a classifier's weights and card for tests (the
+    MRI sample's four channels at 4 mm, a 64^3 whole-scan window); returns the card path."""
+    from SymmetryAwareCore.inference.model_source import standin_card
+    from SymmetryAwareCore.models.model_card import save_model
+
+    def save(network, path: Path, findings, name: str) -> Path:
+        card = standin_card()
+        card.name, card.labels = name, []
+        card.postprocessing = {"activation": "sigmoid", "findings": list(findings)}
+        card.preprocessing = {"spacing": [4.0, 4.0, 4.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
+        return save_model(network, path, card)
+
+    return save

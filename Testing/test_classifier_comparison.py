@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "Training" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 try:
-    from bundle_classifier import auc, bootstrap_ci, paired_auc_difference
+    from bundle_classifier import auc, bootstrap_ci, describe_network, paired_auc_difference, pointing_hit, pointing_of
     from compare_classifiers import compare, main
 finally:
     sys.path.remove(str(SCRIPTS))
@@ -74,3 +74,31 @@ def test_compare_reads_the_cards_and_refuses_mismatched_cases(tmp_path, capsys):
     (tmp_path / "empty.json").write_text("{}")
     with pytest.raises(SystemExit, match="no metrics.cases"):
         main([str(tmp_path / "empty.json"), str(tmp_path / "a.json")])
+
+
+def test_pointing_hit_measures_the_distance_in_millimetres():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[10, 10, 10] = 1
+    heat = np.zeros((20, 20, 20), np.float32)
+    heat[10, 10, 12] = 1.0  # two voxels from the bleed along z
+    assert pointing_hit(heat, label, (1.0, 1.0, 3.0), 6.0)       # 6 mm: on the edge, counted
+    assert not pointing_hit(heat, label, (1.0, 1.0, 3.1), 6.0)  # 6.2 mm
+    assert not pointing_hit(heat, label, (3.0, 3.0, 5.0), 6.0)
+    with pytest.raises(ValueError, match="needs a lesion"):
+        pointing_hit(heat, np.zeros_like(label), (1, 1, 1), 6.0)
+
+
+def test_pointing_rate_counts_patients_only_with_a_wilson_interval():
+    cases = [{"target": 1, "pointing_hit": h} for h in [True] * 8 + [False] * 2] + [{"target": 0, "pointing_hit": None}] * 5
+    r = pointing_of(cases)
+    assert r["rate"] == 0.8 and r["patients"] == 10
+    lo, hi = r["ci95"]
+    assert 0.44 < lo < 0.5 and 0.94 < hi < 0.97  # Wilson 8/10: 0.490-0.943
+    assert pointing_of([{"target": 0, "pointing_hit": None}])["rate"] is None
+
+
+def test_card_description_names_the_network_settings():
+    text = describe_network({"use_saca": True, "saca_stages": [1], "pooling": "lesion", "pairing": "mirror-pair",
+                             "feature_size": 12})
+    assert "SACA after Swin stage(s) 1" in text and "lesion map" in text and "mirror image" in text
+    assert "no SACA" in describe_network({"use_saca": False, "feature_size": 12})

@@ -11,10 +11,10 @@ import torch
 from SymmetryAwareCore.cli.main import main
 from SymmetryAwareCore.geometry.rigid import reorient_to
 from SymmetryAwareCore.inference.classify import classify_case
-from SymmetryAwareCore.inference.model_source import LoadedModel, standin_card
+from SymmetryAwareCore.inference.model_source import LoadedModel
 from SymmetryAwareCore.io.readers import read_image
 from SymmetryAwareCore.io.writers import write_nifti
-from SymmetryAwareCore.models.model_card import load_model, save_model
+from SymmetryAwareCore.models.model_card import load_model
 from SymmetryAwareCore.models.sa_swin_classifier import SASwinClassifier
 from SymmetryAwareCore.phantoms import sample_case_paths
 
@@ -22,14 +22,10 @@ FINDINGS = ["glioma", "midline shift", "haemorrhage"]
 
 
 @pytest.fixture(scope="module")
-def classifier_card(tmp_path_factory):
+def classifier_card(tmp_path_factory, save_classifier):
     torch.manual_seed(3)
-    card = standin_card()
-    card.name = "tiny-classifier"
-    card.labels = []
-    card.postprocessing = {"activation": "sigmoid", "findings": FINDINGS}
-    card.preprocessing = {"spacing": [4.0, 4.0, 4.0], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
-    return save_model(SASwinClassifier(in_channels=4, out_channels=3, feature_size=12), tmp_path_factory.mktemp("c") / "cls.safetensors", card)
+    return save_classifier(SASwinClassifier(in_channels=4, out_channels=3, feature_size=12),
+                           tmp_path_factory.mktemp("c") / "cls.safetensors", FINDINGS, "tiny-classifier")
 
 
 def _sample_paths():

@@ -85,6 +85,22 @@ def test_segment_command_names_the_case_and_asks_for_machine_progress():
     assert command[-2:] == ["--progress", "machine"]
 
 
+def test_classify_command_is_parsed_by_the_real_classify_parser():
+    """The Slicer module builds this argv; the core's own parser must read it back as meant."""
+    from SymmetryAwareCore.cli.main import build_parser
+
+    command = contract.classify_command("PythonSlicer", ["/in/head_ct.nii.gz"], "ct-model", "/w/findings.json",
+                                        maps_dir="/w/maps", device="cpu", overwrite=True)
+    assert command[:4] == ["PythonSlicer", "-m", "SymmetryAwareCore", "classify"]
+    args = build_parser().parse_args(command[3:])
+    assert args.inputs == ["/in/head_ct.nii.gz"] and args.model == "ct-model" and args.device == "cpu"
+    assert str(args.output) == "/w/findings.json" and str(args.maps) == "/w/maps" and args.overwrite
+    plain = build_parser().parse_args(contract.classify_command("p", ["a.nii"], "m", "o.json")[3:])
+    assert plain.maps is None and not plain.overwrite and plain.device == "auto"
+    with pytest.raises(ValueError):
+        contract.classify_command("p", [], "m", "o.json")
+
+
 def test_case_ids():
     assert case_id_from_path(Path("a/sub-01_t1.nii.gz")) == "sub-01_t1"
     assert case_id_from_path("scan.NRRD") == "scan"

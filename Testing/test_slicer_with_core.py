@@ -71,3 +71,49 @@ def test_logic_runs_the_real_core_and_loads_results(tmp_path, card_path):
     from SymmetryAwareSegLib.results import TERMINOLOGY_TAG
 
     assert "SCT^6574001^Necrosis" in segment_tag(segmentation.GetNthSegment(0), TERMINOLOGY_TAG)
+
+
+@pytest.fixture(scope="module")
+def classifier_card_path(tmp_path_factory, save_classifier) -> Path:
+    """A small random-weight classifier with a lesion map (pooling lesion, mirror pairs)."""
+    from SymmetryAwareCore.models.sa_swin_classifier import SASwinClassifier
+
+    torch.manual_seed(2)
+    network = SASwinClassifier(in_channels=4, out_channels=2, feature_size=12, depths=(1, 1, 1, 1), pooling="lesion",
+                               saca_stages=(1,), pairing="mirror-pair")
+    return save_classifier(network, tmp_path_factory.mktemp("c") / "cls.safetensors", ["mass", "mass effect"],
+                           "tiny-slicer-classifier")
+
+
+def test_logic_classifies_with_the_real_core_and_shows_the_map_on_the_scan(tmp_path, classifier_card_path, card_path):
+    import json
+
+    logic = SymmetryAwareSegLogic(scene=new_scene(), python=sys.executable)
+    paths = sample_case_paths()
+    nodes = [logic.read_volume(paths[c], "vtkMRMLScalarVolumeNode", f"sample_glioma_{c}") for c in ("flair", "t2", "t1ce", "t1")]
+    card = read_model_card(classifier_card_path)
+    assert "Apply gives one probability per finding and a map of where it sees it" in card.describe()
+    ordered = logic.assign_volumes(card, nodes)
+    inputs = logic.export_inputs(ordered, tmp_path / "inputs")
+    child, result = logic.start_classification(inputs, tmp_path / "run", card, device="cpu")
+    child.wait(timeout=300)
+    child.check()
+    assert result.with_maps
+    loaded = logic.load_classification(result, ordered[0])
+    written = json.loads(result.output_file.read_text())
+    (case_id, data), = written.items()
+    assert loaded.case_id == case_id and loaded.probabilities == pytest.approx(data["probabilities"])
+    table = loaded.table.GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetValue(1, 0).ToString() == "mass effect"
+    assert table.GetValue(0, 1).ToDouble() == pytest.approx(data["probabilities"]["mass"], abs=1e-4)
+    # Each map is a volume on the T1 node's grid, voxel for voxel, with values in 0..1.
+    for name in ("mass", "mass effect"):
+        node = loaded.maps[name]
+        np.testing.assert_allclose(_ijk_to_ras(node), _ijk_to_ras(ordered[0]), atol=1e-4)
+        from SymmetryAwareSegLib.nodes import array_from_volume
+
+        values = array_from_volume(node)
+        assert values.shape == array_from_volume(ordered[0]).shape and 0.0 <= values.min() and values.max() <= 1.0
+    # A segmentation model is not a classifier: refused before any child starts.
+    with pytest.raises(ValueError, match="not a scan-level classifier"):
+        logic.start_classification(inputs, tmp_path / "run2", read_model_card(card_path), device="cpu")

@@ -162,6 +162,39 @@ def test_finetune_cls_one_step_with_sa_swin_classifier(cases, tmp_path):
     assert card["extra"]["findings"] == ["bleed", "fracture"] and card["architecture"] == "SASwinClassifier"
 
 
+
+@pytest.mark.slow
+def test_finetune_cls_lesion_map_mirror_pair_trains_the_map_on_the_masks(cases, tmp_path, capsys):
+    """pooling=lesion with mirror pairs: the token loss is computed from the label maps and
+    each step supervises the scan and its mirror image; a finding flag that contradicts a
+    case's mask stops the run with one line naming the case."""
+    listed = json.loads(cases.read_text())
+    for entry in listed["training"]:  # every case holds a blob: 'lesion' (labels 1, 2, 4) is 1
+        entry["findings"]["lesion"] = 1
+        entry["image"] = [str(cases.parent / p) for p in entry["image"]]
+        entry["label"] = str(cases.parent / entry["label"])
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps(listed))
+    out = tmp_path / "cls_lesion"
+    args = ["finetune-cls", "--datalist", str(datalist), "--fold", "1", "--device", "cpu", "--steps", "1",
+            "--set", "data.roi_size=[64,64,64]", "--set", "data.findings=[lesion]",
+            "--set", "data.finding_labels={lesion: [1, 2, 4]}", "--set", "model.name=SASwinClassifier",
+            "--set", "model.kwargs={in_channels: 2, out_channels: 1, feature_size: 12, depths: [1, 1, 1, 1], "
+                     "pooling: lesion, saca_stages: [1], pairing: mirror-pair}"]
+    assert main(args + ["--output-dir", str(out)]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["kwargs"]["pooling"] == "lesion" and card["kwargs"]["pairing"] == "mirror-pair"
+    assert card["extra"]["lesion_map"].startswith("token logits of Swin stage 1 (roi/4")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["supervised_samples_per_step"] == 2  # batch 1: the scan and its mirror image
+    assert summary["final_losses"]["token_bce"] > 0.0
+    listed["training"][0]["findings"]["lesion"] = 0
+    datalist.write_text(json.dumps(listed))
+    capsys.readouterr()
+    assert main(args + ["--output-dir", str(tmp_path / "bad")]) == 2
+    assert "c0: its findings and its label map disagree: lesion=0 (label map: 1)" in capsys.readouterr().err
+
+
 def test_align_puts_tilted_phantoms_into_their_symmetric_frame(tmp_path):
     """Phantoms are posed (tilted, shifted). Aligned preparation puts the true plane's normal
     along the frame's left-right axis, through the array's central column, so the mirror

@@ -6,6 +6,15 @@ resized to the model's ROI (:func:`SymmetryAwareCore.preprocessing.whole_scan_in
 counterpart is then simply its left-right flip (the box is symmetric about the plane, so
 the mirror box is the box itself), exactly as the training package feeds classifiers
 (``SymmetryAwareTraining.data.WholeScanDataset``).
+
+A classifier trained with ``pairing="mirror-pair"`` classified the scan AND its mirror image
+(each the other's counterpart) in training; here too: both go through the encoder in one
+call, at the cost of the counterpart pass that SACA needs anyway, and their probabilities
+(and maps, the mirror image's flipped back) are averaged.
+
+A classifier with ``pooling="lesion"`` scores every token of a map whose maximum is the scan
+logit: :func:`classify_case` with ``maps=True`` gives each finding's map as a probability on
+the input's grid (the map resized over the brain box, linear; 0 outside the head).
 """
 
 from __future__ import annotations
@@ -17,16 +26,16 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..contract import card_findings
+from ..contract import card_findings, card_has_lesion_map
 from ..errors import InputError
 from ..geometry.mirror import flip_lr
 from ..preprocessing import whole_scan_input
 from .device import resolve_device
 from .engine import fused_window_attention
 from .model_source import LoadedModel
-from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model
+from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model, unit_map_on_native
 
-__all__ = ["finding_names", "classify_prepared", "classify_case"]
+__all__ = ["finding_names", "has_lesion_map", "classify_prepared", "classify_case"]
 
 
 def finding_names(model: LoadedModel) -> List[str]:
@@ -39,18 +48,50 @@ def finding_names(model: LoadedModel) -> List[str]:
     return names
 
 
-def classify_prepared(cropped: np.ndarray, model: LoadedModel, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+def has_lesion_map(model: LoadedModel) -> bool:
+    """Whether the classifier scores a lesion map (``pooling="lesion"``) whose maximum is its
+    logit: its card says so (:func:`SymmetryAwareCore.contract.card_has_lesion_map`, the rule the
+    Slicer module reads too) and the network is built that way."""
+    return card_has_lesion_map(model.card) and getattr(model.network, "pooling", None) == "lesion"
+
+
+def classify_prepared(cropped: np.ndarray, model: LoadedModel, device: Union[str, torch.device] = "cpu",
+                      return_maps: bool = False):
     """Finding probabilities ``(F,)`` of one prepared brain box ``(C', w, h, d)`` (axis 1
     left-right, as :attr:`~SymmetryAwareCore.preprocessing.PreparedCase.cropped` or a
-    training cache entry): resized to the card's ROI, paired with its left-right flip."""
+    training cache entry): resized to the card's ROI, paired with its left-right flip.
+
+    With ``return_maps`` (a ``pooling="lesion"`` classifier) also ``(F, w, h, d)`` float32
+    probabilities over the box: the token map resized onto the box (trilinear), axis 1
+    left-right.
+    """
     names = finding_names(model)
+    if return_maps and not has_lesion_map(model):
+        raise InputError(f"model {model.card.name or model.card.architecture} has no lesion map (pooling is not 'lesion')")
     x = whole_scan_input(cropped, model_preprocessing(model).roi_size)[None].to(device)
+    x_mirror = flip_lr(x, spatial_start=2)
     network = model.network.to(device).eval()
+    both = getattr(network, "pairing", "input") == "mirror-pair"
     with torch.inference_mode(), fused_window_attention(network):
-        logits = network(x, flip_lr(x, spatial_start=2))
+        if return_maps:
+            logits, maps = network(x, x_mirror, mirror_pair=both, return_map=True)
+        else:
+            logits, maps = network(x, x_mirror, mirror_pair=both), None
     if logits.shape[-1] != len(names):
         raise InputError(f"the network gives {logits.shape[-1]} outputs, the card names {len(names)} findings")
-    return torch.sigmoid(logits.float())[0].cpu().numpy()
+    probabilities = torch.sigmoid(logits.float())
+    if maps is not None:
+        maps = torch.sigmoid(maps.float())
+    if both:  # row 1 is the mirror image: its map goes back to the scan's own left-right layout
+        probabilities = probabilities.mean(dim=0, keepdim=True)
+        if maps is not None:
+            maps = 0.5 * (maps[:1] + flip_lr(maps[1:], spatial_start=2))
+    probabilities = probabilities[0].cpu().numpy()
+    if not return_maps:
+        return probabilities
+    box = torch.nn.functional.interpolate(maps, size=tuple(int(s) for s in cropped.shape[1:]), mode="trilinear",
+                                          align_corners=False)
+    return probabilities, box[0].clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
 def classify_case(
@@ -58,12 +99,16 @@ def classify_case(
     model: LoadedModel,
     device: str = "auto",
     msp_on_failure: str = "error",
+    maps: bool = False,
 ) -> Dict:
     """Probability of each finding for one scan.
 
     Returns:
         a JSON-ready dict: ``probabilities`` ``{finding: p}``, the plane, model, device and
-        runtime per stage.
+        runtime per stage. With ``maps`` (a classifier with a lesion map) the dict also holds
+        ``maps``: ``{finding: (X, Y, Z) float32}`` probabilities on the input's grid (not JSON:
+        write them with :func:`SymmetryAwareCore.io.writers.write_map`), and ``native``, that
+        grid's :class:`~SymmetryAwareCore.io.image.Image`.
     """
     names = finding_names(model)
     card = model.card
@@ -73,9 +118,18 @@ def classify_case(
     times.update(prepared.times)
     t = time.perf_counter()
     dev = resolve_device(device)
-    probabilities = classify_prepared(prepared.cropped, model, dev)
+    if maps:
+        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev, return_maps=True)
+    else:
+        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev), None
     times["inference"] = time.perf_counter() - t
     notes = list(model.notes) + prepared.notes
+    extra = {}
+    if box_maps is not None:
+        t = time.perf_counter()
+        extra["maps"] = {n: unit_map_on_native(prepared, prepared.frame_map(m)) for n, m in zip(names, box_maps)}
+        extra["native"] = prepared.native
+        times["maps"] = time.perf_counter() - t
     return {
         "inputs": [str(p) for p in paths],
         "probabilities": {n: float(p) for n, p in zip(names, probabilities)},
@@ -84,4 +138,5 @@ def classify_case(
         "device": str(dev),
         "notes": notes,
         "runtime_s": {k: round(v, 3) for k, v in {**times, "total": time.perf_counter() - started}.items()},
+        **extra,
     }

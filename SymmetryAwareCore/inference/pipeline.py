@@ -51,7 +51,8 @@ from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
 
 __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
            "prepare_for_model", "prepare_loaded_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
-           "predict_box", "probabilities_to_native", "threshold_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head"]
+           "predict_box", "probabilities_to_native", "threshold_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head",
+           "unit_map_on_native"]
 
 log = logging.getLogger(__name__)
 
@@ -470,12 +471,19 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     head, reason = symmetry_head if symmetry_head is not None else (None, "not computed by this caller")
     if head is not None:
         result = zero_shot_for_model(prepared, head, prediction.device)
-        native_map = np.clip(prepared.frame.to_native(result.frame_map, "linear"), 0.0, 1.0).astype(np.float32)
-        # 0 outside the head on the input's grid too, as the mirror focus: linear resampling
-        # smears the frame's head edge over a voxel of air.
-        native_map[~head_mask(prepared.image.array)] = 0.0
+        native_map = unit_map_on_native(prepared, result.frame_map)
         score, head_info = result.score, head.describe
     return NativeOutputs(labels, asymmetry, attention, score, native_map, reason, head_info)
+
+
+def unit_map_on_native(prepared: PreparedCase, frame_map: np.ndarray) -> np.ndarray:
+    """A ``[0, 1]`` map on the frame ``(W, H, D)`` (:meth:`PreparedCase.frame_map`) resampled
+    onto the input's grid (linear), float32 in ``[0, 1]``, 0 outside the head."""
+    native_map = np.clip(prepared.frame.to_native(frame_map, "linear"), 0.0, 1.0).astype(np.float32)
+    # 0 outside the head on the input's grid too, as the mirror focus: linear resampling
+    # smears the frame's head edge over a voxel of air.
+    native_map[~head_mask(prepared.image.array)] = 0.0
+    return native_map
 
 
 def _card_file(model: LoadedModel) -> Optional[Path]:

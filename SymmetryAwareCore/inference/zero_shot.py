@@ -135,7 +135,4 @@ def zero_shot_asymmetry(cropped: np.ndarray, head: SymmetryHead, device: Union[s
 def zero_shot_for_model(prepared: PreparedCase, head: SymmetryHead, device: Union[str, torch.device] = "cpu") -> ZeroShot:
     """:func:`zero_shot_asymmetry` of a prepared case, the map set on the whole frame."""
     score, box_map = zero_shot_asymmetry(prepared.cropped, head, device)
-    frame_map = np.zeros(prepared.head.shape, np.float32)  # the frame's (W, H, D)
-    frame_map[prepared.box] = box_map
-    frame_map[~prepared.head] = 0.0
-    return ZeroShot(score, frame_map)
+    return ZeroShot(score, prepared.frame_map(box_map))

@@ -36,6 +36,7 @@ __all__ = [
     "SACA_STAGES",
     "apply_saca",
     "counterpart_indices",
+    "encode_pair",
     "STRIDE",
     "build_swin_encoder",
     "build_saca_stages",
@@ -222,3 +223,44 @@ def counterpart_indices(saca: Optional[nn.ModuleDict]) -> Tuple[int, ...]:
     if saca is None:
         return ()
     return tuple(stage_index(int(k[len("stage"):])) for k in saca.keys())
+
+
+def encode_pair(
+    forward_features,
+    x: torch.Tensor,
+    x_counterpart: Optional[torch.Tensor],
+    uses_counterpart: Sequence[int],
+    mirror_pair: bool = False,
+) -> Tuple[List[torch.Tensor], Optional[List[Optional[torch.Tensor]]]]:
+    """``(features, counterpart features or None)`` of a patch and its mirrored counterpart,
+    the one pairing rule of every SA-Swin network.
+
+    Args:
+        forward_features: the network's ``forward_features`` (``x -> [x, h0, ..., h4]``).
+        x, x_counterpart: ``(B, C, X, Y, Z)``; the counterpart ALREADY mirrored.
+        uses_counterpart: indices of the hidden states SACA reads from the counterpart
+            (:func:`counterpart_indices`); empty for a network without SACA, whose
+            counterpart is then never encoded (and may be None) unless ``mirror_pair``.
+        mirror_pair: ``[x; x_counterpart]`` (``2B``) goes through the encoder in ONE call and
+            each half is the other's counterpart: the token lists are swapped, nothing is
+            flipped (token ``n`` of the counterpart is already the mirror of token ``n``).
+            The features are then ``2B`` rows, ``x``'s first.
+    """
+    if mirror_pair:
+        if x_counterpart is None or x_counterpart.shape != x.shape:
+            got = None if x_counterpart is None else tuple(x_counterpart.shape)
+            raise ValueError(f"mirror_pair needs x_counterpart of x's shape {tuple(x.shape)}, got {got}")
+        features = forward_features(torch.cat([x, x_counterpart]))
+        if not uses_counterpart:
+            return features, None
+        n = x.shape[0]
+        keep = set(uses_counterpart)
+        return features, [torch.cat([h[n:], h[:n]]) if i in keep else None for i, h in enumerate(features)]
+    features = forward_features(x)
+    if not uses_counterpart:
+        return features, None
+    if x_counterpart is None:
+        raise ValueError("SA-Swin with SACA needs x_counterpart (the mirrored counterpart of x)")
+    if x_counterpart.shape != x.shape:
+        raise ValueError(f"x_counterpart shape {tuple(x_counterpart.shape)} differs from x {tuple(x.shape)}")
+    return features, forward_features(x_counterpart)

@@ -12,6 +12,14 @@ beside the SACA bottleneck's. Measured on CT phantoms (docs/models.md): with the
 varied between scans by 0.2 % of its spread over positions and training stayed at chance
 for 626 steps of batch 16; a bleed of a few voxels moves the max of a finer stage, not the
 mean of eight 32-voxel tokens.
+
+``pooling="lesion"`` reads the scan from a map: a linear layer scores every token of Swin
+stage 1 (16^3 tokens of ~4 voxels for a 64^3 input) and the scan logit is the map's maximum,
+so a finding is where its most suspicious token is. Trained with the lesion masks as well
+(the training task's token loss), the map is supervised directly and is also the
+classifier's localisation (:meth:`SASwinClassifier.lesion_map`). With ``saca_stages``
+including 1, every stage-1 token is compared with the tokens of its mirror image before it
+is scored: the symmetry reaches the map.
 """
 
 from __future__ import annotations
@@ -21,11 +29,23 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .encoder import apply_saca, build_saca_stages, build_swin_encoder, check_spatial_input, encode, stage_index
+from .encoder import (
+    apply_saca,
+    build_saca_stages,
+    build_swin_encoder,
+    check_spatial_input,
+    counterpart_indices,
+    encode,
+    encode_pair,
+    stage_index,
+)
+from .sa_swin_unetr import PAIRINGS
 
-__all__ = ["SASwinClassifier", "POOLING"]
+__all__ = ["SASwinClassifier", "POOLING", "LESION_STAGE"]
 
-POOLING = ("mean", "multiscale")
+POOLING = ("mean", "multiscale", "lesion")
+LESION_STAGE = 1
+"""Swin stage whose tokens ``pooling="lesion"`` scores: the finest stage SACA may sit after."""
 # Stages whose tokens the multiscale head pools, finest first; the bottleneck (4) comes after SACA.
 MULTISCALE_STAGES = (1, 2, 3, 4)
 
@@ -46,12 +66,21 @@ class SASwinClassifier(nn.Module):
         stored as ``swinViT`` so SwinUNETR and SSL weights load into it).
         spatial_dims: must be 3.
         use_saca: False pools the patch's own bottleneck tokens (a plain Swin baseline).
+        saca_stages: Swin stages (1-4) followed by a SACA block; 4 is the paper's bottleneck.
+            The head reads stage 4 (``"mean"``, ``"multiscale"``) or stage 1 (``"lesion"``), so
+            a SACA stage the head does not read changes nothing but the compute.
         saca_heads, saca_mlp_ratio, saca_dropout_rate, saca_position_encoding: of the
             bottleneck SACA block.
         head_dropout_rate: dropout before the final linear layer.
         pooling: ``"mean"``, the mean of the bottleneck tokens (``16*feature_size`` features);
             ``"multiscale"``, the mean and the max over the tokens of each of stages 1-4, each
-            stage layer-normalised (``2 * (2+4+8+16) * feature_size`` features).
+            stage layer-normalised (``2 * (2+4+8+16) * feature_size`` features);
+            ``"lesion"``, the maximum of the per-token logits of stage 1 (:meth:`lesion_map`).
+        pairing: how training pairs scans (:data:`SymmetryAwareCore.models.sa_swin_unetr.PAIRINGS`):
+            ``"input"`` classifies each scan with its flip as context, ``"mirror-pair"``
+            encodes the scan and its flip once each and classifies both (``forward`` with
+            ``mirror_pair=True``). Kept on the network so the model card records it; a whole
+            scan is classified the same way either way.
     """
 
     def __init__(
@@ -74,12 +103,14 @@ class SASwinClassifier(nn.Module):
         downsample: str = "merging",
         use_v2: bool = False,
         use_saca: bool = True,
+        saca_stages: Sequence[int] = (4,),
         saca_heads: Optional[int] = None,
         saca_mlp_ratio: float = 4.0,
         saca_dropout_rate: float = 0.0,
         saca_position_encoding: Optional[str] = None,
         head_dropout_rate: float = 0.0,
         pooling: str = "mean",
+        pairing: str = "input",
     ) -> None:
         # Kept for the model card, which rebuilds the network from name + kwargs.
         init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -93,6 +124,9 @@ class SASwinClassifier(nn.Module):
             raise ValueError(f"head_dropout_rate must be in [0, 1], got {head_dropout_rate}")
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {', '.join(POOLING)}, got {pooling!r}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        self.pairing = pairing
         self.in_channels = in_channels
         self.normalize = normalize
         self.pooling = pooling
@@ -102,11 +136,17 @@ class SASwinClassifier(nn.Module):
         )  # fmt: skip
         self.saca = (
             build_saca_stages(
-                feature_size, num_heads, (4,), saca_heads, saca_mlp_ratio, saca_dropout_rate, saca_position_encoding
+                feature_size, num_heads, saca_stages, saca_heads, saca_mlp_ratio, saca_dropout_rate, saca_position_encoding
             )
             if use_saca
             else None
         )
+        self.feature_size = feature_size
+        if pooling == "lesion":
+            width = feature_size * 2**LESION_STAGE
+            self.lesion_norm = nn.LayerNorm(width)
+            self.lesion_fc = nn.Linear(width, out_channels)
+            return
         width = 16 * feature_size
         self.head_norm = nn.LayerNorm(width)
         if pooling == "multiscale":
@@ -119,7 +159,35 @@ class SASwinClassifier(nn.Module):
     @property
     def counterpart_feature_indices(self) -> Tuple[int, ...]:
         """Entries of ``forward_features(x_counterpart)`` that ``forward_head`` reads."""
-        return () if self.saca is None else (stage_index(4),)
+        return counterpart_indices(self.saca)
+
+    @property
+    def attention_stage(self) -> int:
+        """The SACA stage whose attention ``return_attention`` gives: the one the head reads."""
+        return LESION_STAGE if self.pooling == "lesion" else 4
+
+    def lesion_map(
+        self,
+        features: Sequence[torch.Tensor],
+        features_counterpart: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        return_attention: bool = False,
+    ):
+        """Per-token logits ``(B, out_channels, X/4, Y/4, Z/4)`` of Swin stage 1 (axis 2
+        left-right), after SACA when stage 1 has it; ``pooling="lesion"`` only."""
+        if self.pooling != "lesion":
+            raise ValueError(f"lesion_map needs pooling='lesion', this network pools {self.pooling!r}")
+        attention = None
+        if self.saca is not None:
+            attn_at = self.attention_stage if return_attention else None
+            features, attention = apply_saca(self.saca, features, features_counterpart, attn_at)
+            if return_attention and attention is None:
+                raise ValueError(f"return_attention: this network has no SACA at stage {self.attention_stage}")
+        elif return_attention:
+            raise ValueError("return_attention needs a network with SACA (use_saca=True)")
+        h = features[stage_index(LESION_STAGE)]
+        tokens = self.lesion_norm(h.flatten(2).transpose(1, 2))  # (B, N, D)
+        logits = self.lesion_fc(tokens).transpose(1, 2).reshape(h.shape[0], -1, *h.shape[2:])
+        return (logits, attention) if return_attention else logits
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``[x, h0, h1, h2, h3, h4]``, as :meth:`SASwinUNETR.forward_features`."""
@@ -134,9 +202,13 @@ class SASwinClassifier(nn.Module):
     ):
         """Pooled tokens after SACA and LayerNorm: ``(B, 16*feature_size)`` for ``pooling="mean"``,
         ``(B, 60*feature_size)`` (mean and max of stages 1-4) for ``"multiscale"``."""
+        if self.pooling == "lesion":
+            raise ValueError("pooling='lesion' has no pooled tokens: the scan logit is the max of lesion_map")
         attention = None
         if self.saca is not None:
             features, attention = apply_saca(self.saca, features, features_counterpart, 4 if return_attention else None)
+            if return_attention and attention is None:
+                raise ValueError("return_attention: this network has no SACA at the bottleneck (stage 4)")
         elif return_attention:
             raise ValueError("return_attention needs a network with SACA (use_saca=True)")
         tokens = self.head_norm(features[stage_index(4)].flatten(2).transpose(1, 2))  # (B, N, D)
@@ -160,20 +232,46 @@ class SASwinClassifier(nn.Module):
         attention ``(B, heads, N, N)``, ``N = (X/32)(Y/32)(Z/32)`` row-major over (x, y, z)."""
         if len(features) != 6:
             raise ValueError(f"features must be the 6 entries of forward_features, got {len(features)}")
+        if self.pooling == "lesion":
+            result = self.lesion_map(features, features_counterpart, return_attention)
+            lesion, attention = result if return_attention else (result, None)
+            logits = lesion.flatten(2).amax(dim=2)
+            return (logits, attention) if return_attention else logits
         result = self.pooled_tokens(features, features_counterpart, return_attention)
         pooled, attention = result if return_attention else (result, None)
         logits = self.head_fc(self.head_dropout(pooled))
         return (logits, attention) if return_attention else logits
 
+    def paired_features(self, x: torch.Tensor, x_counterpart: Optional[torch.Tensor], mirror_pair: bool = False):
+        """``(features, counterpart features or None)`` of a scan and its mirrored counterpart.
+
+        With ``mirror_pair``, ``[x; x_counterpart]`` goes through the encoder in ONE call and
+        each half is the other's counterpart (the token lists are swapped, nothing is flipped),
+        so both are classified at one encoder pass each; rows ``B:`` of every output are for
+        ``x_counterpart``. For a whole scan, whose counterpart is its own left-right flip, that
+        is the scan and its mirror image, each with the other as counterpart.
+        """
+        return encode_pair(self.forward_features, x, x_counterpart, self.counterpart_feature_indices, mirror_pair)
+
     def forward(
-        self, x: torch.Tensor, x_counterpart: Optional[torch.Tensor] = None, return_attention: bool = False
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """Classify a scan; ``x_counterpart`` is its already-mirrored counterpart (same shape)."""
-        features = self.forward_features(x)
-        if self.saca is None:
-            return self.forward_head(features, None, return_attention)
-        if x_counterpart is None:
-            raise ValueError("SA-Swin with SACA needs x_counterpart (the mirrored counterpart of x)")
-        if x_counterpart.shape != x.shape:
-            raise ValueError(f"x_counterpart shape {tuple(x_counterpart.shape)} differs from x {tuple(x.shape)}")
-        return self.forward_head(features, self.forward_features(x_counterpart), return_attention)
+        self,
+        x: torch.Tensor,
+        x_counterpart: Optional[torch.Tensor] = None,
+        return_attention: bool = False,
+        mirror_pair: bool = False,
+        return_map: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Classify a scan; ``x_counterpart`` is its already-mirrored counterpart (same shape).
+
+        Returns ``(B, out_channels)`` logits (``2B`` with ``mirror_pair``, see
+        :meth:`paired_features`); with ``return_map`` (``pooling="lesion"``) also the lesion
+        map ``(B, out_channels, X/4, Y/4, Z/4)`` whose maximum the logits are; with
+        ``return_attention`` also the attention of :attr:`attention_stage`, last.
+        """
+        features, counterpart = self.paired_features(x, x_counterpart, mirror_pair)
+        if not return_map:
+            return self.forward_head(features, counterpart, return_attention)
+        result = self.lesion_map(features, counterpart, return_attention)
+        lesion = result[0] if return_attention else result
+        logits = lesion.flatten(2).amax(dim=2)
+        return (logits, lesion, result[1]) if return_attention else (logits, lesion)

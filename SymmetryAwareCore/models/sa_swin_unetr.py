@@ -23,6 +23,7 @@ from .encoder import (
     check_spatial_input,
     counterpart_indices,
     encode,
+    encode_pair,
 )
 
 __all__ = ["PAIRINGS", "SASwinUNETR"]
@@ -286,24 +287,6 @@ class SASwinUNETR(nn.Module):
             with ``mirror_pair`` ``(2B, out_channels, X, Y, Z)``: rows ``:B`` for ``x``, rows
             ``B:`` for ``x_counterpart`` in the counterpart's own (flipped) layout.
         """
-        if mirror_pair:
-            if x_counterpart is None or x_counterpart.shape != x.shape:
-                got = None if x_counterpart is None else tuple(x_counterpart.shape)
-                raise ValueError(f"mirror_pair needs x_counterpart of x's shape {tuple(x.shape)}, got {got}")
-            features = self.forward_features(torch.cat([x, x_counterpart]))
-            if self.saca is None:
-                return self.forward_head(features, None, return_attention)
-            n = x.shape[0]
-            # Crop b's counterpart is crop b + B and vice versa: swap the halves of the
-            # hidden states SACA reads; the others are never read from the counterpart.
-            keep = set(self.counterpart_feature_indices)
-            swapped = [torch.cat([h[n:], h[:n]]) if i in keep else None for i, h in enumerate(features)]
-            return self.forward_head(features, swapped, return_attention)
-        features = self.forward_features(x)
-        if self.saca is None:
-            return self.forward_head(features, None, return_attention)
-        if x_counterpart is None:
-            raise ValueError("SA-Swin with SACA needs x_counterpart (the mirrored counterpart of x)")
-        if x_counterpart.shape != x.shape:
-            raise ValueError(f"x_counterpart shape {tuple(x_counterpart.shape)} differs from x {tuple(x.shape)}")
-        return self.forward_head(features, self.forward_features(x_counterpart), return_attention)
+        features, counterpart = encode_pair(self.forward_features, x, x_counterpart, self.counterpart_feature_indices,
+                                            mirror_pair)
+        return self.forward_head(features, counterpart, return_attention)

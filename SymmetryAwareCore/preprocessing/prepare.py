@@ -82,6 +82,14 @@ class PreparedCase:
     def cropped_label(self) -> Optional[np.ndarray]:
         return None if self.label is None else np.ascontiguousarray(self.label[self.box])
 
+    def frame_map(self, box_map: np.ndarray) -> np.ndarray:
+        """A map ``(w, h, d)`` over the brain box (as :attr:`cropped`) set on the whole frame
+        ``(W, H, D)`` float32: 0 outside the box and outside the head."""
+        out = np.zeros(self.head.shape, np.float32)
+        out[self.box] = box_map
+        out[~self.head] = 0.0
+        return out
+
 
 def brain_box(volume: np.ndarray, margin: int = 4) -> Box:
     """Bounding box of the non-zero voxels of a ``(C, X, Y, Z)`` aligned volume.

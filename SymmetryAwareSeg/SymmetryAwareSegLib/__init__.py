@@ -7,8 +7,8 @@
 - ``logic``: the logic, made of ``command`` (volumes out, the contract's command line,
   the child), ``results`` (files into the scene: segments with terminology and laterality,
   maps with colour legends, plane, 3D), ``attention`` (point mode: where a placed point
-  attends, its mirror marked), ``tables`` (volumes per hemisphere) and ``batch`` (folders, in the
-  background); ``nodes`` holds the small MRML/VTK helpers they share. Imports without Qt.
+  attends, its mirror marked), ``tables`` (volumes per hemisphere), ``batch`` (folders, in the
+  background) and ``classification`` (scan-level classifiers: probabilities, lesion maps); ``nodes`` holds the small MRML/VTK helpers they share. Imports without Qt.
 - ``interactive``: the interactive worker's protocol, its process and the grid mapping (pure
   Python); ``interactive_edit``: its replies pasted into the selected segment (locks, undo).
 - ``install``: dependency decisions per Slicer version, installation after consent.

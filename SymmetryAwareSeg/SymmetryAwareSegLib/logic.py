@@ -10,7 +10,8 @@ its seams, one file each:
   laterality, maps, plane), 3D display, mirroring a point across the plane;
 - ``attention``: point mode (where a placed point attends; its mirror marked);
 - ``tables``: volumes per segment and hemisphere;
-- ``batch``: saving nodes, and :class:`~SymmetryAwareSegLib.batch.BatchRun` for folders.
+- ``batch``: saving nodes, and :class:`~SymmetryAwareSegLib.batch.BatchRun` for folders;
+- ``classification``: scan-level classifiers (probabilities as a table, lesion maps).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import slicer
 
 from .attention import ExportedInputs, PointAttention, PointAttentionMixin
 from .batch import BatchRun, SavingMixin, find_cases
+from .classification import ClassificationMixin, ClassificationResult, LoadedClassification
 from .command import CaseResult, CommandMixin, build_segment_command, default_child_env
 from .nodes import new_scene, register_segmentation_converters
 from .process import ChildProcess, python_executable
@@ -35,6 +37,8 @@ __all__ = [
     "PointAttention",
     "ExportedInputs",
     "BatchRun",
+    "ClassificationResult",
+    "LoadedClassification",
     "build_segment_command",
     "default_child_env",
     "find_cases",
@@ -46,8 +50,10 @@ __all__ = [
 ]
 
 
-class SymmetryAwareSegLogic(CommandMixin, ResultsMixin, PointAttentionMixin, TablesMixin, SavingMixin):
-    """Run SA-Swin segmentation on volume nodes and load its results into a scene.
+class SymmetryAwareSegLogic(CommandMixin, ResultsMixin, PointAttentionMixin, TablesMixin, SavingMixin,
+                            ClassificationMixin):
+    """Run SA-Swin segmentation (or a scan-level classifier) on volume nodes and load its
+    results into a scene.
 
     Args:
         scene: the MRML scene (``slicer.mrmlScene`` inside Slicer; any ``vtkMRMLScene``

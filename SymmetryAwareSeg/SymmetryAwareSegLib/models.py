@@ -60,7 +60,7 @@ class ModelCard:
     @property
     def findings(self) -> Tuple[str, ...]:
         """Scan-level findings of a classifier card (``postprocessing.findings``); empty for a
-        segmentation model. The module segments; a classifier runs with ``symmetryaware classify``."""
+        segmentation model. Apply runs a classifier with the core's ``classify``."""
         from SymmetryAwareCore.contract import card_findings
 
         return card_findings(self.raw)
@@ -76,8 +76,11 @@ class ModelCard:
         lines = [f"{self.title or self.name} {self.version}".strip()]
         lines.append(f"Modality: {self.modality or 'not stated'}; channels: {', '.join(self.channel_names)}")
         if self.findings:
-            lines.append(f"Scan-level classifier ({', '.join(self.findings)}): gives one probability per scan, "
-                         "no segmentation; run it with `symmetryaware classify`")
+            from SymmetryAwareCore.contract import card_has_lesion_map
+
+            where = (" and a map of where it sees it" if card_has_lesion_map(self.raw) else "")
+            lines.append(f"Scan-level classifier ({', '.join(self.findings)}): Apply gives one probability per "
+                         f"finding{where}, no segmentation")
         lines.append(f"Licence: {self.licence or 'not stated'}")
         if self.training_data:
             data = self.training_data if len(self.training_data) <= 240 else self.training_data[:237] + "..."

@@ -90,8 +90,11 @@ MAP_STYLES: Dict[str, MapStyle] = {
     "asymmetry": MapStyle(SIGNED_COLORMAP, "symmetric", "Asymmetry p(x) - p(mirror x)", "%.2f"),
     # The symmetry head's score is defined on 0..1 for every scan, so scans compare by colour.
     "zero_shot": MapStyle(MAGNITUDE_COLORMAP, "unit", "Zero-shot asymmetry (0-1)", "%.2f"),
+    # A classifier's lesion map: the probability of its finding per region, 0..1 like its score.
+    "finding": MapStyle(MAGNITUDE_COLORMAP, "unit", "Finding probability (0-1)", "%.2f"),
 }
-"""Display of each map, by its key in the contract's ``OUTPUT_FILES``."""
+"""Display of each map, by its key in the contract's ``OUTPUT_FILES`` (``finding``: a
+classifier's map, :mod:`.classification`)."""
 
 TERMINOLOGY_TAG = getattr(getattr(slicer, "vtkSegment", None), "GetTerminologyEntryTagName", lambda: "TerminologyEntry")()
 """Segment tag Slicer reads a segment's terminology from (``vtkSegment::GetTerminologyEntryTagName``)."""

@@ -236,6 +236,16 @@ class SymmetryAwareSegPanel:
         self._work_dir = tempfile.TemporaryDirectory(prefix="SymmetryAwareSeg_")
         work = Path(self._work_dir.name)
         inputs = self._inputs.files(self.logic, ordered)  # kept for point runs on the same volumes
+        if card is not None and card.findings:  # a scan-level classifier: probabilities (and maps)
+            try:
+                device = run_options(p, None, None).device
+            except OptionError as error:
+                raise ValueError(str(error)) from None
+            self._child, result = self.logic.start_classification(inputs, work / "classification", card, device)
+            self._pending = (result, ordered[0], None)
+            self._pending_kind = "classify"
+            self._show_progress(_("Classifying..."))
+            return
         if p.dicomSeg:
             # The core references the series it reads: give it the first volume's DICOM files.
             source = dicom_source_folder(ordered[0], work / "dicom" / inputs[0].name.split(".")[0],
@@ -286,10 +296,16 @@ class SymmetryAwareSegPanel:
             return
         self._timer.stop()
         point = self._pending_kind == "point"
+        classify = self._pending_kind == "classify"
         again = point and self._point_again
         try:
             child.check()
-            self._load_point() if point else self._load()
+            if point:
+                self._load_point()
+            elif classify:
+                self._load_classification()
+            else:
+                self._load()
             self.ui.statusLabel.text = _("Done.")
         except ProcessCancelled:
             self.ui.statusLabel.text = _("Cancelled.")
@@ -299,7 +315,8 @@ class SymmetryAwareSegPanel:
             self.ui.statusLabel.text = _("Failed.")
             if point:
                 self._point_asked = None
-            what = _("Point attention failed: {error}") if point else _("Segmentation failed: {error}")
+            what = (_("Point attention failed: {error}") if point else
+                    _("Classification failed: {error}") if classify else _("Segmentation failed: {error}"))
             slicer.util.errorDisplay(what.format(error=error), detailedText="\n".join(t for _s, t in child.log[-200:]))
         except (ValueError, RuntimeError, OSError) as error:
             self.ui.statusLabel.text = _("Failed.")
@@ -326,6 +343,14 @@ class SymmetryAwareSegPanel:
         self.ui.runInfoLabel.text = run_summary(loaded.report)
         if result.path("dicom_seg").is_file():
             self._import_dicom_seg(result.path("dicom_seg"))
+
+    def _load_classification(self) -> None:
+        from .classification import classification_summary
+
+        result, reference, _roi = self._pending
+        loaded = self.logic.load_classification(result, reference, opacity=float(self.parameters().opacity))
+        self.ui.resultsTableView.setMRMLTableNode(loaded.table)
+        self.ui.runInfoLabel.text = classification_summary(loaded)
 
     def _import_dicom_seg(self, path: Path) -> None:
         """Add the written DICOM SEG to Slicer's DICOM database, beside its source study."""

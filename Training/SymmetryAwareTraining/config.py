@@ -79,13 +79,16 @@ class DataConfig:
     """Where prepared cases are kept; empty: ``$SYMMETRYAWARE_CACHE`` or ``~/.cache/symmetryaware/prepared``."""
     findings: List[str] = field(default_factory=list)
     """Classification: the entry ``findings`` keys to predict, one logit each."""
+    finding_labels: Dict[str, List[int]] = field(default_factory=dict)
+    """Classification with ``pooling: lesion``: the label-map values of each finding's voxels,
+    whose token masks train the lesion map; empty: the datalist's ``labels`` block."""
 
 
 @dataclass
 class ModelConfig:
     """Which network: a name the model library knows and its keyword arguments (MONAI names).
 
-    ``kwargs.pairing`` (SASwinUNETR): ``input`` (default, the paper's: the counterpart is
+    ``kwargs.pairing`` (SASwinUNETR, SASwinClassifier): ``input`` (default, the paper's: the counterpart is
     context only) or ``mirror-pair`` (patch and counterpart encoded once each in one call,
     SACA across the pair, both supervised; ``data.batch_size`` then counts pairs, two
     supervised crops each). It is a network argument so the model card carries it and
@@ -268,8 +271,8 @@ def check_config(config: RunConfig) -> None:
         if "pairing" in m.kwargs:
             from SymmetryAwareCore.models.sa_swin_unetr import PAIRINGS
 
-            need(m.name == "SASwinUNETR", f"model.kwargs.pairing is a SASwinUNETR (segmentation) setting, "
-                                          f"not one of {m.name}")
+            need(m.name in ("SASwinUNETR", "SASwinClassifier"), f"model.kwargs.pairing is a setting of "
+                 f"SASwinUNETR and SASwinClassifier, not of {m.name}")
             need(m.kwargs["pairing"] in PAIRINGS,
                  f"model.kwargs.pairing must be one of {', '.join(PAIRINGS)}, got {m.kwargs['pairing']!r}")
     need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")

@@ -32,7 +32,7 @@ from .datalist import case_id, finding_value, status_of
 from .metrics import labels_to_regions
 
 __all__ = ["entry_paths", "PreparedCases", "PairedCropDataset", "WholeScanDataset", "BalancedWholeScanDataset",
-           "whole_scan_view"]
+           "whole_scan_view", "lesion_token_target"]
 
 
 def entry_paths(entry: Dict[str, Any]):
@@ -126,20 +126,42 @@ class PairedCropDataset(Dataset):
         return out
 
 
-def whole_scan_view(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator, augment: bool):
+def lesion_token_target(label: np.ndarray, values: Sequence[Sequence[int]], grid: Sequence[int]) -> torch.Tensor:
+    """``(F, *grid)`` float 0/1: token ``t`` of finding ``f`` is 1 when any voxel of the brain
+    box ``label`` ``(w, h, d)`` under it holds one of ``values[f]``.
+
+    The box is split into ``grid`` equal parts along each axis, as resizing it to the ROI
+    (:func:`SymmetryAwareCore.preprocessing.whole_scan_input`) and cutting the ROI into
+    tokens does; the split is symmetric, so the left-right flip of the target is the
+    target of the flipped box.
+    """
+    label = torch.from_numpy(np.asarray(label).astype(np.int64))
+    masks = torch.stack([torch.isin(label, torch.tensor(list(v))) for v in values]).float()
+    return torch.nn.functional.adaptive_max_pool3d(masks[None], tuple(int(g) for g in grid))[0]
+
+
+def whole_scan_view(volume: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator, augment: bool,
+                    target: Optional[torch.Tensor] = None):
     """``(image, counterpart)`` ``(C, *roi_size)`` of a prepared brain box ``(C, w, h, d)``.
 
     The box is resized by :func:`SymmetryAwareCore.preprocessing.whole_scan_input` (what
     ``classify`` and the zero-shot score read); the counterpart is its left-right flip (axis 1),
     exact because resizing commutes with the flip. With ``augment``, flips along each spatial
     axis are drawn from ``rng`` (a left-right flip keeps the pair a mirror pair).
+    With ``target`` (a map ``(F, x, y, z)`` over the same box, e.g. :func:`lesion_token_target`)
+    the result is ``(image, counterpart, target, target of the counterpart)``, the maps
+    flipped as the images are.
     """
     image = whole_scan_input(np.asarray(volume, np.float32), roi_size)
     if augment:
         for axis in (1, 2, 3):
             if rng.random() < 0.5:
                 image = image.flip(axis)
-    return image.contiguous(), flip_lr(image, spatial_start=1).contiguous()
+                target = None if target is None else target.flip(axis)
+    pair = (image.contiguous(), flip_lr(image, spatial_start=1).contiguous())
+    if target is None:
+        return pair
+    return pair + (target.contiguous(), flip_lr(target, spatial_start=1).contiguous())
 
 
 class WholeScanDataset(Dataset):
@@ -151,11 +173,17 @@ class WholeScanDataset(Dataset):
     Sample keys: ``image``, ``counterpart``, ``target`` ``(F,)`` float, one 0/1 per name of
     ``findings`` (see :func:`.datalist.finding_value`); ``case``.
     With ``augment``, flips along Y/Z and the left-right flip of the whole scan are drawn.
+    With ``lesion_labels`` (label values per finding, :func:`.datalist.finding_label_values`)
+    and ``token_grid``, each case's label is read too and the sample also holds ``lesion`` and
+    ``lesion_counterpart`` ``(F, *token_grid)``, :func:`lesion_token_target` of the image and
+    of its counterpart; a scan whose flag and label map disagree (marked with a finding its
+    map lacks, or the reverse) is an InputError: the two would contradict each other in the loss.
     """
 
     def __init__(self, entries: Sequence[Dict[str, Any]], roi_size: Sequence[int], findings: Sequence[str],
                  spec: Preprocessing, channel_names: Sequence[str], seed: int = 0, augment: bool = True,
-                 cache: bool = True, cache_dir: Optional[str] = None):
+                 cache: bool = True, cache_dir: Optional[str] = None,
+                 lesion_labels: Optional[Sequence[Sequence[int]]] = None, token_grid: Optional[Sequence[int]] = None):
         if not entries:
             raise InputError("no cases")
         self.entries, self.findings = list(entries), list(findings)
@@ -165,7 +193,13 @@ class WholeScanDataset(Dataset):
                 raise InputError(f"case {case_id(entry)} lacks findings {', '.join(missing)}")
         self.roi_size = tuple(int(r) for r in roi_size)
         self.seed, self.augment = seed, augment
-        self.load = PreparedCases(self.entries, False, spec, channel_names, cache, cache_dir)
+        if (lesion_labels is None) != (token_grid is None):
+            raise ValueError("lesion_labels and token_grid go together")
+        if lesion_labels is not None and len(lesion_labels) != len(self.findings):
+            raise ValueError(f"lesion_labels has {len(lesion_labels)} entries for {len(self.findings)} findings")
+        self.lesion_labels = None if lesion_labels is None else [list(v) for v in lesion_labels]
+        self.token_grid = None if token_grid is None else tuple(int(g) for g in token_grid)
+        self.load = PreparedCases(self.entries, self.lesion_labels is not None, spec, channel_names, cache, cache_dir)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -173,15 +207,24 @@ class WholeScanDataset(Dataset):
     def __getitem__(self, key) -> Dict[str, Any]:
         epoch, index = _key(key)
         rng = np.random.default_rng([self.seed, epoch, index])
-        volume, _ = self.load(index)
-        image, counterpart = whole_scan_view(volume, self.roi_size, rng, self.augment)
+        volume, label = self.load(index)
         entry = self.entries[index]
-        return {
-            "image": image,
-            "counterpart": counterpart,
-            "target": torch.tensor([finding_value(entry, f) for f in self.findings]),
-            "case": case_id(entry),
-        }
+        findings = torch.tensor([finding_value(entry, f) for f in self.findings])
+        sample = {"target": findings, "case": case_id(entry)}
+        if self.lesion_labels is None:
+            sample["image"], sample["counterpart"] = whole_scan_view(volume, self.roi_size, rng, self.augment)
+            return sample
+        tokens = lesion_token_target(label, self.lesion_labels, self.token_grid)
+        has = tokens.flatten(1).amax(dim=1)
+        bad = [f"{f}={flag:g} (label map: {seen:g})" for f, flag, seen in zip(self.findings, findings.tolist(), has.tolist())
+               if flag != seen]
+        if bad:
+            raise InputError(f"case {case_id(entry)}: its findings and its label map disagree: {', '.join(bad)} "
+                             "(data.finding_labels names each finding's label values)")
+        views = whole_scan_view(volume, self.roi_size, rng, self.augment, target=tokens)
+        for name, value in zip(("image", "counterpart", "lesion", "lesion_counterpart"), views):
+            sample[name] = value
+        return sample
 
 
 class BalancedWholeScanDataset(Dataset):

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from SymmetryAwareCore.errors import InputError
 
-__all__ = ["Datalist", "load_datalist", "case_id", "finding_value", "status_of", "check_leakage", "LeakageError",
-           "subset_fraction"]
+__all__ = ["Datalist", "load_datalist", "case_id", "finding_value", "finding_label_values", "status_of",
+           "check_leakage", "LeakageError", "subset_fraction"]
 
 _PATH_KEYS = ("image", "label")
 
@@ -55,6 +55,33 @@ def finding_value(entry: Dict[str, Any], finding: str):
         return float(findings[finding])
     value = entry.get(finding)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def finding_label_values(findings: Sequence[str], explicit: Dict[str, Sequence[int]],
+                         datalist_labels: Any) -> List[List[int]]:
+    """The label-map values of each finding's voxels, in ``findings`` order.
+
+    ``explicit`` (``data.finding_labels``, ``{finding: [values]}``) wins; otherwise the
+    datalist's own ``labels`` block (``{finding: {"value": name}}``, as the phantom generator
+    writes it). InputError naming the finding when neither says, or a value is not a
+    positive integer (0 is the background).
+    """
+    out = []
+    for finding in findings:
+        values = explicit.get(finding) if explicit else None
+        if values is None and isinstance(datalist_labels, dict) and isinstance(datalist_labels.get(finding), dict):
+            values = list(datalist_labels[finding].keys())
+        if not values:
+            raise InputError(f"no label values for finding {finding!r}: set data.finding_labels "
+                             f"(e.g. {{{finding}: [1]}}) or give the datalist a 'labels' block")
+        try:
+            ints = [int(v) for v in values]
+        except (TypeError, ValueError):
+            raise InputError(f"label values of finding {finding!r} must be integers, got {values}") from None
+        if any(v <= 0 for v in ints):
+            raise InputError(f"label values of finding {finding!r} must be positive (0 is background), got {ints}")
+        out.append(sorted(set(ints)))
+    return out
 
 
 def status_of(entry: Dict[str, Any]) -> int:

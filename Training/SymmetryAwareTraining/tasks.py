@@ -402,30 +402,72 @@ class SegmentationTask(_ModelTask):
 
 
 class ClassificationTask(_ModelTask):
-    """Scan-level multi-label findings (``data.findings``); loss BCE with logits."""
+    """Scan-level multi-label findings (``data.findings``); loss BCE with logits.
+
+    ``model.kwargs.pooling: lesion`` (:class:`SymmetryAwareCore.models.SASwinClassifier`) also
+    trains the network's token map on the lesion masks: every token of the map is a 0/1
+    target (does any voxel under it hold the finding, :func:`.data.lesion_token_target`),
+    scored by a class-balanced BCE (the mean over lesion tokens and the mean over the other
+    tokens, halved: a 2 mL bleed covers a few of 4096 tokens, and a plain mean would teach
+    the map to say "no" everywhere). ``model.kwargs.pairing: mirror-pair`` encodes each scan
+    and its left-right flip once each and supervises both, each with the other as SACA's
+    counterpart (2 supervised views per item).
+    """
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
         if not config.data.findings:
             raise InputError("data.findings is empty: name the findings to classify")
         self.bce = nn.BCEWithLogitsLoss()
+        self.pairing = config.model.kwargs.get("pairing", "input")
+        self.supervised_per_item = 2 if self.pairing == "mirror-pair" else 1
+        self.lesion = config.model.kwargs.get("pooling") == "lesion"
 
     def card_metadata(self) -> Dict[str, Any]:
-        return _card_common(self.config, "classification",
-                            extra={"findings": list(self.config.data.findings), "activation": "sigmoid",
-                                   "input": "whole scan resized to roi_size"},
+        extra = {"findings": list(self.config.data.findings), "activation": "sigmoid",
+                 "input": "whole scan resized to roi_size"}
+        if self.lesion:
+            extra["lesion_map"] = "token logits of Swin stage 1 (roi/4 per axis); the scan logit is their maximum"
+        return _card_common(self.config, "classification", extra=extra,
                             description="SA-Swin classifier: one sigmoid logit per finding")
 
     def train_dataset(self):
         d = self.config.data
+        lesion_labels = token_grid = None
+        if self.lesion:
+            from SymmetryAwareCore.models.encoder import token_grid_shape
+            from SymmetryAwareCore.models.sa_swin_classifier import LESION_STAGE
+
+            from .datalist import finding_label_values
+
+            lesion_labels = finding_label_values(d.findings, d.finding_labels, _datalist_field(self.config, "labels"))
+            token_grid = token_grid_shape(d.roi_size, LESION_STAGE)
         return WholeScanDataset(_train_entries(self.config), d.roi_size, d.findings, run_preprocessing(self.config),
                                 _channel_names(self.config), self.config.train.seed, augment=d.augment, cache=d.cache,
-                                cache_dir=d.cache_dir)
+                                cache_dir=d.cache_dir, lesion_labels=lesion_labels, token_grid=token_grid)
+
+    def balanced_bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Half the mean BCE over positive tokens plus half over negative ones (the negatives
+        alone when a batch has no positive token)."""
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        positive = target > 0.5
+        negative_mean = loss[~positive].mean()
+        if not positive.any():
+            return negative_mean
+        return 0.5 * (loss[positive].mean() + negative_mean)
 
     def loss(self, model, batch):
-        logits = model(batch["image"], batch["counterpart"])
-        bce = self.bce(logits.float(), batch["target"])
-        return {"loss": bce, "bce": bce}
+        mirror = self.pairing == "mirror-pair"
+        target = torch.cat([batch["target"]] * 2) if mirror else batch["target"]
+        if not self.lesion:
+            logits = model(batch["image"], batch["counterpart"], mirror_pair=mirror)
+            bce = self.bce(logits.float(), target)
+            return {"loss": bce, "bce": bce}
+        logits, lesion = model(batch["image"], batch["counterpart"], mirror_pair=mirror, return_map=True)
+        lesion_target = torch.cat([batch["lesion"], batch["lesion_counterpart"]]) if mirror else batch["lesion"]
+        bce = self.bce(logits.float(), target)
+        tokens = self.balanced_bce(lesion.float(), lesion_target)
+        return {"loss": bce + tokens, "bce": bce, "token_bce": tokens}
 
 
 class PretrainTask(_ModelTask):

@@ -10,6 +10,10 @@
    per bleed-size, bleed-density and placement bin (each bin's patients against all healthy
    cases). Every case's probability, truth and bleed goes into the card's ``metrics.cases``,
    so the AUC can be recomputed from the card alone.
+4. For a classifier with a lesion map (``pooling="lesion"``): the pointing rate, the share of
+   held-out patients whose map peaks within ``--pointing-mm`` of a bleed voxel (the map from
+   ``classify_case`` on the input's grid against the case's label file, or, with
+   ``--cache-dir``, the box map against the prepared label), per bin too.
 
 Run:
     python Training/scripts/bundle_classifier.py --run runs/ct_haemorrhage_f12 \
@@ -92,6 +96,52 @@ def scored(cases: List[Dict], keep=lambda c: True) -> Dict:
             "positives": int(sum(t)), "negatives": int(len(t) - sum(t))}
 
 
+def pointing_hit(probability_map: np.ndarray, label: np.ndarray, spacing: Sequence[float], within_mm: float) -> bool:
+    """Whether the map's maximum lies within ``within_mm`` of a label voxel (``label > 0``);
+    both ``(X, Y, Z)`` on one grid of voxel size ``spacing`` mm."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(label) > 0
+    if not mask.any():
+        raise ValueError("pointing needs a lesion in the label map")
+    peak = np.unravel_index(int(np.argmax(probability_map)), probability_map.shape)
+    distance = distance_transform_edt(~mask, sampling=[float(v) for v in spacing])
+    return bool(distance[peak] <= within_mm)
+
+
+def pointing_of(cases: List[Dict], keep=lambda c: True) -> Dict:
+    """Share of ``keep``'s patients whose lesion map peaks at a bleed, with a Wilson 95 % interval."""
+    hits = [c["pointing_hit"] for c in cases if c["target"] == 1 and c.get("pointing_hit") is not None and keep(c)]
+    n, k = len(hits), int(sum(hits))
+    if n == 0:
+        return {"rate": None, "ci95": [None, None], "patients": 0}
+    z = 1.959964
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return {"rate": round(k / n, 4), "ci95": [round(centre - half, 4), round(centre + half, 4)], "patients": n}
+
+
+def pointing_bins(cases: List[Dict]) -> Dict[str, Dict]:
+    out = {"all patients": pointing_of(cases)}
+    for label, lo, hi in SIZE_BINS:
+        out[f"size: {label}"] = pointing_of(cases, lambda c, lo=lo, hi=hi: lo <= c["bleed_radius_mm"] < hi)
+    for label, lo, hi in DENSITY_BINS:
+        out[f"density: {label}"] = pointing_of(cases, lambda c, lo=lo, hi=hi: lo <= c["bleed_hu"] < hi)
+    return out
+
+
+def describe_network(kwargs: Dict) -> str:
+    """One phrase for the card: where SACA sits, how the scan is read, how training paired scans."""
+    saca = (f"SACA after Swin stage(s) {', '.join(str(s) for s in kwargs.get('saca_stages', [4]))}"
+            if kwargs.get("use_saca", True) else "no SACA (plain Swin)")
+    pooling = {"mean": "the mean of the bottleneck tokens",
+               "multiscale": "the mean and max of the tokens of stages 1-4",
+               "lesion": "the maximum of a lesion map that scores every Swin stage-1 token"}[kwargs.get("pooling", "mean")]
+    pairing = ("each scan and its mirror image classified in one pass, averaged"
+               if kwargs.get("pairing") == "mirror-pair" else "the scan classified with its mirror as context")
+    return f"{saca}; the scan logit is {pooling}; {pairing}; feature size {kwargs.get('feature_size')}"
+
+
 def bins_of(cases: List[Dict]) -> Dict[str, Dict]:
     """Per-bin AUC over the phantom truth recorded with each case."""
     out: Dict[str, Dict] = {}
@@ -118,9 +168,14 @@ def main() -> None:
                         "training cache (prepare_case with the card's block, get-or-prepare) instead of preparing "
                         "each again; the first --check cases are also run through classify_case and must agree")
     parser.add_argument("--check", type=int, default=3, help="cases checked against classify_case with --cache-dir")
+    parser.add_argument("--config-file", default="Training/configs/ct_haemorrhage_lesion.yaml",
+                        help="the run's config file, named in the card")
+    parser.add_argument("--pointing-mm", type=float, default=6.0,
+                        help="a lesion map 'points' at a bleed when its peak is this close to a bleed voxel")
     args = parser.parse_args()
 
-    from SymmetryAwareCore.inference.classify import classify_case, classify_prepared
+    from SymmetryAwareCore.inference.classify import classify_case, classify_prepared, has_lesion_map
+    from SymmetryAwareCore.io.readers import read_image
     from SymmetryAwareCore.preprocessing.cache import PreparedStore
     from SymmetryAwareCore.inference.model_source import LoadedModel
     from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, load_model, save_model
@@ -129,6 +184,9 @@ def main() -> None:
     from SymmetryAwareTraining.modelcard import to_shipping_precision
 
     network, run_card = load_model(args.run / "model.json")
+    summary = json.loads((args.run / "summary.json").read_text()) if (args.run / "summary.json").is_file() else {}
+    where = (f"{summary.get('world_size', 1)} x {summary.get('device', '?')}, {summary.get('seconds', 0) / 60:.0f} min"
+             if summary else "device not recorded")
     training = run_card.extra.get("training", {})
     config = training.get("config", {})
     findings = list(run_card.extra.get("findings") or [])
@@ -145,9 +203,12 @@ def main() -> None:
     card = ModelCard(
         name=args.name,
         description=(
-            f"SA-Swin classifier (SACA at the bottleneck, feature size {network.init_kwargs['feature_size']}): "
+            f"SA-Swin classifier ({describe_network(network.init_kwargs)}): "
             f"probability of {', '.join(findings)} on a head CT, from the whole brain box (skull included) "
-            "resized to one 64^3 window and paired with its left-right mirror. Trained on synthetic CT phantoms "
+            "resized to one 64^3 window and paired with its left-right mirror"
+            + (" (`symmetryaware classify --maps` writes where it sees the finding)"
+               if network.init_kwargs.get("pooling") == "lesion" else "")
+            + ". Trained on synthetic CT phantoms "
             "only (MNI152 anatomy with skull, simulated bleeds, random poses, noise). NOT FOR CLINICAL USE: it "
             "has never seen a real scan, and its figures below are on phantoms."
         ),
@@ -162,7 +223,7 @@ def main() -> None:
             f"({n_train_pos} with haemorrhage, {len(train_entries) - n_train_pos} healthy), folds other than "
             f"{args.fold} of `{recipe}`; every case aligned to its mid-sagittal plane, 3 mm frame, HU windows; "
             f"{t.get('steps')} steps of batch {d.get('batch_size')} (whole brain box resized to 64^3, flips), "
-            f"AdamW lr {o.get('lr')} warm-up + cosine, fp32, one shared CPU core (Training/configs/ct_haemorrhage_phantom.yaml)"
+            f"AdamW lr {o.get('lr')} warm-up + cosine, {t.get('precision')}, {where} ({args.config_file})"
             + (f"; {args.note}" if args.note else "")
         ),
         extra={
@@ -180,16 +241,32 @@ def main() -> None:
 
     root = args.datalist.parent
     store = PreparedStore(args.cache_dir) if args.cache_dir else None
+    lesion_map = has_lesion_map(shipped)
     cases: List[Dict] = []
     checked = []
     for index, entry in enumerate(held_out):
         start = time.perf_counter()
         paths = [root / p for p in entry["image"]]
+        label_path = root / entry["label"] if entry.get("label") else None
+        target = int(finding_value(entry, findings[0]))
+        hit = None
         if store is None or index < args.check:
-            probability = classify_case(paths, shipped, device="cpu")["probabilities"][findings[0]]
+            result = classify_case(paths, shipped, device="cpu", maps=lesion_map and store is None)
+            probability = result["probabilities"][findings[0]]
+            if lesion_map and store is None and target == 1:
+                native = result["native"]
+                spacing = np.linalg.norm(native.affine[:3, :3], axis=0)
+                hit = pointing_hit(result["maps"][findings[0]], read_image(label_path).array, spacing, args.pointing_mm)
         if store is not None:
-            volume, _, _ = store.get(paths, [c.name for c in shipped_card.channels], spec)
-            cached = float(classify_prepared(np.asarray(volume), shipped, "cpu")[0])
+            volume, label, _ = store.get(paths, [c.name for c in shipped_card.channels], spec,
+                                         label_path if lesion_map else None)
+            if lesion_map:
+                probabilities, box_maps = classify_prepared(np.asarray(volume), shipped, "cpu", return_maps=True)
+                cached = float(probabilities[0])
+                if target == 1:
+                    hit = pointing_hit(box_maps[0], label, spec.spacing, args.pointing_mm)
+            else:
+                cached = float(classify_prepared(np.asarray(volume), shipped, "cpu")[0])
             if index < args.check:
                 checked.append(abs(cached - probability))
                 if checked[-1] > 1e-4:
@@ -200,8 +277,9 @@ def main() -> None:
         largest = max(bleeds, key=lambda l: l["radius_mm"]) if bleeds else None
         row = {
             "case": entry["name"],
-            "target": int(finding_value(entry, findings[0])),
+            "target": target,
             "probability": round(float(probability), 6),
+            "pointing_hit": hit,
             "scenario": truth.get("scenario"),
             "bleed_radius_mm": None if largest is None else largest["radius_mm"],
             "bleed_hu": None if largest is None else largest["value_hu"],
@@ -224,9 +302,18 @@ def main() -> None:
         "bins": bins_of(cases) if all(c["target"] == 0 or c["bleed_radius_mm"] is not None for c in cases) else {},
         "cases": cases,
     }
+    if lesion_map:
+        data["metrics"]["pointing"] = {
+            "definition": (f"share of held-out patients whose lesion map peaks within {args.pointing_mm:g} mm of a "
+                           "bleed voxel (" + ("box map against the prepared label, 3 mm frame" if store is not None
+                                              else "map on the input's grid against the label file") +
+                           "); Wilson 95 % interval"),
+            **pointing_bins(cases),
+        }
     # Rewritten in place: the metrics are not part of the hashed weights.
     card_path.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps({k: data["metrics"][k] for k in ("auc", "auc_ci95", "bins")}, indent=2))
+    print(json.dumps({k: data["metrics"][k] for k in ("auc", "auc_ci95", "bins", "pointing") if k in data["metrics"]},
+                     indent=2))
 
 
 if __name__ == "__main__":
