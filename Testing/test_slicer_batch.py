@@ -325,3 +325,15 @@ def test_headless_batch_script(tmp_path, fake_core, subject_t1):
     assert bad_args.returncode == 2 and "not a folder" in bad_args.stderr
     bad_option = subprocess.run(command[:-2] + ["--overlap", "2"], capture_output=True, text=True, env=env, timeout=120)
     assert bad_option.returncode == 2 and "--overlap must be in" in bad_option.stderr
+
+
+def test_batch_refuses_a_classifier_card_before_any_child(tmp_path, fake_core, card, subject_t1):
+    """A batch segments; a classifier's card is refused with the command that classifies a folder."""
+    write_volume(tmp_path / "data" / "case01_t1.nii.gz", subject_t1)
+    data = json.loads(card.read_text())
+    data["name"], data["postprocessing"] = "a-classifier", {"activation": "sigmoid", "findings": ["haemorrhage"]}
+    classifier = tmp_path / "classifier.json"
+    classifier.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="scan-level classifier; a batch segments.*symmetryaware classify"):
+        BatchRun(fake_logic(fake_core), tmp_path / "data", tmp_path / "out", RunOptions(model=str(classifier)))
+    assert not (tmp_path / "out").exists()

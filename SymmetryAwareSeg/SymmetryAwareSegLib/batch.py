@@ -131,6 +131,9 @@ class BatchRun:
             raise ValueError(f"{input_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         model = self.options.model
         self.card = read_model_card(model) if str(model).lower().endswith(".json") and Path(model).is_file() else None
+        if self.card is not None and self.card.findings:
+            raise ValueError(f"model {self.card.name} is a scan-level classifier; a batch segments. Classify a folder "
+                             f"with: symmetryaware classify {input_dir} --model {model} --output findings.json")
         self.summaries: List[Dict] = []
         self.index = -1
         self.cancelled = False
