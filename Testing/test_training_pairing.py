@@ -110,12 +110,18 @@ def test_engine_counts_supervised_samples(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overrides, words", [
     (["model.kwargs.pairing=both"], "pairing must be one of input, mirror-pair"),
-    (["model.name=SASwinClassifier", "model.kwargs.pairing=mirror-pair"], "SASwinUNETR"),
+    (["model.name=SASwinPretrainer", "model.kwargs.pairing=mirror-pair"], "SASwinUNETR and SASwinClassifier"),
 ])
 def test_bad_pairing_is_a_config_error(overrides, words):
     config = apply_overrides(RunConfig(), ["data.roi_size=[64, 64, 64]", "model.kwargs.feature_size=12", *overrides])
     with pytest.raises(InputError, match=words):
         check_config(config)
+
+
+def test_a_classifier_may_train_on_mirror_pairs():
+    config = apply_overrides(RunConfig(), ["data.roi_size=[64, 64, 64]", "model.kwargs.feature_size=12",
+                                           "model.name=SASwinClassifier", "model.kwargs.pairing=mirror-pair"])
+    check_config(config)
 
 
 def test_shipped_segmentation_configs_say_input():
