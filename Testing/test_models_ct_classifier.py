@@ -1,9 +1,9 @@
 """A CT haemorrhage classifier card: `classify` by name, `segment` refuses it, listings.
 
-The phantom-trained CT classifier is NOT shipped: no run has ranked held-out phantoms
-better than chance (docs/models.md, "The GPU runs"). These tests use a classifier with random
-weights and the card the bundling script writes (ct-windows, one finding), installed as a
-user model through ``$SYMMETRYAWARE_MODELS``, so the whole path is tested without it.
+These tests use a classifier with random weights and the card the bundling script writes
+(ct-windows, one finding), installed as a user model through ``$SYMMETRYAWARE_MODELS``, so the
+card path is tested apart from any trained weights; the shipped lesion-map classifier is
+tested in ``test_bundled_ct_classifier.py``.
 """
 
 from __future__ import annotations
