@@ -141,7 +141,6 @@ class SASwinClassifier(nn.Module):
             if use_saca
             else None
         )
-        self.feature_size = feature_size
         if pooling == "lesion":
             width = feature_size * 2**LESION_STAGE
             self.lesion_norm = nn.LayerNorm(width)
