@@ -44,19 +44,40 @@ def test_lesion_logits_are_the_map_maximum_and_the_map_sees_the_mirror():
         assert not torch.allclose(net(x, xc + 1.0, return_map=True)[1], lesion)
         logits_a, _, attention = net(x, xc, return_map=True, return_attention=True)
         assert attention.shape == (2, 3, 8 * 16 * 8, 8 * 16 * 8)
-    # SACA only at the bottleneck, which the lesion head does not read: the counterpart is ignored.
-    bottleneck_only = _net(pooling="lesion", saca_stages=(4,))
-    with torch.no_grad():
-        torch.testing.assert_close(bottleneck_only(x, xc), bottleneck_only(x, xc + 1.0))
-        with pytest.raises(ValueError, match="no SACA at stage 1"):
-            bottleneck_only(x, xc, return_attention=True)
+    # The lesion head's encoder stops after stage 1: SACA deeper would never run, so it is refused.
+    with pytest.raises(ValueError, match="deeper stage"):
+        _net(pooling="lesion", saca_stages=(4,))
+    # Without saca_stages, SACA sits where the head reads.
+    assert _net(pooling="lesion").init_kwargs["saca_stages"] == (1,)
+    assert _net(pooling="mean").init_kwargs["saca_stages"] == (4,)
     with pytest.raises(ValueError, match="pooling='lesion'"):
         _net(pooling="mean").lesion_map(net.forward_features(x))
 
 
+def test_lesion_encoder_stops_after_stage_1_exactly_and_freezes_the_rest():
+    net = _net(pooling="lesion", saca_stages=(1,)).eval()
+    x = torch.randn(2, 1, 32, 64, 32)
+    with torch.no_grad():
+        full = net.swinViT(x, True)  # MONAI's own forward: every stage
+        truncated = net.forward_features(x)
+    assert truncated[3:] == [None, None, None]
+    assert torch.equal(truncated[1], full[0]) and torch.equal(truncated[2], full[1])
+    # Stages 2-4 are never run: frozen, so neither the optimiser nor DDP waits for their gradients.
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("swinViT.layers2", "swinViT.layers3", "swinViT.layers4")) for n in trainable)
+    assert any(n.startswith("swinViT.layers1") for n in trainable)
+    net.train()
+    net(x, x.flip(2)).sum().backward()
+    assert all(p.grad is not None for n, p in net.named_parameters() if p.requires_grad), "a trainable parameter got no gradient"
+    # The state dict keeps every Swin key, so SwinUNETR weights and earlier files still load.
+    assert any(k.startswith("swinViT.layers4") for k in net.state_dict())
+    mean_net = _net(pooling="mean")
+    assert all(p.requires_grad for p in mean_net.parameters())
+
+
 def test_mirror_pair_is_both_scans_each_with_the_other_as_counterpart():
     for use_saca in (True, False):
-        net = _net(pooling="lesion", saca_stages=(1, 4), use_saca=use_saca, pairing="mirror-pair")
+        net = _net(pooling="lesion", saca_stages=(1,), use_saca=use_saca, pairing="mirror-pair")
         x = torch.randn(2, 1, 32, 32, 32)
         xc = x.flip(2)
         with torch.no_grad():

@@ -44,6 +44,7 @@ __all__ = [
     "encode",
     "stage_index",
     "token_grid_shape",
+    "unused_stage_parameters",
 ]
 
 STRIDE = 32
@@ -182,9 +183,37 @@ def check_spatial_input(x: torch.Tensor, in_channels: int, name: str = "x") -> N
         raise ValueError(f"{name} spatial shape {tuple(x.shape[2:])} must be divisible by {STRIDE}")
 
 
-def encode(swin: SwinTransformer, x: torch.Tensor, normalize: bool) -> List[torch.Tensor]:
-    """``[x, h0, h1, h2, h3, h4]`` (see the module docstring)."""
-    return [x] + list(swin(x, normalize))
+def encode(swin: SwinTransformer, x: torch.Tensor, normalize: bool, last_stage: int = 4) -> List[Optional[torch.Tensor]]:
+    """``[x, h0, h1, h2, h3, h4]`` (see the module docstring).
+
+    ``last_stage`` < 4 stops after Swin stage ``last_stage``: the deeper entries are None and
+    their stages are not run. A head that reads only stage 1 (the lesion map) then skips about
+    half of the encoder's work; ``h0 .. h_last`` are exactly what the full pass gives (the
+    same modules in the same order as MONAI's ``SwinTransformer.forward``, which runs them all).
+    """
+    if last_stage == 4:
+        return [x] + list(swin(x, normalize))
+    if last_stage not in SACA_STAGES:
+        raise ValueError(f"last_stage must be one of {SACA_STAGES}, got {last_stage}")
+    h = swin.pos_drop(swin.patch_embed(x))
+    out: List[Optional[torch.Tensor]] = [x, swin.proj_out(h, normalize)]
+    for stage in range(1, last_stage + 1):
+        if swin.use_v2:
+            h = getattr(swin, f"layers{stage}c")[0](h.contiguous())
+        h = getattr(swin, f"layers{stage}")[0](h.contiguous())
+        out.append(swin.proj_out(h, normalize))
+    return out + [None] * (4 - last_stage)
+
+
+def unused_stage_parameters(swin: SwinTransformer, last_stage: int) -> List[nn.Parameter]:
+    """Parameters of the Swin stages after ``last_stage``, which ``encode(..., last_stage)`` never runs."""
+    params: List[nn.Parameter] = []
+    for stage in range(last_stage + 1, 5):
+        for name in (f"layers{stage}", f"layers{stage}c"):
+            module = getattr(swin, name, None)
+            if module is not None:
+                params += list(module.parameters())
+    return params
 
 
 def apply_saca(

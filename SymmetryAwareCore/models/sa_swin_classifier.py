@@ -38,6 +38,7 @@ from .encoder import (
     encode,
     encode_pair,
     stage_index,
+    unused_stage_parameters,
 )
 from .sa_swin_unetr import PAIRINGS
 
@@ -67,8 +68,9 @@ class SASwinClassifier(nn.Module):
         spatial_dims: must be 3.
         use_saca: False pools the patch's own bottleneck tokens (a plain Swin baseline).
         saca_stages: Swin stages (1-4) followed by a SACA block; 4 is the paper's bottleneck.
-            The head reads stage 4 (``"mean"``, ``"multiscale"``) or stage 1 (``"lesion"``), so
-            a SACA stage the head does not read changes nothing but the compute.
+            The head reads stage 4 (``"mean"``, ``"multiscale"``) or stage 1 (``"lesion"``, whose
+            encoder stops after stage 1, so a deeper SACA stage is a ValueError). ``None``: the
+            stage the head reads, ``(4,)`` or ``(1,)``.
         saca_heads, saca_mlp_ratio, saca_dropout_rate, saca_position_encoding: of the
             bottleneck SACA block.
         head_dropout_rate: dropout before the final linear layer.
@@ -103,7 +105,7 @@ class SASwinClassifier(nn.Module):
         downsample: str = "merging",
         use_v2: bool = False,
         use_saca: bool = True,
-        saca_stages: Sequence[int] = (4,),
+        saca_stages: Optional[Sequence[int]] = None,
         saca_heads: Optional[int] = None,
         saca_mlp_ratio: float = 4.0,
         saca_dropout_rate: float = 0.0,
@@ -127,6 +129,18 @@ class SASwinClassifier(nn.Module):
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
         self.pairing = pairing
+        # The deepest Swin stage the head reads. The lesion head reads stage 1 only, so the
+        # encoder stops there and stages 2-4 are frozen below (never run, so never trained). They stay
+        # in the module, so SwinUNETR / SSL weights and earlier checkpoints load key for key.
+        self.encoder_last_stage = LESION_STAGE if pooling == "lesion" else 4
+        if saca_stages is None:
+            saca_stages = (self.encoder_last_stage,)
+            init_kwargs["saca_stages"] = saca_stages
+        if use_saca and any(int(s) > self.encoder_last_stage for s in saca_stages):
+            raise ValueError(
+                f"pooling={pooling!r} reads Swin stage {self.encoder_last_stage}: SACA at a deeper stage "
+                f"({tuple(saca_stages)}) would never be run"
+            )
         self.in_channels = in_channels
         self.normalize = normalize
         self.pooling = pooling
@@ -141,6 +155,8 @@ class SASwinClassifier(nn.Module):
             if use_saca
             else None
         )
+        for p in unused_stage_parameters(self.swinViT, self.encoder_last_stage):
+            p.requires_grad_(False)
         if pooling == "lesion":
             width = feature_size * 2**LESION_STAGE
             self.lesion_norm = nn.LayerNorm(width)
@@ -189,9 +205,10 @@ class SASwinClassifier(nn.Module):
         return (logits, attention) if return_attention else logits
 
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """``[x, h0, h1, h2, h3, h4]``, as :meth:`SASwinUNETR.forward_features`."""
+        """``[x, h0, h1, h2, h3, h4]``, as :meth:`SASwinUNETR.forward_features`; entries after
+        :attr:`encoder_last_stage` (``pooling="lesion"``: ``h2 .. h4``) are None, not computed."""
         check_spatial_input(x, self.in_channels)
-        return encode(self.swinViT, x, self.normalize)
+        return encode(self.swinViT, x, self.normalize, self.encoder_last_stage)
 
     def pooled_tokens(
         self,
