@@ -12,6 +12,12 @@ A classifier trained with ``pairing="mirror-pair"`` classified the scan AND its 
 call, at the cost of the counterpart pass that SACA needs anyway, and their probabilities
 (and maps, the mirror image's flipped back) are averaged.
 
+A card may carry a Platt calibration (``postprocessing.calibration``: ``p' = sigmoid(scale *
+logit(p) + offset)`` per finding, fitted on cases apart from training and evaluation by
+``Training/scripts/calibrate_classifier.py``); the probabilities and maps are then given on
+that scale (:func:`calibrate`), and the result says so. The scale is positive, so the order of
+the scans and the map's peak do not change.
+
 A classifier with ``pooling="lesion"`` scores every token of a map whose maximum is the scan
 logit: :func:`classify_case` with ``maps=True`` gives each finding's map as a probability on
 the input's grid (the map resized over the brain box, linear; 0 outside the head).
@@ -35,7 +41,7 @@ from .engine import fused_window_attention
 from .model_source import LoadedModel
 from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model, unit_map_on_native
 
-__all__ = ["finding_names", "has_lesion_map", "classify_prepared", "classify_case"]
+__all__ = ["finding_names", "has_lesion_map", "calibration_of", "calibrate", "classify_prepared", "classify_case"]
 
 
 def finding_names(model: LoadedModel) -> List[str]:
@@ -55,15 +61,35 @@ def has_lesion_map(model: LoadedModel) -> bool:
     return card_has_lesion_map(model.card) and getattr(model.network, "pooling", None) == "lesion"
 
 
+def calibration_of(model: LoadedModel) -> Optional[Dict]:
+    """The card's Platt calibration (checked when the card was read), or None."""
+    return (model.card.postprocessing or {}).get("calibration")
+
+
+def calibrate(probabilities: np.ndarray, calibration: Optional[Dict]) -> np.ndarray:
+    """``sigmoid(scale * logit(p) + offset)`` with finding ``f``'s scale and offset applied
+    along axis 0 (``(F,)`` probabilities or ``(F, ...)`` maps); ``p`` unchanged without a
+    calibration. The one calibration rule: classify and the calibration script both use it."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if not calibration:
+        return p
+    shape = (-1,) + (1,) * (p.ndim - 1)
+    scale = np.asarray(calibration["scale"], dtype=np.float64).reshape(shape)
+    offset = np.asarray(calibration["offset"], dtype=np.float64).reshape(shape)
+    q = np.clip(p, 1e-7, 1.0 - 1e-7)  # a sigmoid in float32 can round to exactly 0 or 1
+    return 1.0 / (1.0 + np.exp(-(scale * np.log(q / (1.0 - q)) + offset)))
+
+
 def classify_prepared(cropped: np.ndarray, model: LoadedModel, device: Union[str, torch.device] = "cpu",
-                      return_maps: bool = False):
+                      return_maps: bool = False, calibrated: bool = True):
     """Finding probabilities ``(F,)`` of one prepared brain box ``(C', w, h, d)`` (axis 1
     left-right, as :attr:`~SymmetryAwareCore.preprocessing.PreparedCase.cropped` or a
     training cache entry): resized to the card's ROI, paired with its left-right flip.
 
     With ``return_maps`` (a ``pooling="lesion"`` classifier) also ``(F, w, h, d)`` float32
     probabilities over the box: the token map resized onto the box (trilinear), axis 1
-    left-right.
+    left-right. ``calibrated``: on the card's calibrated scale when it has one (:func:`calibrate`);
+    False gives the network's own sigmoid (what a calibration is fitted to).
     """
     names = finding_names(model)
     if return_maps and not has_lesion_map(model):
@@ -86,12 +112,13 @@ def classify_prepared(cropped: np.ndarray, model: LoadedModel, device: Union[str
         probabilities = probabilities.mean(dim=0, keepdim=True)
         if maps is not None:
             maps = 0.5 * (maps[:1] + flip_lr(maps[1:], spatial_start=2))
-    probabilities = probabilities[0].cpu().numpy()
+    calibration = calibration_of(model) if calibrated else None
+    probabilities = calibrate(probabilities[0].cpu().numpy(), calibration)
     if not return_maps:
         return probabilities
     box = torch.nn.functional.interpolate(maps, size=tuple(int(s) for s in cropped.shape[1:]), mode="trilinear",
                                           align_corners=False)
-    return probabilities, box[0].clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+    return probabilities, calibrate(box[0].clamp(0.0, 1.0).cpu().numpy(), calibration).astype(np.float32)
 
 
 def classify_case(
@@ -122,6 +149,7 @@ def classify_case(
         probabilities, box_maps = classify_prepared(prepared.cropped, model, dev, return_maps=True)
     else:
         probabilities, box_maps = classify_prepared(prepared.cropped, model, dev), None
+    calibration = calibration_of(model)
     times["inference"] = time.perf_counter() - t
     notes = list(model.notes) + prepared.notes
     extra = {}
@@ -133,6 +161,9 @@ def classify_case(
     return {
         "inputs": [str(p) for p in paths],
         "probabilities": {n: float(p) for n, p in zip(names, probabilities)},
+        # What the probabilities mean: fitted to observed frequencies (on which cases), or the
+        # network's raw sigmoid, a ranking score that need not be a frequency.
+        "calibration": calibration.get("fitted_on", "platt") if calibration else None,
         "msp": prepared.plane.to_dict(),
         "model": model.describe(),
         "device": str(dev),

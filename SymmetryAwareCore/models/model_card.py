@@ -145,6 +145,20 @@ def _check_postprocessing(post: Dict[str, Any], path) -> None:
     threshold = post.get("threshold")
     if threshold is not None and not (_number(threshold, _FLOAT) and 0 < threshold < 1):
         raise InputError(f"model card: postprocessing.threshold must lie in (0, 1), got {threshold!r}", path)
+    calibration = post.get("calibration")
+    if calibration is not None:
+        findings = post.get("findings")
+        n = len(findings) if isinstance(findings, list) else None
+        ok = isinstance(calibration, dict) and calibration.get("method") == "platt"
+        for key in ("scale", "offset"):
+            values = calibration.get(key) if ok else None
+            ok = ok and isinstance(values, list) and len(values) == n and all(
+                _number(v, _FLOAT) for v in values)
+        # A positive scale keeps the order of the scores: the AUC, the ranking and the map's peak.
+        if not ok or not all(v > 0 for v in calibration["scale"]):
+            raise InputError(
+                "model card: postprocessing.calibration must be {method: platt, scale: [>0 per finding], "
+                "offset: [one per finding]} with postprocessing.findings", path)
     regions = post.get("regions")
     if regions is not None:
         if not isinstance(regions, dict) or not all(

@@ -69,6 +69,10 @@ class LoadedClassification:
 def classification_summary(loaded: LoadedClassification) -> str:
     """Lines for the panel: each finding's probability, and what the maps are."""
     lines = [f"{name}: probability {p:.3f}" for name, p in loaded.probabilities.items()]
+    calibration = loaded.result.get("calibration")
+    # Say what the number is: a frequency only where the card's calibration was fitted.
+    lines.append(f"Calibrated on {calibration}" if calibration else
+                 "Not calibrated: a score for ranking scans, not the chance of the finding")
     if loaded.maps:
         lines.append("Map: where the classifier sees each finding (0-1), shown over the scan")
     device = loaded.result.get("device")
