@@ -454,16 +454,19 @@ def classify_command(
     device: str = "auto",
     core_module: str = "SymmetryAwareCore",
     overwrite: bool = False,
+    progress: str = "machine",
 ) -> List[str]:
     """Argument vector of ``python -m SymmetryAwareCore classify`` for one case.
 
     The probabilities go to ``output_file`` (JSON keyed by case id); with ``maps_dir`` the
-    classifier's lesion maps go there, named by :func:`finding_map_file`.
+    classifier's lesion maps go there, named by :func:`finding_map_file`. ``progress``:
+    ``machine`` prints :data:`PROGRESS_PROTOCOL` lines on stdout for a caller's progress bar.
     """
     if not inputs:
         raise ValueError("at least one input image is needed")
     command = [str(python), "-m", core_module, "classify", *[str(p) for p in inputs],
-               "--model", str(model), "--device", str(device), "--output", str(output_file)]
+               "--model", str(model), "--device", str(device), "--output", str(output_file),
+               "--progress", progress]
     if maps_dir is not None:
         command += ["--maps", str(maps_dir)]
     if overwrite:

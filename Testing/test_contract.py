@@ -97,6 +97,7 @@ def test_classify_command_is_parsed_by_the_real_classify_parser():
     assert str(args.output) == "/w/findings.json" and str(args.maps) == "/w/maps" and args.overwrite
     plain = build_parser().parse_args(contract.classify_command("p", ["a.nii"], "m", "o.json")[3:])
     assert plain.maps is None and not plain.overwrite and plain.device == "auto"
+    assert args.progress == "machine"  # the module's progress bar reads the machine lines
     with pytest.raises(ValueError):
         contract.classify_command("p", [], "m", "o.json")
 

@@ -95,10 +95,15 @@ def test_logic_classifies_with_the_real_core_and_shows_the_map_on_the_scan(tmp_p
     assert "Apply gives one probability per finding and a map of where it sees it" in card.describe()
     ordered = logic.assign_volumes(card, nodes)
     inputs = logic.export_inputs(ordered, tmp_path / "inputs")
-    child, result = logic.start_classification(inputs, tmp_path / "run", card, device="cpu")
+    events = []
+    child, result = logic.start_classification(inputs, tmp_path / "run", card, device="cpu", on_event=events.append)
     child.wait(timeout=300)
     child.check()
     assert result.with_maps
+    # The panel's bar moves: the child reports its stages and a fraction that rises to 1.
+    fractions = [e.value for e in events if e.kind == "progress"]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"aligning", "classifying", "maps"} <= {e.text for e in events if e.kind == "stage"}
     loaded = logic.load_classification(result, ordered[0])
     written = json.loads(result.output_file.read_text())
     (case_id, data), = written.items()

@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--maps", type=Path, metavar="DIR",
                         help="folder for each finding's map on the input grid (classifiers with a lesion map)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file or map files")
+    parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
     from .segment import add_budget_argument
 
     add_budget_argument(parser)
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.atomic import atomic_path
     from ..io.outputs import check_distinct_outputs, check_output_dir, check_output_file
     from ..io.writers import write_map
+    from .progress import ProgressPrinter
     from .segment import check_frame_budget
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -76,14 +78,17 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(f, all_inputs, overwrite=args.overwrite)
     spacing = model.card.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     results, failed = {}, 0
-    for case in cases:
+    printer = ProgressPrinter(args.progress)
+    for index, case in enumerate(cases):
+        printer.start_case(index, len(cases), case.case_id)
         try:
             check_frame_budget(case.paths, spacing)
-            result = classify_case(case.paths, model, args.device, args.msp_fallback, maps=args.maps is not None)
+            result = classify_case(case.paths, model, args.device, args.msp_fallback, maps=args.maps is not None,
+                                   progress=printer.update)
         except InputError as error:
             if len(cases) == 1:
                 raise
-            print(f"{case.case_id}: error: {error}", file=sys.stderr)
+            printer.message(f"{case.case_id}: error: {error}")
             failed += 1
             continue
         maps, native = result.pop("maps", None), result.pop("native", None)

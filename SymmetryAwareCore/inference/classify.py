@@ -39,9 +39,12 @@ from ..preprocessing import whole_scan_input
 from .device import resolve_device
 from .engine import fused_window_attention
 from .model_source import LoadedModel
-from .pipeline import SegmentOptions, model_preprocessing, prepare_for_model, unit_map_on_native
+from .pipeline import Progress, SegmentOptions, StageProgress, model_preprocessing, prepare_for_model, unit_map_on_native
 
-__all__ = ["finding_names", "has_lesion_map", "calibration_of", "calibrate", "classify_prepared", "classify_case"]
+# Share of the progress bar per stage: on a CPU, aligning and the one encoder call take most.
+CLASSIFY_STAGES = (("loading", 0.05), ("aligning", 0.45), ("classifying", 0.4), ("maps", 0.1))
+
+__all__ = ["CLASSIFY_STAGES", "finding_names", "has_lesion_map", "calibration_of", "calibrate", "classify_prepared", "classify_case"]
 
 
 def finding_names(model: LoadedModel) -> List[str]:
@@ -127,8 +130,12 @@ def classify_case(
     device: str = "auto",
     msp_on_failure: str = "error",
     maps: bool = False,
+    progress: Optional[Progress] = None,
 ) -> Dict:
     """Probability of each finding for one scan.
+
+    ``progress``: ``callable(fraction 0..1, stage name)`` over :data:`CLASSIFY_STAGES`, as
+    :func:`~SymmetryAwareCore.inference.pipeline.segment_case` reports its stages.
 
     Returns:
         a JSON-ready dict: ``probabilities`` ``{finding: p}``, the plane, model, device and
@@ -141,8 +148,10 @@ def classify_case(
     card = model.card
     started = time.perf_counter()
     times = {}
-    prepared = prepare_for_model(paths, model, SegmentOptions(msp_on_failure=msp_on_failure))
+    stages = StageProgress(progress, CLASSIFY_STAGES)
+    prepared = prepare_for_model(paths, model, SegmentOptions(msp_on_failure=msp_on_failure), progress=stages.stage)
     times.update(prepared.times)
+    stages.begin("classifying")
     t = time.perf_counter()
     dev = resolve_device(device)
     if maps:
@@ -154,10 +163,14 @@ def classify_case(
     notes = list(model.notes) + prepared.notes
     extra = {}
     if box_maps is not None:
+        stages.begin("maps")
         t = time.perf_counter()
         extra["maps"] = {n: unit_map_on_native(prepared, prepared.frame_map(m)) for n, m in zip(names, box_maps)}
         extra["native"] = prepared.native
         times["maps"] = time.perf_counter() - t
+    stages.end()
+    if progress is not None:
+        progress(1.0, "done")
     return {
         "inputs": [str(p) for p in paths],
         "probabilities": {n: float(p) for n, p in zip(names, probabilities)},

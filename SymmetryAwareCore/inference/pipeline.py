@@ -52,7 +52,7 @@ from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
 __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
            "prepare_for_model", "prepare_loaded_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
            "predict_box", "probabilities_to_native", "threshold_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head",
-           "unit_map_on_native"]
+           "unit_map_on_native", "StageProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,18 @@ class CaseResult:
     skipped: bool = False
 
 
-class _Stages:
-    """Turns per-stage fractions into one overall fraction and records stage times."""
+class StageProgress:
+    """Turns per-stage fractions into one overall fraction and records stage times.
 
-    def __init__(self, progress: Optional[Progress]):
+    ``table``: ``(stage, share of the bar)`` in run order (segmentation's by default)."""
+
+    def __init__(self, progress: Optional[Progress], table: Sequence[Tuple[str, float]] = _STAGES):
         self.progress = progress
         self.times: Dict[str, float] = {}
         self._start = 0.0
         self._offsets = {}
         acc = 0.0
-        for name, share in _STAGES:
+        for name, share in table:
             self._offsets[name] = (acc, share)
             acc += share
         self._current = None
@@ -560,7 +562,7 @@ def segment_case(
             return CaseResult(case_id, case_dir, {}, json.loads(report_path.read_text()), skipped=True)
         raise InputError("output folder exists and holds no finished result; use --overwrite to replace it", case_dir)
 
-    stages = _Stages(progress)
+    stages = StageProgress(progress)
     started = time.perf_counter()
     symmetry_head = model_symmetry_head(model)  # a broken head reference fails before the heavy work
 
@@ -593,7 +595,7 @@ def write_case_outputs(
     outputs: NativeOutputs,
     model: LoadedModel,
     options: SegmentOptions,
-    stages: Optional[_Stages] = None,
+    stages: Optional[StageProgress] = None,
     started: Optional[float] = None,
 ) -> Tuple[Dict[str, Path], dict]:
     """Part 4: every output file and the report into ``case_dir``, all or nothing.
@@ -602,7 +604,7 @@ def write_case_outputs(
     at the end. Returns ``(files, report)``.
     """
     card = model.card
-    stages = stages or _Stages(None)
+    stages = stages or StageProgress(None)
     started = time.perf_counter() if started is None else started
     native = prepared.native
     plane, frame, box = prepared.plane, prepared.frame, prepared.box
