@@ -14,7 +14,7 @@ import torch
 
 from SymmetryAwareCore.errors import InputError
 from SymmetryAwareCore.inference.classify import calibrate, classify_case, classify_prepared
-from SymmetryAwareCore.inference.model_source import LoadedModel
+from SymmetryAwareCore.inference.model_source import LoadedModel, resolve_model
 from SymmetryAwareCore.models.model_card import load_model
 from SymmetryAwareCore.models.sa_swin_classifier import SASwinClassifier
 from SymmetryAwareCore.phantoms import sample_case_paths
@@ -140,3 +140,20 @@ def test_the_panel_says_whether_the_probability_is_calibrated():
     assert "haemorrhage: probability 0.640" in raw and "Not calibrated" in raw
     cal = classification_summary(LoadedClassification("c", {"haemorrhage": 0.3}, result={"calibration": "100 cases"}))
     assert "Calibrated on 100 cases" in cal and "Not calibrated" not in cal
+
+
+def test_the_shipped_ct_cards_held_out_calibration_figures_follow_from_its_stored_cases():
+    """The card's before/after Brier and ECE on its 100 held-out cases are recomputed here from
+    the stored uncalibrated probabilities and the stored calibration, by the one rule."""
+    model = resolve_model("ct-haemorrhage-phantom-saswin-f12")
+    calibration = model.card.postprocessing["calibration"]
+    cases = model.card.metrics["cases"]
+    raw = np.array([c["probability"] for c in cases])
+    targets = np.array([c["target"] for c in cases])
+    reported = model.card.metrics["calibration"]
+    before = calibration_metrics(raw, targets)
+    after = calibration_metrics(calibrate(raw[None], calibration)[0], targets)
+    for key in ("brier", "ece"):
+        assert before[key] == pytest.approx(reported["uncalibrated"][key], abs=1e-4)
+        assert after[key] == pytest.approx(reported["calibrated"][key], abs=1e-4)
+    assert after["brier"] < before["brier"]  # the shipping rule for the calibration
