@@ -22,6 +22,7 @@ from SymmetryAwareCore.phantoms import sample_case_paths
 SCRIPTS = Path(__file__).resolve().parents[1] / "Training" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 try:
+    import calibrate_classifier
     from calibrate_classifier import calibration_metrics, fit_platt
 finally:
     sys.path.remove(str(SCRIPTS))
@@ -103,6 +104,21 @@ def test_a_bad_calibration_in_a_card_is_one_line_error(lesion_card, tmp_path, ca
     assert "\n" not in str(info.value), why
 
 
+def test_a_calibration_matches_findings_kept_in_extra_as_training_cards_keep_them(lesion_card, tmp_path):
+    """The findings are read by the one rule (contract.card_findings), wherever the card keeps them."""
+    data = json.loads(lesion_card.read_text())
+    data.setdefault("extra", {})["findings"] = data["postprocessing"].pop("findings")
+    data["postprocessing"]["calibration"] = {"method": "platt", "scale": [1.0, 2.0], "offset": [0.0, 0.1]}
+    moved = lesion_card.parent / f"extra_{tmp_path.name}.json"
+    moved.write_text(json.dumps(data))
+    _, card = load_model(moved)
+    assert card.postprocessing["calibration"]["scale"] == [1.0, 2.0]
+    data["postprocessing"]["calibration"]["scale"] = [1.0]
+    moved.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="postprocessing.calibration"):
+        load_model(moved)
+
+
 def test_classify_applies_the_cards_calibration_to_probabilities_and_maps(lesion_card, tmp_path):
     network, card = load_model(lesion_card)
     raw_model = LoadedModel(network, card, str(lesion_card))
@@ -157,3 +173,67 @@ def test_the_shipped_ct_cards_held_out_calibration_figures_follow_from_its_store
         assert before[key] == pytest.approx(reported["uncalibrated"][key], abs=1e-4)
         assert after[key] == pytest.approx(reported["calibrated"][key], abs=1e-4)
     assert after["brier"] < before["brier"]  # the shipping rule for the calibration
+
+
+def _calibration_inputs(tmp_path, save_classifier, training_names=()):
+    """A one-finding card with 20 stored held-out cases, and a 40-case calibration datalist."""
+    torch.manual_seed(3)
+    net = SASwinClassifier(in_channels=4, out_channels=1, pooling="lesion", **SMALL)
+    card = save_classifier(net, tmp_path / "one.safetensors", ["haemorrhage"], "tiny-one-finding")
+    data = json.loads(card.read_text())
+    rng = np.random.default_rng(0)
+    held = [{"case": f"ho_{i}", "target": i % 2, "probability": float(0.6 + 0.04 * (i % 2) + rng.normal(0, 0.02))}
+            for i in range(20)]
+    data["metrics"] = {"cases": held}
+    if training_names:
+        train_list = tmp_path / "train.json"
+        train_list.write_text(json.dumps({"training": [{"name": n, "image": ["x.nii.gz"]} for n in training_names]}))
+        data["extra"] = {"training_run": {"data": {"datalist": str(train_list)}}}
+    card.write_text(json.dumps(data))
+    datalist = tmp_path / "calib.json"
+    datalist.write_text(json.dumps({"training": [{"name": f"cal_{i}", "image": [f"cal_{i}.nii.gz"], "haemorrhage": i % 2}
+                                                 for i in range(40)]}))
+    return card, datalist
+
+
+def test_the_calibration_script_fits_on_raw_scores_and_rewrites_only_the_card(tmp_path, save_classifier, monkeypatch):
+    """End to end with the scoring replaced by known raw scores (p = 0.60 or 0.64 plus noise):
+    the script asks for uncalibrated scores, fits a positive scale, writes the card's
+    calibration and held-out figures, and leaves the weights (and their hash) alone."""
+    from SymmetryAwareCore.inference import classify as classify_module
+
+    card, datalist = _calibration_inputs(tmp_path, save_classifier)
+    weights_before = (tmp_path / "one.safetensors").read_bytes()
+    rng = np.random.default_rng(1)
+    asked = []
+
+    def fake_classify_case(paths, model, device="auto", calibrated=True, **_):
+        asked.append(calibrated)
+        target = int(Path(paths[0]).name.split("_")[1].split(".")[0]) % 2
+        return {"probabilities": {"haemorrhage": float(0.6 + 0.04 * target + rng.normal(0, 0.02))}}
+
+    monkeypatch.setattr(classify_module, "classify_case", fake_classify_case)
+    assert calibrate_classifier.main(["--card", str(card), "--datalist", str(datalist), "--recipe", "test"]) == 0
+    assert asked == [False] * 40
+    data = json.loads(card.read_text())
+    calibration = data["postprocessing"]["calibration"]
+    assert calibration["method"] == "platt" and calibration["scale"][0] > 1  # stretches the squeezed band
+    assert "40 cases of" in calibration["fitted_on"] and "test" in calibration["fitted_on"]
+    reported = data["metrics"]["calibration"]
+    assert reported["calibrated"]["brier"] < reported["uncalibrated"]["brier"]
+    assert (tmp_path / "one.safetensors").read_bytes() == weights_before
+    _, loaded = load_model(card)  # the hash still matches, the calibration passes the card check
+    assert loaded.postprocessing["calibration"] == calibration
+
+
+def test_the_calibration_script_refuses_cases_it_has_trained_or_been_scored_on(tmp_path, save_classifier):
+    card, datalist = _calibration_inputs(tmp_path, save_classifier, training_names=["cal_7"])
+    before = card.read_text()
+    with pytest.raises(SystemExit, match="training run's datalist"):
+        calibrate_classifier.main(["--card", str(card), "--datalist", str(datalist)])
+    data = json.loads(datalist.read_text())
+    data["training"][0]["name"] = "ho_3"
+    datalist.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="held-out cases of the card"):
+        calibrate_classifier.main(["--card", str(card), "--datalist", str(datalist)])
+    assert card.read_text() == before

@@ -218,10 +218,27 @@ def test_maps_land_on_the_input_grid_whatever_the_storage_order(lesion_card, tmp
         np.testing.assert_array_equal(lps["native"].affine, reorient_to(native, "LPS").affine)
 
 
-def test_cli_writes_maps_on_the_input_grid_and_refuses_before_reading(lesion_card, tmp_path, capsys, save_classifier):
+def test_cli_writes_maps_on_the_input_grid_and_refuses_before_reading(lesion_card, tmp_path, capsys, save_classifier,
+                                                                      monkeypatch):
+    from SymmetryAwareCore.io import writers
+
     maps, out = tmp_path / "maps", tmp_path / "findings.json"
     args = ["classify", *map(str, _sample_paths()), "--model", str(lesion_card), "--device", "cpu"]
-    assert main(args + ["--maps", str(maps), "--output", str(out)]) == 0
+    real_write_map = writers.write_map
+
+    def write_map_and_say_so(*a, **k):
+        print("<map-written/>")
+        return real_write_map(*a, **k)
+
+    monkeypatch.setattr(writers, "write_map", write_map_and_say_so)
+    capsys.readouterr()
+    assert main(args + ["--maps", str(maps), "--output", str(out), "--progress", "machine"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # A progress bar (the Slicer module's) reaches 100 % only once the maps are on disk.
+    done = lines.index("<filter-stage>done</filter-stage>")
+    assert lines.count("<map-written/>") == len(FINDINGS) and lines.index("<map-written/>") < done
+    assert lines[done + 1] == "<filter-progress>1.0000</filter-progress>"
+    assert all("1.0000" not in line for line in lines[:done])
     data = json.loads(out.read_text())["sample_glioma"]
     native = read_image(_sample_paths()[0])
     for name in FINDINGS:

@@ -92,6 +92,20 @@ def make_toy_task(config):
     return task
 
 
+def make_frozen_toy_task(config):
+    """The toy task with its first layer frozen: its optimizer holds fewer parameters."""
+    task = ToyTask(config)
+    build = task.build_model
+
+    def build_frozen():
+        model = build()
+        model.conv1.requires_grad_(False)
+        return model
+
+    task.build_model = build_frozen
+    return task
+
+
 def _args(out: Path, *extra: str):
     return ["finetune-seg", "--output-dir", str(out), "--device", "cpu",
             "--set", "train.task=test_training_engine:make_toy_task",
@@ -142,6 +156,19 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     card = json.loads((full / "model.json").read_text())
     assert card["architecture"] == "ToyNet"
     assert list((full / "tensorboard").iterdir()), "no TensorBoard event file"
+
+
+def test_resuming_with_another_frozen_set_is_a_one_line_error(tmp_path, capsys):
+    """A checkpoint whose optimizer held other parameters (a network frozen differently since)
+    is refused in one line, not with PyTorch's traceback."""
+    run = tmp_path / "run"
+    assert main(_args(run, "--set", "train.stop_after_steps=3")) == 3
+    capsys.readouterr()
+    code = main(["finetune-seg", "--output-dir", str(run), "--resume",
+                 "--set", "train.task=test_training_engine:make_frozen_toy_task"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "optimizer state does not fit" in err and "Traceback" not in err
 
 
 def test_resume_differs_without_restored_state(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .progress import add_progress_argument
 
 EXAMPLE = """examples:
   symmetryaware classify head_ct.nii.gz --model ct-findings
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--maps", type=Path, metavar="DIR",
                         help="folder for each finding's map on the input grid (classifiers with a lesion map)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file or map files")
-    parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
+    add_progress_argument(parser)
     from .segment import add_budget_argument
 
     add_budget_argument(parser)
@@ -79,12 +80,18 @@ def run(args: argparse.Namespace) -> int:
     spacing = model.card.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     results, failed = {}, 0
     printer = ProgressPrinter(args.progress)
+
+    def until_written(fraction: float, stage: str) -> None:
+        # The maps are written here, after classify_case ends: "done" waits for them.
+        if stage != "done":
+            printer.update(fraction, stage)
+
     for index, case in enumerate(cases):
         printer.start_case(index, len(cases), case.case_id)
         try:
             check_frame_budget(case.paths, spacing)
             result = classify_case(case.paths, model, args.device, args.msp_fallback, maps=args.maps is not None,
-                                   progress=printer.update)
+                                   progress=until_written)
         except InputError as error:
             if len(cases) == 1:
                 raise
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 path = map_files[case.case_id][name]
                 write_map(array, native, path, "float16", case.paths)
                 result["maps"][name] = str(path)
+        printer.update(1.0, "done")
         results[case.case_id] = result
         text = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
         print(f"{case.case_id}: {text}")

@@ -11,7 +11,15 @@ import sys
 import time
 from typing import Optional, TextIO
 
-__all__ = ["ProgressPrinter", "format_seconds"]
+__all__ = ["PROGRESS_MODES", "ProgressPrinter", "add_progress_argument", "format_seconds"]
+
+PROGRESS_MODES = ("bar", "machine", "none")
+
+
+def add_progress_argument(parser) -> None:
+    """``--progress bar|machine|none``, the same option for every command that reports progress."""
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="bar",
+                        help="progress display: a bar on stderr, machine lines on stdout (for Slicer), or none")
 
 
 def format_seconds(seconds: float) -> str:
@@ -28,8 +36,8 @@ class ProgressPrinter:
     """
 
     def __init__(self, mode: str = "bar", stream: Optional[TextIO] = None):
-        if mode not in ("bar", "machine", "none"):
-            raise ValueError(f"progress mode must be bar, machine or none, got {mode!r}")
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"progress mode must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
         self.mode = mode
         self.stream = stream or (sys.stdout if mode == "machine" else sys.stderr)
         self.total_cases = 1

@@ -12,7 +12,7 @@ from typing import List, Sequence
 from ..contract import RunOptions, add_run_option_arguments
 from ..errors import InputError
 from ..io.validate import DEFAULT_MAX_VOXELS, VOXEL_BUDGET_ENV, check_resampled_budget
-from .progress import ProgressPrinter, format_seconds
+from .progress import ProgressPrinter, add_progress_argument, format_seconds
 
 EXAMPLE = """examples:
   symmetryaware segment --sample --output-dir out
@@ -75,7 +75,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case-id", help="name of the output folder (one case only)")
     parser.add_argument("--no-overview", action="store_true", help="do not write overview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace results that already exist")
-    parser.add_argument("--progress", choices=("bar", "machine", "none"), default="bar", help="progress display")
+    add_progress_argument(parser)
     add_budget_argument(parser)
 
 

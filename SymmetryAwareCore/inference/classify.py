@@ -131,8 +131,12 @@ def classify_case(
     msp_on_failure: str = "error",
     maps: bool = False,
     progress: Optional[Progress] = None,
+    calibrated: bool = True,
 ) -> Dict:
     """Probability of each finding for one scan.
+
+    ``calibrated``: as for :func:`classify_prepared` (False: the network's own sigmoid, what a
+    calibration is fitted to; the result's ``calibration`` is then None).
 
     ``progress``: ``callable(fraction 0..1, stage name)`` over :data:`CLASSIFY_STAGES`, as
     :func:`~SymmetryAwareCore.inference.pipeline.segment_case` reports its stages.
@@ -155,10 +159,11 @@ def classify_case(
     t = time.perf_counter()
     dev = resolve_device(device)
     if maps:
-        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev, return_maps=True)
+        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev, return_maps=True,
+                                                    calibrated=calibrated)
     else:
-        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev), None
-    calibration = calibration_of(model)
+        probabilities, box_maps = classify_prepared(prepared.cropped, model, dev, calibrated=calibrated), None
+    calibration = calibration_of(model) if calibrated else None
     times["inference"] = time.perf_counter() - t
     notes = list(model.notes) + prepared.notes
     extra = {}

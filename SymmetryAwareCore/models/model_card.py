@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ..contract import card_findings
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .checkpoints import load_state_dict_checked, read_state_dict, sha256_file
@@ -136,7 +137,9 @@ def _check_preprocessing(pre: Dict[str, Any], path) -> None:
         raise InputError(f"model card: unknown preprocessing.normalisation {norm!r} (known: {', '.join(NORMALISATIONS)})", path)
 
 
-def _check_postprocessing(post: Dict[str, Any], path) -> None:
+def _check_postprocessing(post: Dict[str, Any], path, findings: Tuple[str, ...] = ()) -> None:
+    """``findings``: the card's finding names (``contract.card_findings``, the one rule), which a
+    calibration must match one for one."""
     if not isinstance(post, dict):
         raise InputError("model card: postprocessing must be an object", path)
     activation = post.get("activation")
@@ -147,8 +150,7 @@ def _check_postprocessing(post: Dict[str, Any], path) -> None:
         raise InputError(f"model card: postprocessing.threshold must lie in (0, 1), got {threshold!r}", path)
     calibration = post.get("calibration")
     if calibration is not None:
-        findings = post.get("findings")
-        n = len(findings) if isinstance(findings, list) else None
+        n = len(findings) or None
         ok = isinstance(calibration, dict) and calibration.get("method") == "platt"
         for key in ("scale", "offset"):
             values = calibration.get(key) if ok else None
@@ -158,7 +160,7 @@ def _check_postprocessing(post: Dict[str, Any], path) -> None:
         if not ok or not all(v > 0 for v in calibration["scale"]):
             raise InputError(
                 "model card: postprocessing.calibration must be {method: platt, scale: [>0 per finding], "
-                "offset: [one per finding]} with postprocessing.findings", path)
+                "offset: [one per finding]} with the card's findings", path)
     regions = post.get("regions")
     if regions is not None:
         if not isinstance(regions, dict) or not all(
@@ -285,7 +287,7 @@ class ModelCard:
         check_text(self.name, "name", path)
         _check_kwargs(self.kwargs, path)
         _check_preprocessing(self.preprocessing, path)
-        _check_postprocessing(self.postprocessing, path)
+        _check_postprocessing(self.postprocessing, path, card_findings(self))
         in_ch = self.kwargs.get("in_channels", self.kwargs.get("image_channels"))
         network_channels = len(self.channels)
         if all(k in self.preprocessing for k in ("spacing", "roi_size", "normalisation")):

@@ -31,7 +31,7 @@ __all__ = ["PreparedCase", "prepare_case", "prepare_image", "brain_box", "unalig
 
 Box = Tuple[slice, slice, slice]
 # progress(stage, fraction of that stage): stages "loading" and "aligning".
-StageProgress = Callable[[str, float], None]
+StageCallback = Callable[[str, float], None]
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -145,7 +145,7 @@ def prepare_image(
     roi_center_ras: Optional[Sequence[float]] = None,
     roi_size_mm: Optional[Sequence[float]] = None,
     label: Optional[np.ndarray] = None,
-    progress: StageProgress = _no_progress,
+    progress: StageCallback = _no_progress,
 ) -> PreparedCase:
     """Prepare a loaded ``(C, X, Y, Z)`` scan (any orientation) as ``spec`` says.
 
@@ -207,7 +207,7 @@ def prepare_case(
     *,
     label_path: Optional[Path] = None,
     on_grid_mismatch: str = "resample",
-    progress: StageProgress = _no_progress,
+    progress: StageCallback = _no_progress,
     **kwargs,
 ) -> PreparedCase:
     """Read one file (or DICOM folder) per channel and :func:`prepare_image` it.

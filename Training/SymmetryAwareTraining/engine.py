@@ -220,7 +220,14 @@ def _train(config: RunConfig, task: Task, resume: Union[bool, str, Path], env: D
             state = load_checkpoint(resume_from, map_location="cpu")
         tracker.load_state_dict(state.get("validation") or {})
         unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:
+            # The optimizer holds only trainable parameters; a checkpoint from a network whose
+            # frozen set differs (e.g. a lesion classifier saved before stages 2-4 were frozen)
+            # has other parameter groups, and its moments cannot be mapped onto these.
+            raise InputError(f"{resume_from}: its optimizer state does not fit this network's trainable "
+                             f"parameters ({error}); start a new run (or initialise from its weights)") from None
         scheduler.load_state_dict(state["scheduler"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

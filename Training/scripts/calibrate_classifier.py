@@ -7,7 +7,10 @@ script:
 
 1. scores the calibration cases (a datalist apart from training and from the card's
    held-out cases: e.g. fresh phantoms of the same recipe with another seed) with the card's
-   network, uncalibrated (:func:`SymmetryAwareCore.inference.classify.classify_prepared`);
+   network, uncalibrated (:func:`SymmetryAwareCore.inference.classify.classify_case` with
+   ``calibrated=False``: the path of ``symmetryaware classify``). Calibration cases that
+   share a name with the card's held-out cases or with the cases of its training run's
+   datalist (when that file is found) are refused;
 2. fits ``p' = sigmoid(a * logit(p) + b)`` per finding by maximum likelihood (Newton's
    method on the two parameters, a small ridge on ``a - 1`` and ``b`` so that a separable
    set cannot run off to infinity); refuses ``a <= 0`` (the model ranks the calibration
@@ -90,9 +93,8 @@ def main(argv=None) -> int:
     held_out = card_json.get("metrics", {}).get("cases")
     if not held_out:
         raise SystemExit(f"{args.card}: the card has no metrics.cases (bundle it with bundle_classifier.py first)")
-    card_json.get("postprocessing", {}).pop("calibration", None)  # fit to the network's own sigmoid
+    card_json.get("postprocessing", {}).pop("calibration", None)  # a refit replaces the old one
     network, card = load_model(args.card)
-    card.postprocessing.pop("calibration", None)
     model = LoadedModel(network, card, str(args.card))
     names = finding_names(model)
     if len(names) != 1:
@@ -101,12 +103,18 @@ def main(argv=None) -> int:
     overlap = {e["name"] for e in entries} & {c["case"] for c in held_out}
     if overlap:
         raise SystemExit(f"{len(overlap)} calibration case(s) are held-out cases of the card, e.g. {sorted(overlap)[0]}")
+    trained_on = Path(((card_json.get("extra") or {}).get("training_run") or {}).get("data", {}).get("datalist") or "")
+    if trained_on.name and trained_on.is_file():
+        overlap = {e["name"] for e in entries} & {e["name"] for e in load_datalist(trained_on).all_entries()}
+        if overlap:
+            raise SystemExit(f"{len(overlap)} calibration case(s) share a name with the training run's datalist "
+                             f"{trained_on}, e.g. {sorted(overlap)[0]}")
     root = args.datalist.parent
     raw: List[float] = []
     truth: List[int] = []
     for entry in entries:
         start = time.perf_counter()
-        result = classify_case([root / p for p in entry["image"]], model, device="cpu")
+        result = classify_case([root / p for p in entry["image"]], model, device="cpu", calibrated=False)
         raw.append(result["probabilities"][names[0]])
         truth.append(int(finding_value(entry, names[0])))
         print(f"{entry['name']}: target {truth[-1]} probability {raw[-1]:.4f} ({time.perf_counter() - start:.1f} s)",
