@@ -13,7 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "Training" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 try:
     from bundle_classifier import auc, bootstrap_ci, describe_network, paired_auc_difference, pointing_hit, pointing_of
-    from compare_classifiers import compare, main
+    from compare_classifiers import compare, compare_pointing, main
 finally:
     sys.path.remove(str(SCRIPTS))
 
@@ -102,3 +102,20 @@ def test_card_description_names_the_network_settings():
                              "feature_size": 12})
     assert "SACA after Swin stage(s) 1" in text and "lesion map" in text and "mirror image" in text
     assert "no SACA" in describe_network({"use_saca": False, "feature_size": 12})
+
+
+def test_pointing_comparison_counts_discordant_patients_with_an_exact_mcnemar_p(tmp_path, capsys):
+    def cases(hits):
+        return {f"c{i}": {"case": f"c{i}", "target": 1, "probability": 0.5 + 0.01 * i, "pointing_hit": h}
+                for i, h in enumerate(hits)} | {f"h{i}": {"case": f"h{i}", "target": 0, "probability": 0.1 * i, "pointing_hit": None} for i in range(3)}
+    a = cases([True] * 6 + [False] * 4)
+    b = cases([True] * 2 + [False] * 8)
+    r = compare_pointing(a, b)
+    assert (r["patients"], r["hits_a"], r["hits_b"], r["only_a"], r["only_b"]) == (10, 6, 2, 4, 0)
+    assert r["mcnemar_p"] == pytest.approx(2 / 16)  # 4 discordant pairs, all one way: 2 * 0.5**4
+    assert compare_pointing(a, a)["mcnemar_p"] == 1.0
+    assert compare_pointing(_cases([0.4, 0.6], [0, 1]), _cases([0.4, 0.6], [0, 1])) is None
+    for name, c in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"metrics": {"cases": list(c.values())}}))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--repeats", "50"]) == 0
+    assert "pointing A 6/10  B 2/10; A only 4, B only 0" in capsys.readouterr().out

@@ -5,7 +5,8 @@ case's probability and truth), pairs the cases by name, and prints both AUCs and
 difference A - B with a paired bootstrap 95 % interval
 (:func:`bundle_classifier.paired_auc_difference`), then the reading of the decision rule
 in docs/models.md: "A better" if the interval is above 0, "A worse" if below, otherwise
-"no measurable difference".
+"no measurable difference". Beside it, without a rule, the pointing hits of both cards on the
+same patients (:func:`compare_pointing`).
 
 Run:
     python Training/scripts/compare_classifiers.py runs/bundles/ct_sa.json runs/bundles/ct_swin.json
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,6 +53,25 @@ def compare(a: Dict[str, Dict], b: Dict[str, Dict], repeats: int = 2000, seed: i
     return result
 
 
+def compare_pointing(a: Dict[str, Dict], b: Dict[str, Dict]) -> Optional[Dict[str, object]]:
+    """Pointing hits of the two cards on the patients both scored (``pointing_hit`` in
+    ``metrics.cases``): each card's hits, the discordant pairs (A hit and B missed, and the
+    reverse) and the exact two-sided McNemar p-value (a binomial test of the discordant pairs
+    at 1/2). Reported beside the AUC, without a decision rule; None when a card has no hits."""
+    names = [n for n in sorted(a) if n in b and a[n].get("pointing_hit") is not None
+             and b[n].get("pointing_hit") is not None]
+    if not names:
+        return None
+    ha = [bool(a[n]["pointing_hit"]) for n in names]
+    hb = [bool(b[n]["pointing_hit"]) for n in names]
+    only_a = sum(x and not y for x, y in zip(ha, hb))
+    only_b = sum(y and not x for x, y in zip(ha, hb))
+    k, n = min(only_a, only_b), only_a + only_b
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"patients": len(names), "hits_a": sum(ha), "hits_b": sum(hb), "only_a": only_a, "only_b": only_b,
+            "mcnemar_p": p}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("card_a", type=Path)
@@ -62,6 +83,10 @@ def main(argv=None) -> int:
     print(f"cases {r['cases']} ({r['positives']} positive, {r['negatives']} negative)")
     print(f"AUC A {r['auc_a']:.3f}  B {r['auc_b']:.3f}")
     print(f"AUC A - B {r['difference']:+.3f} [95 % CI {r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]: {r['reading']}")
+    hits = compare_pointing(card_cases(args.card_a), card_cases(args.card_b))
+    if hits is not None:
+        print(f"pointing A {hits['hits_a']}/{hits['patients']}  B {hits['hits_b']}/{hits['patients']}; "
+              f"A only {hits['only_a']}, B only {hits['only_b']}, exact McNemar p {hits['mcnemar_p']:.2g} (no rule)")
     return 0
 
 
