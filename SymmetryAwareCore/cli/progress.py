@@ -61,6 +61,8 @@ class ProgressPrinter:
     def update(self, fraction: float, stage: str) -> None:
         if self.mode == "none":
             return
+        if stage != self._stage and self._stage:
+            self.detail = ""  # a detail ("window 2/4") belongs to the stage that set it
         if self.mode == "machine":
             if stage != self._stage:
                 print(f"<filter-stage>{stage}</filter-stage>", file=self.stream, flush=True)
