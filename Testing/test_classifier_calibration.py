@@ -218,7 +218,8 @@ def test_the_calibration_script_fits_on_raw_scores_and_rewrites_only_the_card(tm
     data = json.loads(card.read_text())
     calibration = data["postprocessing"]["calibration"]
     assert calibration["method"] == "platt" and calibration["scale"][0] > 1  # stretches the squeezed band
-    assert "40 cases of" in calibration["fitted_on"] and "test" in calibration["fitted_on"]
+    assert calibration["fitted_on"] == "40 cases of " + tmp_path.name + " (20 with haemorrhage, 20 without)"
+    assert calibration["recipe"] == "test"
     reported = data["metrics"]["calibration"]
     assert reported["calibrated"]["brier"] < reported["uncalibrated"]["brier"]
     assert (tmp_path / "one.safetensors").read_bytes() == weights_before

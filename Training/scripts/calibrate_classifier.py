@@ -125,8 +125,11 @@ def main(argv=None) -> int:
                          "backwards; not calibrated")
     n_pos = sum(truth)
     calibration = {"method": "platt", "scale": [round(fit["scale"], 6)], "offset": [round(fit["offset"], 6)],
+                   # fitted_on is shown to the user (classify's result, the Slicer panel): short.
                    "fitted_on": (f"{len(truth)} cases of {args.datalist.parent.name} ({n_pos} with {names[0]}, "
-                                 f"{len(truth) - n_pos} without)" + (f": `{args.recipe}`" if args.recipe else ""))}
+                                 f"{len(truth) - n_pos} without)")}
+    if args.recipe:
+        calibration["recipe"] = args.recipe
     p_held = [c["probability"] for c in held_out]
     t_held = [c["target"] for c in held_out]
     card_json.setdefault("postprocessing", {})["calibration"] = calibration
