@@ -217,3 +217,36 @@ def test_mirror_pair_with_tta_is_the_input_path_with_tta_and_model_pairing_is_re
     torch.testing.assert_close(pair.logits, paper.logits)
     with pytest.raises(ValueError, match="pairing must be one of"):
         mirror_paired_sliding_window(volume, DoubleModel(), (16, 16, 16), pairing="both")
+
+
+class _HidesContextNeeds(nn.Module):
+    """The network without ``counterpart_feature_indices``: the engine encodes every counterpart."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.pairing = net, net.pairing
+
+    def forward_features(self, x):
+        return self.net.forward_features(x)
+
+    def forward_head(self, own, mirror, return_attention=False):
+        return self.net.forward_head(own, mirror, return_attention)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_a_network_without_saca_has_no_counterpart_encoded(tta):
+    # A plain Swin UNETR card (SACA off) reads nothing from the counterpart: one encoder pass
+    # per window, and the same logits as when every counterpart crop was encoded and dropped.
+    net = _net(use_saca=False).eval()
+    volume = np.random.default_rng(3).standard_normal((2, 96, 32, 32)).astype(np.float32)
+    roi = (64, 32, 32)
+    counter = CountingEncoder(net)
+    with torch.no_grad():
+        lean = mirror_paired_sliding_window(volume, net, roi, overlap=0.5, sw_batch_size=2, tta_flip=tta)
+        crops, counter.crops = counter.crops, 0
+        full = mirror_paired_sliding_window(volume, _HidesContextNeeds(net), roi, overlap=0.5, sw_batch_size=2,
+                                            tta_flip=tta)
+    # With TTA the flipped view's own crop is the mirror window's counterpart: still encoded.
+    assert lean.n_encoded == crops == lean.n_windows * (2 if tta else 1)
+    assert full.n_encoded == counter.crops == 2 * full.n_windows
+    torch.testing.assert_close(lean.logits, full.logits, atol=1e-5, rtol=1e-5)

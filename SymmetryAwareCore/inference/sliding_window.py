@@ -53,7 +53,8 @@ as it has ``sw_batch_size`` crops, and one pair adds at most 4; 2 in mirror-pair
 inference without TTA, so ``sw_batch_size + 1``). A model with a
 ``counterpart_feature_indices`` attribute (the hidden states its head reads from the
 counterpart; SASwinUNETR: the bottleneck only) lets counterpart crops keep only those
-when ``tta_flip`` is off, so about half the cache is skip features of windows. The padded
+when ``tta_flip`` is off, so about half the cache is skip features of windows; one whose
+head reads nothing from it (SACA off) has no counterpart crop encoded at all. The padded
 input and the blending accumulators live on the compute device in float32: ``(C + out + 1)``
 volumes (on a GPU as in MONAI's sliding window; the blended logits cross to the host once,
 divided in place). With attention, each window's head-averaged ``(N, N)`` attention is
@@ -101,7 +102,9 @@ class PairedResult:
         n_windows: windows in the grid (after padding).
         n_encoded: crops passed through ``forward_features`` (each distinct crop once):
             ``2 * n_windows`` with input pairing, ``n_windows + n_plane`` with mirror-pair
-            pairing without TTA (see the module docstring).
+            pairing without TTA (see the module docstring), ``n_windows`` for a model whose
+            head reads nothing from the counterpart (empty ``counterpart_feature_indices``)
+            without TTA.
         windows: the window start corners on the padded grid.
         padding: ``(before, after)`` per spatial axis that was added and cropped away.
         pairing: the pairing that ran (``"input"`` or ``"mirror-pair"``).
@@ -233,6 +236,9 @@ def mirror_paired_sliding_window(
     # inference counterpart crops are also heads' own crops: keep everything.
     keep = getattr(model, "counterpart_feature_indices", None)
     keep = None if tta_flip or shared or keep is None else set(int(i) for i in keep)
+    # A head that reads nothing from the counterpart (SACA off: a plain Swin UNETR card) needs
+    # no counterpart crop at all; encoding them anyway doubled such a model's encoder work.
+    no_context = keep is not None and not keep
 
     def encode(keys: List[CropKey]) -> Dict[CropKey, List[Optional[torch.Tensor]]]:
         cache: Dict[CropKey, List[Optional[torch.Tensor]]] = {}
@@ -275,6 +281,8 @@ def mirror_paired_sliding_window(
                         jobs.append((s, ("counterpart", m), ("window", m), True))
             if shared:
                 keys = list(dict.fromkeys(k for job in jobs for k in job[1:3]))
+            elif no_context:  # every window, nothing else
+                keys = [("window", s) for s in windows]
             else:  # every window and its counterpart crop, in window order
                 keys = list(dict.fromkeys(k for s in windows for k in (("window", s), ("counterpart", s))))
             cache = encode(keys)
@@ -290,7 +298,7 @@ def mirror_paired_sliding_window(
                 chunk = jobs[i : i + sw_batch_size]
                 n_hidden = len(cache[chunk[0][1]])
                 own = [stack([cache[j[1]][h] for j in chunk]) for h in range(n_hidden)]
-                mirror = [stack([cache[j[2]][h] for j in chunk]) for h in range(n_hidden)]
+                mirror = [None] * n_hidden if no_context else [stack([cache[j[2]][h] for j in chunk]) for h in range(n_hidden)]
                 with autocast(device, amp_dtype):
                     output = model.forward_head(own, mirror, return_attention=return_attention)
                 logits, attention = output if return_attention else (output, None)
