@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +99,42 @@ def test_amendment_questions_compare_arms_that_exist_and_use_the_same_rule(study
     swin = dict(item.split("=") for item in study.ARMS["swin_unetr"])
     assert control["model.kwargs.use_saca"] == "false" == swin["model.kwargs.use_saca"]
     assert {k: v for k, v in control.items() if k != "model.kwargs.use_saca"} == mirror
+
+
+class _MaskModel(torch.nn.Module):
+    """Marks every region where image channel 0 is above 0.5: a known prediction whose place
+    the engine must keep (the head reads only its own crop, so both pairings give the same)."""
+
+    def __init__(self, pairing):
+        super().__init__()
+        self.pairing = pairing
+
+    def forward_features(self, x):
+        return [x]
+
+    def forward_head(self, features, features_counterpart, return_attention=False):
+        return (20.0 * (features[0][:, :1] - 0.5)).expand(-1, 3, -1, -1, -1)
+
+
+@pytest.mark.parametrize("pairing", ["input", "mirror-pair"])
+def test_scan_scoring_counts_the_whole_box_on_the_right_side(study, pairing):
+    # Fifth amendment: Dice over the whole box and the WT false-positive volume. The lesion and
+    # a false-positive block sit on the left (low x) only: a result flipped or shifted by the
+    # engine would miss the lesion.
+    shape = (96, 64, 64)
+    label = np.zeros(shape, np.uint8)
+    label[10:20, 20:30, 20:30] = 2  # 1000 voxels of oedema: WT only
+    mark = label > 0
+    mark[30:40, 40:50, 40:50] = True  # 1000 voxels marked outside the lesion
+    volume = np.stack([mark.astype(np.float32), np.zeros(shape, np.float32)])
+    scores = study.score_scan(_MaskModel(pairing), volume, label, (1.5, 1.5, 1.5))
+    assert scores["WT"] == pytest.approx(2 * 1000 / (1000 + 2000))
+    assert scores["TC"] == scores["ET"] == 0.0  # marked, but no core or enhancing truth
+    assert scores["WT_false_positive_ml"] == pytest.approx(1000 * 1.5 ** 3 / 1000)
+    flipped = study.score_scan(_MaskModel(pairing), np.ascontiguousarray(volume[:, ::-1]), label, (1.5, 1.5, 1.5))
+    assert flipped["WT"] == 0.0
+
+
+def test_run_names_carry_their_label_size(study):
+    assert study.size_of(study.run_name("swin_unetr_pair_crops", 32, 2)) == 32
+    assert study.size_of(study.run_name("sa_swin_mirror_pair", 8, 0)) == 8

@@ -157,6 +157,11 @@ def run_name(arm: str, size: int, seed: int) -> str:
     return f"{arm}_n{size}_s{seed}"
 
 
+def size_of(name: str) -> int:
+    """The label size in a run's name (:func:`run_name`)."""
+    return int(name.rsplit("_n", 1)[1].split("_s")[0])
+
+
 def grid(arms: Sequence[str], sizes: Sequence[int], seeds: Sequence[int], input_seeds: Sequence[int]) -> List[tuple]:
     """The runs in order: seed-major, so a stopped study has whole seeds of every arm.
 
@@ -230,14 +235,70 @@ def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]
     return scores
 
 
+def score_scan(network, volume: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
+    """Whole-box scores of one prepared case (fifth amendment): Dice of TC/WT/ET over the box
+    and ``WT_false_positive_ml``, the volume marked whole tumour outside the true one.
+
+    The box is segmented as ``symmetryaware segment`` segments a case: the core's engine with
+    the CLI's default overlap and window batch, on the CPU in full precision; a mirror-pair
+    model runs the mirror-pair sliding window its card names.
+    """
+    import torch
+
+    from SymmetryAwareCore.contract import RunOptions
+    from SymmetryAwareCore.inference.engine import InferenceSettings, run_paired_inference
+    from SymmetryAwareTraining.metrics import dice_score, labels_to_regions
+
+    defaults = RunOptions()
+    settings = InferenceSettings(roi_size=(ROI,) * 3, overlap=defaults.overlap, sw_batch_size=defaults.sw_batch,
+                                 device="cpu", amp="off")
+    result, _ = run_paired_inference(torch.from_numpy(np.ascontiguousarray(volume)), network, settings)
+    pred = (torch.sigmoid(result.logits) > 0.5).numpy()  # (3, X, Y, Z): TC, WT, ET
+    truth = labels_to_regions(np.asarray(label).astype(np.int64))
+    scores = {region: dice_score(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    scores["WT_false_positive_ml"] = float(np.logical_and(pred[1], ~truth[1]).sum()) * voxel_ml
+    return scores
+
+
+def score_scan_run(run: Path, cases) -> Dict[str, Dict[str, float]]:
+    """Per held-out case, :func:`score_scan` (cached in ``<run>/study_scan_scores.json``).
+
+    ``cases``: ``(names, load, spacing)``, ``load(k)`` giving case ``k``'s prepared ``(volume, label)``.
+    """
+    from SymmetryAwareCore.models.model_card import load_model
+
+    cached = run / "study_scan_scores.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    names, load, spacing = cases
+    network, _ = load_model(run / "model.json")
+    # A scan costs 10-20 s per run on one CPU thread: cases done are kept as they finish, so a
+    # stopped report resumes where it stopped; the cache is complete or absent.
+    partial = run / "study_scan_scores.partial.json"
+    scores = json.loads(partial.read_text()) if partial.is_file() else {}
+    for k, name in enumerate(names):
+        if name in scores:
+            continue
+        volume, label = load(k)
+        scores[name] = score_scan(network, np.array(volume), np.asarray(label), spacing)
+        partial.with_suffix(".tmp").write_text(json.dumps(scores, indent=1))
+        partial.with_suffix(".tmp").replace(partial)
+    cached.write_text(json.dumps(scores, indent=1))
+    partial.unlink()
+    return scores
+
+
+ROI = 64
 _WINDOWS: Dict[str, dict] = {}
+_CASES: tuple = ()
 
 
 def _score_in_worker(run: Path):
     import torch
 
     torch.set_num_threads(1)
-    scores = score_run(run, _WINDOWS)
+    scores = score_scan_run(run, _CASES) if _CASES else score_run(run, _WINDOWS)
     print(f"scored {run.name}", flush=True)
     return scores
 
@@ -280,7 +341,19 @@ SECONDARY = (("sa_swin_mirror_pair", "swin_unetr", "all"), ("sa_swin_input", "sw
              ("sa_swin_input", "sa_swin_mirror_pair", "first"))
 
 
-def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2) -> dict:
+SCORINGS = ("window", "scan")
+
+
+def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2,
+           scoring: str = "window") -> dict:
+    """Score every finished run of ``sizes`` and apply the decision rule.
+
+    ``scoring``: ``"window"`` (the design: one lesion-centred 64^3 window per case, written
+    to ``results.json`` / ``results.md``) or ``"scan"`` (fifth amendment: the whole prepared
+    box through the core's engine, written to ``results_scan.json`` / ``results_scan.md``).
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
 
@@ -290,14 +363,18 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     spec, channels = run_preprocessing(config), _channel_names(config)
     held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
     cases = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
-    windows = {}
-    for k, entry in enumerate(held):
-        volume, label = cases(k)
-        windows[entry["name"]] = score_window(entry, volume, label)
+    global _WINDOWS, _CASES
+    if scoring == "window":
+        windows = {}
+        for k, entry in enumerate(held):
+            volume, label = cases(k)
+            windows[entry["name"]] = score_window(entry, volume, label)
+        _WINDOWS, _CASES = windows, ()  # forked workers inherit the windows instead of receiving copies
+    else:
+        _CASES = ([e["name"] for e in held], cases, tuple(spec.spacing))  # each worker reads the store
     group_of = {e["name"]: f"{e['scenario']} c{e['lesion_contrast']:g}" for e in held}
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
-    global _WINDOWS
-    _WINDOWS = windows  # forked workers inherit the windows instead of receiving copies
+    finished = [run for run in finished if size_of(run.name) in sizes]
     from multiprocessing import get_context
 
     with get_context("fork").Pool(max(1, workers)) as pool:
@@ -307,7 +384,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         summary = json.loads((run / "summary.json").read_text())
         runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
                           "steps": int(summary.get("steps", 0))}
-    names = sorted(windows)
+    names = sorted(group_of)
     groups = sorted(set(group_of.values()))
     primary = [n for n in names if group_of[n] in ("unilateral c0.5", "unilateral c0.3")]
 
@@ -324,7 +401,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                "secondary": []}
     for key, r in runs.items():
         results["runs"][key] = {"seconds": r["seconds"], "steps": r["steps"],
-                                "mean": {reg: float(np.mean([r["scores"][n][reg] for n in names])) for reg in REGIONS}}
+                                "mean": {key: float(np.mean([r["scores"][n][key] for n in names]))
+                                         for key in r["scores"][names[0]]}}
     for size in sizes:
         a = matrix("sa_swin_mirror_pair", size, "WT", primary, seeds)
         b = matrix("swin_unetr", size, "WT", primary, seeds)
@@ -377,10 +455,12 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     output.mkdir(parents=True, exist_ok=True)
     curves = {run.name: loss_curve(run) for run in finished}
     results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
+    results["scoring"] = scoring
     plot_curves(curves, output / "loss_curves.png")
-    (output / "results.json").write_text(json.dumps(results, indent=2))
+    stem = "results" if scoring == "window" else "results_scan"
+    (output / f"{stem}.json").write_text(json.dumps(results, indent=2))
     lines = markdown(results)
-    (output / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (output / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return results
 
@@ -419,7 +499,10 @@ def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
 
 
 def markdown(results: dict) -> List[str]:
-    lines = ["Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
+    where = ("over the whole prepared scan (fifth amendment)" if results.get("scoring") == "scan"
+             else "inside the case's lesion-centred 64^3 window")
+    lines = [f"Scoring: Dice {where}.", "",
+             "Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
              "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", "",
              "| labelled | cases | seeds | Swin UNETR | SA-Swin mirror-pair | difference [95 % CI] | per seed |",
              "|---|---|---|---|---|---|---|"]
@@ -449,8 +532,8 @@ def markdown(results: dict) -> List[str]:
         lines.append(f"| {r['size']} | {r['arm']} | {r['reference']} | {r['seeds']} | {r['set']} | {r['cases']} | "
                      f"{r['region']} | {r['arm_dice']:.3f} | {r['reference_dice']:.3f} | "
                      f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
-    lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (all held out) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (all held out) "
+              "| WT false positive, mean mL |", "|---|---|---|---|---|---|"]
     for key, r in sorted(results["runs"].items()):
         m = r["mean"]
         curve = {int(k): v for k, v in results.get("loss_curves", {}).get(key, {}).items()}
@@ -458,7 +541,8 @@ def markdown(results: dict) -> List[str]:
         tail = ", ".join(f"{curve[k]:.3f}" for k in steps[-3:])
         at = " / ".join(f"{curve[k]:.3f}" if k in curve else "-" for k in (50, 100))
         lines.append(f"| {key} | {r['steps']} | {r['seconds'] / 60:.1f} min | {at} / {tail} | "
-                     f"{m['WT']:.3f} / {m['TC']:.3f} / {m['ET']:.3f} |")
+                     f"{m['WT']:.3f} / {m['TC']:.3f} / {m['ET']:.3f} | "
+                     + (f"{m['WT_false_positive_ml']:.2f} |" if "WT_false_positive_ml" in m else "- |"))
     return lines
 
 
@@ -491,6 +575,8 @@ def main() -> None:
     r.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--workers", type=int, default=2, help="runs scored in parallel")
+    r.add_argument("--scoring", choices=SCORINGS, default="window",
+                   help="window: one lesion-centred window per case (the design); scan: the whole case (fifth amendment)")
     a = parser.parse_args()
     if a.command == "data":
         print(make_data(a.output, a.seed, a.workers))
@@ -499,7 +585,7 @@ def main() -> None:
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
-        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers)
+        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers, a.scoring)
 
 
 if __name__ == "__main__":
