@@ -4,6 +4,7 @@ window, paired bootstrap and the decision rule written in docs/symmetry_study.md
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,8 @@ class _MaskModel(torch.nn.Module):
         return [x]
 
     def forward_head(self, features, features_counterpart, return_attention=False):
-        return (20.0 * (features[0][:, :1] - 0.5)).expand(-1, 3, -1, -1, -1)
+        # Output channels TC, WT, ET from image channels 1, 0 and 2: a channel mix-up shows.
+        return 20.0 * (features[0][:, [1, 0, 2]] - 0.5)
 
 
 @pytest.mark.parametrize("pairing", ["input", "mirror-pair"])
@@ -126,10 +128,13 @@ def test_scan_scoring_counts_the_whole_box_on_the_right_side(study, pairing):
     label[10:20, 20:30, 20:30] = 2  # 1000 voxels of oedema: WT only
     mark = label > 0
     mark[30:40, 40:50, 40:50] = True  # 1000 voxels marked outside the lesion
-    volume = np.stack([mark.astype(np.float32), np.zeros(shape, np.float32)])
+    tc = np.zeros(shape, bool)
+    tc[60:70, 20:30, 20:30] = True  # marked as core where there is none
+    volume = np.stack([mark, tc, np.zeros(shape, bool)]).astype(np.float32)
     scores = study.score_scan(_MaskModel(pairing), volume, label, (1.5, 1.5, 1.5))
     assert scores["WT"] == pytest.approx(2 * 1000 / (1000 + 2000))
-    assert scores["TC"] == scores["ET"] == 0.0  # marked, but no core or enhancing truth
+    assert scores["TC"] == 0.0  # marked, but no core in the truth
+    assert scores["ET"] == 1.0  # nothing marked, nothing true (the BraTS rule)
     assert scores["WT_false_positive_ml"] == pytest.approx(1000 * 1.5 ** 3 / 1000)
     flipped = study.score_scan(_MaskModel(pairing), np.ascontiguousarray(volume[:, ::-1]), label, (1.5, 1.5, 1.5))
     assert flipped["WT"] == 0.0
@@ -138,3 +143,30 @@ def test_scan_scoring_counts_the_whole_box_on_the_right_side(study, pairing):
 def test_run_names_carry_their_label_size(study):
     assert study.size_of(study.run_name("swin_unetr_pair_crops", 32, 2)) == 32
     assert study.size_of(study.run_name("sa_swin_mirror_pair", 8, 0)) == 8
+    assert study.seed_of(study.run_name("swin_unetr_pair_crops", 32, 2)) == 2
+
+
+def test_scan_scores_resume_from_the_cases_done_and_leave_a_whole_cache(study, tmp_path):
+    from SymmetryAwareCore.models import SASwinUNETR
+    from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, save_model
+
+    card = save_model(SASwinUNETR(2, 3, feature_size=12, depths=(1, 1, 1, 1)), tmp_path / "model.safetensors",
+                      ModelCard(channels=[InputChannel("a"), InputChannel("b")], modality="mri"))
+    assert card == tmp_path / "model.json"
+    done = {"WT": 0.25, "TC": 0.5, "ET": 0.75, "WT_false_positive_ml": 1.0}
+    (tmp_path / "study_scan_scores.partial.json").write_text(json.dumps({"first": done}))
+    shape = (64, 64, 64)
+    label = np.zeros(shape, np.uint8)
+    label[10:20, 20:30, 20:30] = 2
+    loaded = []
+
+    def load(k):
+        loaded.append(k)
+        return np.zeros((2,) + shape, np.float32), label
+
+    scores = study.score_scan_run(tmp_path, (["first", "second"], load, (1.5, 1.5, 1.5)))
+    assert loaded == [1]  # the case already scored is not segmented again
+    assert scores["first"] == done and set(scores["second"]) == set(done)
+    assert not (tmp_path / "study_scan_scores.partial.json").exists()
+    assert json.loads((tmp_path / "study_scan_scores.json").read_text()) == scores
+    assert study.score_scan_run(tmp_path, (["first", "second"], None, (1.5,) * 3)) == scores  # the cache

@@ -28,7 +28,9 @@ Reusing a window's features as its mirror's counterpart features would halve tha
 be wrong: the encoder sees the counterpart flipped. No more is needed for
 left-right test-time augmentation (``tta_flip``): flipping the whole volume turns window
 ``a`` into the counterpart crop of window ``a'`` and its counterpart into window ``a'``
-itself, so the flipped pass only adds decoder (head) work.
+itself, so the flipped pass only adds decoder (head) work. A network whose head reads
+nothing from the counterpart (SACA off) needs no counterpart crop: ``n_windows`` crops
+without ``tta_flip``.
 
 Mirror-pair models (``model.pairing == "mirror-pair"``, :data:`~SymmetryAwareCore.models.sa_swin_unetr.PAIRINGS`,
 docs/pairing.md) were trained to segment the counterpart crop too, so without ``tta_flip``

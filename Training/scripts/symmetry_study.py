@@ -162,6 +162,11 @@ def size_of(name: str) -> int:
     return int(name.rsplit("_n", 1)[1].split("_s")[0])
 
 
+def seed_of(name: str) -> int:
+    """The seed in a run's name (:func:`run_name`)."""
+    return int(name.rsplit("_s", 1)[1])
+
+
 def grid(arms: Sequence[str], sizes: Sequence[int], seeds: Sequence[int], input_seeds: Sequence[int]) -> List[tuple]:
     """The runs in order: seed-major, so a stopped study has whole seeds of every arm.
 
@@ -284,7 +289,8 @@ def score_scan_run(run: Path, cases) -> Dict[str, Dict[str, float]]:
         scores[name] = score_scan(network, np.array(volume), np.asarray(label), spacing)
         partial.with_suffix(".tmp").write_text(json.dumps(scores, indent=1))
         partial.with_suffix(".tmp").replace(partial)
-    cached.write_text(json.dumps(scores, indent=1))
+    partial.with_suffix(".tmp").write_text(json.dumps(scores, indent=1))
+    partial.with_suffix(".tmp").replace(cached)
     partial.unlink()
     return scores
 
@@ -374,7 +380,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         _CASES = ([e["name"] for e in held], cases, tuple(spec.spacing))  # each worker reads the store
     group_of = {e["name"]: f"{e['scenario']} c{e['lesion_contrast']:g}" for e in held}
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
-    finished = [run for run in finished if size_of(run.name) in sizes]
+    finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds]
     from multiprocessing import get_context
 
     with get_context("fork").Pool(max(1, workers)) as pool:
