@@ -170,3 +170,36 @@ def test_scan_scores_resume_from_the_cases_done_and_leave_a_whole_cache(study, t
     assert not (tmp_path / "study_scan_scores.partial.json").exists()
     assert json.loads((tmp_path / "study_scan_scores.json").read_text()) == scores
     assert study.score_scan_run(tmp_path, (["first", "second"], None, (1.5,) * 3)) == scores  # the cache
+
+
+def test_a_cache_of_the_primary_set_grows_to_every_case_without_rescoring(study, tmp_path):
+    """Sixth amendment: the primary set is scored first; a later run over every case adds the rest."""
+    from SymmetryAwareCore.models import SASwinUNETR
+    from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, save_model
+
+    save_model(SASwinUNETR(2, 3, feature_size=12, depths=(1, 1, 1, 1)), tmp_path / "model.safetensors",
+               ModelCard(channels=[InputChannel("a"), InputChannel("b")], modality="mri"))
+    done = {"WT": 0.25, "TC": 0.5, "ET": 0.75, "WT_false_positive_ml": 1.0}
+    (tmp_path / "study_scan_scores.json").write_text(json.dumps({"primary_case": done}))
+    loaded = []
+
+    def load(k):
+        loaded.append(k)
+        return np.zeros((2, 64, 64, 64), np.float32), np.zeros((64, 64, 64), np.uint8)
+
+    scores = study.score_scan_run(tmp_path, (["other_case", "primary_case"], load, (1.5,) * 3))
+    assert loaded == [0]
+    assert scores["primary_case"] == done and set(scores["other_case"]) == set(done)
+    assert json.loads((tmp_path / "study_scan_scores.json").read_text()) == scores
+    # Asking for a subset of what is cached segments nothing.
+    assert study.score_scan_run(tmp_path, (["primary_case"], None, (1.5,) * 3)) == scores
+
+
+def test_primary_set_is_the_rules_unilateral_low_contrast_groups(study):
+    entries = [{"scenario": "unilateral", "lesion_contrast": c} for c in (1.0, 0.5, 0.3)]
+    entries.append({"scenario": "bilateral", "lesion_contrast": 0.5})
+    groups = [study.case_group(e) for e in entries]
+    assert groups == ["unilateral c1", "unilateral c0.5", "unilateral c0.3", "bilateral c0.5"]
+    assert [g in study.PRIMARY_GROUPS for g in groups] == [False, True, True, False]
+    with pytest.raises(ValueError, match="cases must be one of"):
+        study.report(Path("unused.json"), Path("unused"), "", [32], [0], cases="some")

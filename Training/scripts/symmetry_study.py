@@ -273,15 +273,18 @@ def score_scan_run(run: Path, cases) -> Dict[str, Dict[str, float]]:
     """
     from SymmetryAwareCore.models.model_card import load_model
 
-    cached = run / "study_scan_scores.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
     names, load, spacing = cases
-    network, _ = load_model(run / "model.json")
+    cached = run / "study_scan_scores.json"
+    scores = json.loads(cached.read_text()) if cached.is_file() else {}
+    if all(name in scores for name in names):
+        return scores
     # A scan costs 10-20 s per run on one CPU thread: cases done are kept as they finish, so a
-    # stopped report resumes where it stopped; the cache is complete or absent.
+    # stopped report resumes where it stopped; the cache holds every case scored so far
+    # (the primary set alone first, sixth amendment, then the rest) and is never half-written.
     partial = run / "study_scan_scores.partial.json"
-    scores = json.loads(partial.read_text()) if partial.is_file() else {}
+    if partial.is_file():
+        scores.update(json.loads(partial.read_text()))
+    network, _ = load_model(run / "model.json")
     for k, name in enumerate(names):
         if name in scores:
             continue
@@ -348,18 +351,30 @@ SECONDARY = (("sa_swin_mirror_pair", "swin_unetr", "all"), ("sa_swin_input", "sw
 
 
 SCORINGS = ("window", "scan")
+CASE_SETS = ("all", "primary")
+# The decision rule's primary set: unilateral lesions at the two lowest contrasts.
+PRIMARY_GROUPS = ("unilateral c0.5", "unilateral c0.3")
+
+
+def case_group(entry: dict) -> str:
+    """A held-out case's group in the report: scenario and lesion contrast, e.g. ``unilateral c0.5``."""
+    return f"{entry['scenario']} c{entry['lesion_contrast']:g}"
 
 
 def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2,
-           scoring: str = "window") -> dict:
+           scoring: str = "window", cases: str = "all") -> dict:
     """Score every finished run of ``sizes`` and apply the decision rule.
 
     ``scoring``: ``"window"`` (the design: one lesion-centred 64^3 window per case, written
     to ``results.json`` / ``results.md``) or ``"scan"`` (fifth amendment: the whole prepared
     box through the core's engine, written to ``results_scan.json`` / ``results_scan.md``).
+    ``cases``: ``"all"`` held-out cases, or ``"primary"``, the decision rule's 40 cases only
+    (sixth amendment: what whole-scan scoring could afford; files get a ``_primary`` suffix).
     """
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if cases not in CASE_SETS:
+        raise ValueError(f"cases must be one of {CASE_SETS}, got {cases!r}")
     from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
 
@@ -368,6 +383,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     config = _config(datalist, cache_dir)
     spec, channels = run_preprocessing(config), _channel_names(config)
     held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+    if cases == "primary":
+        held = [e for e in held if case_group(e) in PRIMARY_GROUPS]
     cases = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
     global _WINDOWS, _CASES
     if scoring == "window":
@@ -378,7 +395,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         _WINDOWS, _CASES = windows, ()  # forked workers inherit the windows instead of receiving copies
     else:
         _CASES = ([e["name"] for e in held], cases, tuple(spec.spacing))  # each worker reads the store
-    group_of = {e["name"]: f"{e['scenario']} c{e['lesion_contrast']:g}" for e in held}
+    group_of = {e["name"]: case_group(e) for e in held}
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
     finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds]
     from multiprocessing import get_context
@@ -392,7 +409,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                           "steps": int(summary.get("steps", 0))}
     names = sorted(group_of)
     groups = sorted(set(group_of.values()))
-    primary = [n for n in names if group_of[n] in ("unilateral c0.5", "unilateral c0.3")]
+    primary = [n for n in names if group_of[n] in PRIMARY_GROUPS]
 
     def matrix(arm, size, region, subset, run_seeds):
         rows = []
@@ -446,7 +463,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     for size in sizes:
         for arm, reference, which in SECONDARY:
             arm_seeds = seeds if which == "all" else [seeds[0]]
-            for subset_name, subset in [("all held-out", names)] + [(g, [n for n in names if group_of[n] == g]) for g in groups]:
+            for subset_name, subset in [("all held-out" if cases == "all" else "all scored", names)] + [(g, [n for n in names if group_of[n] == g]) for g in groups]:
                 for region in REGIONS:
                     a = matrix(arm, size, region, subset, arm_seeds)
                     b = matrix(reference, size, region, subset, arm_seeds)
@@ -461,9 +478,9 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     output.mkdir(parents=True, exist_ok=True)
     curves = {run.name: loss_curve(run) for run in finished}
     results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
-    results["scoring"] = scoring
+    results["scoring"], results["cases"] = scoring, cases
     plot_curves(curves, output / "loss_curves.png")
-    stem = "results" if scoring == "window" else "results_scan"
+    stem = ("results" if scoring == "window" else "results_scan") + ("" if cases == "all" else "_primary")
     (output / f"{stem}.json").write_text(json.dumps(results, indent=2))
     lines = markdown(results)
     (output / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -507,7 +524,9 @@ def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
 def markdown(results: dict) -> List[str]:
     where = ("over the whole prepared scan (fifth amendment)" if results.get("scoring") == "scan"
              else "inside the case's lesion-centred 64^3 window")
-    lines = [f"Scoring: Dice {where}.", "",
+    which = ("the primary set only (sixth amendment)" if results.get("cases") == "primary"
+             else "every held-out case")
+    lines = [f"Scoring: Dice {where}. Cases scored: {which}.", "",
              "Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
              "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", "",
              "| labelled | cases | seeds | Swin UNETR | SA-Swin mirror-pair | difference [95 % CI] | per seed |",
@@ -583,6 +602,8 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=2, help="runs scored in parallel")
     r.add_argument("--scoring", choices=SCORINGS, default="window",
                    help="window: one lesion-centred window per case (the design); scan: the whole case (fifth amendment)")
+    r.add_argument("--cases", choices=CASE_SETS, default="all",
+                   help="all held-out cases, or the decision rule's primary set only (sixth amendment)")
     a = parser.parse_args()
     if a.command == "data":
         print(make_data(a.output, a.seed, a.workers))
@@ -591,7 +612,7 @@ def main() -> None:
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
-        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers, a.scoring)
+        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers, a.scoring, a.cases)
 
 
 if __name__ == "__main__":
