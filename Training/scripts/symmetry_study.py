@@ -385,16 +385,16 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
     if cases == "primary":
         held = [e for e in held if case_group(e) in PRIMARY_GROUPS]
-    cases = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
+    prepared = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
     global _WINDOWS, _CASES
     if scoring == "window":
         windows = {}
         for k, entry in enumerate(held):
-            volume, label = cases(k)
+            volume, label = prepared(k)
             windows[entry["name"]] = score_window(entry, volume, label)
         _WINDOWS, _CASES = windows, ()  # forked workers inherit the windows instead of receiving copies
     else:
-        _CASES = ([e["name"] for e in held], cases, tuple(spec.spacing))  # each worker reads the store
+        _CASES = ([e["name"] for e in held], prepared, tuple(spec.spacing))  # each worker reads the store
     group_of = {e["name"]: case_group(e) for e in held}
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
     finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds]
