@@ -557,7 +557,7 @@ def markdown(results: dict) -> List[str]:
         lines.append(f"| {r['size']} | {r['arm']} | {r['reference']} | {r['seeds']} | {r['set']} | {r['cases']} | "
                      f"{r['region']} | {r['arm_dice']:.3f} | {r['reference_dice']:.3f} | "
                      f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
-    lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (all held out) "
+    lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (cases scored) "
               "| WT false positive, mean mL |", "|---|---|---|---|---|---|"]
     for key, r in sorted(results["runs"].items()):
         m = r["mean"]
