@@ -203,3 +203,37 @@ def test_primary_set_is_the_rules_unilateral_low_contrast_groups(study):
     assert [g in study.PRIMARY_GROUPS for g in groups] == [False, True, True, False]
     with pytest.raises(ValueError, match="cases must be one of"):
         study.report(Path("unused.json"), Path("unused"), "", [32], [0], cases="some")
+
+
+def test_a_report_of_an_amendments_arms_answers_its_question_and_names_what_is_missing(study):
+    # The eighth amendment's runs: Swin UNETR and the SACA-off control only, three seeds, size 32.
+    group_of = {f"case{k:02d}": g for k, g in enumerate(["unilateral c0.5", "unilateral c0.3", "bilateral c0.5"] * 8)}
+    rng = np.random.default_rng(0)
+    base = {n: rng.uniform(0.3, 0.7) for n in group_of}
+
+    def run(shift):
+        scores = {n: {"WT": base[n] + shift + rng.normal(0, 0.002), "TC": 0.5, "ET": 0.4} for n in group_of}
+        return {"scores": scores, "seconds": 60.0, "steps": 150}
+
+    runs = {}
+    for seed in (0, 1, 2):
+        runs[study.run_name("swin_unetr", 32, seed)] = run(0.0)
+        runs[study.run_name("swin_unetr_pair_crops", 32, seed)] = run(0.05)  # the crops help by 0.05 WT
+    results = study.summarise(runs, group_of, [32], [0, 1, 2], cases="primary")
+
+    assert results["primary"] == {}
+    assert results["verdict"] == ("incomplete: sa_swin_mirror_pair or swin_unetr lacks a run at size 32, "
+                                  "seeds 0, 1, 2")
+    answers = {q["question"]: q for q in results["questions"]}
+    crops = answers["the crops alone"]
+    assert crops["answer"] == "the mirror-pair crops help" and crops["cases"] == 16  # the primary groups only
+    assert crops["by_size"][32]["difference"] == pytest.approx(0.05, abs=0.003)
+    assert crops["by_size"][32]["low"] > 0.04 and len(crops["by_size"][32]["per_seed"]) == 3
+    assert answers["SACA given the crops"]["answer"].startswith("incomplete: sa_swin_mirror_pair or swin_unetr_pair_crops")
+    assert {(r["arm"], r["reference"]) for r in results["secondary"]} == {("swin_unetr_pair_crops", "swin_unetr")}
+
+    lines = study.markdown(results)
+    assert not any(line.startswith("| labelled | cases | seeds | Swin UNETR") for line in lines)  # no empty table
+    assert any("lacks a run at size 32" in line for line in lines)
+    assert any(line.startswith("| the crops alone | 32 | 16 | 3 |") and "the mirror-pair crops help" in line
+               for line in lines)

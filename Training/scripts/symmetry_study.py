@@ -407,6 +407,26 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         summary = json.loads((run / "summary.json").read_text())
         runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
                           "steps": int(summary.get("steps", 0))}
+    results = summarise(runs, group_of, sizes, seeds, cases)
+    output.mkdir(parents=True, exist_ok=True)
+    curves = {run.name: loss_curve(run) for run in finished}
+    results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
+    results["scoring"] = scoring
+    plot_curves(curves, output / "loss_curves.png")
+    stem = ("results" if scoring == "window" else "results_scan") + ("" if cases == "all" else "_primary")
+    (output / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    lines = markdown(results)
+    (output / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return results
+
+
+def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cases: str = "all") -> dict:
+    """The decision rule, the amendments' questions and the secondary table from per-case scores.
+
+    ``runs``: run name -> ``{"scores": {case: {region: Dice, ...}}, "seconds", "steps"}``;
+    ``group_of``: every scored case -> its held-out group. Pure: no file is read or written.
+    """
     names = sorted(group_of)
     groups = sorted(set(group_of.values()))
     primary = [n for n in names if group_of[n] in PRIMARY_GROUPS]
@@ -437,7 +457,9 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                                     "per_seed": [float(d) for d in (a - b).mean(1)], "cases": len(primary),
                                     "seeds": len(seeds)}
     complete = len(results["primary"]) == len(sizes)
-    results["verdict"] = verdict(results["primary"]) if complete else "incomplete: not every primary run finished"
+    missing = [size for size in sizes if size not in results["primary"]]
+    results["verdict"] = (verdict(results["primary"]) if complete else
+                          _lacking("sa_swin_mirror_pair", "swin_unetr", missing, seeds))
     if complete and len(seeds) < DESIGNED_SEEDS:
         # The rule asks for the sign in each of three seeds; with fewer it is applied to those run.
         results["verdict"] += f" (provisional: {len(seeds)} of the {DESIGNED_SEEDS} designed seeds)"
@@ -453,7 +475,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
             by_size[size] = {"arm_dice": float(a.mean()), "reference_dice": float(b.mean()), "difference": mean,
                              "low": low, "high": high, "per_seed": [float(d) for d in (a - b).mean(1)]}
         if len(by_size) < len(sizes):
-            answer = f"incomplete: {arm} or {reference} lacks a run at seeds {', '.join(map(str, seeds))}"
+            answer = _lacking(arm, reference, [size for size in sizes if size not in by_size], seeds)
         else:
             answer = verdict(by_size, helps, hurts)
             if len(seeds) < DESIGNED_SEEDS:
@@ -475,17 +497,14 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
                                                  "region": region, "arm_dice": float(a.mean()),
                                                  "reference_dice": float(b.mean()), "difference": mean,
                                                  "low": low, "high": high})
-    output.mkdir(parents=True, exist_ok=True)
-    curves = {run.name: loss_curve(run) for run in finished}
-    results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
-    results["scoring"], results["cases"] = scoring, cases
-    plot_curves(curves, output / "loss_curves.png")
-    stem = ("results" if scoring == "window" else "results_scan") + ("" if cases == "all" else "_primary")
-    (output / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    lines = markdown(results)
-    (output / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    results["cases"] = cases
     return results
+
+
+def _lacking(arm: str, reference: str, sizes, seeds) -> str:
+    """Why a comparison has no verdict: the label sizes at which a run of either arm is missing."""
+    return (f"incomplete: {arm} or {reference} lacks a run at size {', '.join(map(str, sizes))}, "
+            f"seeds {', '.join(map(str, seeds))}")
 
 
 def loss_curve(run: Path) -> Dict[int, float]:
@@ -528,14 +547,17 @@ def markdown(results: dict) -> List[str]:
              else "every held-out case")
     lines = [f"Scoring: Dice {where}. Cases scored: {which}.", "",
              "Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
-             "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", "",
-             "| labelled | cases | seeds | Swin UNETR | SA-Swin mirror-pair | difference [95 % CI] | per seed |",
-             "|---|---|---|---|---|---|---|"]
-    for size, r in results["primary"].items():
-        lines.append(f"| {size} | {r['cases']} | {r['seeds']} | {r['swin_unetr']:.3f} | {r['sa_swin_mirror_pair']:.3f} | "
-                     f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
-                     + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + " |")
-    lines += ["", f"Verdict (decision rule): **{results['verdict']}**", ""]
+             "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", ""]
+    # A report of other arms only (an amendment's runs) has no primary row: say so, not an empty table.
+    if results["primary"]:
+        lines += ["| labelled | cases | seeds | Swin UNETR | SA-Swin mirror-pair | difference [95 % CI] | per seed |",
+                  "|---|---|---|---|---|---|---|"]
+        for size, r in results["primary"].items():
+            lines.append(f"| {size} | {r['cases']} | {r['seeds']} | {r['swin_unetr']:.3f} | "
+                         f"{r['sa_swin_mirror_pair']:.3f} | {r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
+                         + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + " |")
+        lines.append("")
+    lines += [f"Verdict (decision rule): **{results['verdict']}**", ""]
     if results.get("questions"):
         lines += ["Third amendment's questions (same primary set and rule): arm - reference.", "",
                   "| question | labelled | cases | seeds | arm | reference | difference [95 % CI] | per seed | answer |",
