@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,12 @@ def test_amendment_questions_compare_arms_that_exist_and_use_the_same_rule(study
     swin = dict(item.split("=") for item in study.ARMS["swin_unetr"])
     assert control["model.kwargs.use_saca"] == "false" == swin["model.kwargs.use_saca"]
     assert {k: v for k, v in control.items() if k != "model.kwargs.use_saca"} == mirror
+    # The healthy-crop control differs from Swin UNETR only by how often a crop is lesion-centred:
+    # as often as the control's two crops are on average (one of two, at the config's fraction).
+    healthy = dict(item.split("=") for item in study.ARMS["swin_unetr_fg45"])
+    assert {k: v for k, v in healthy.items() if k != "data.pos_fraction"} == swin
+    designed = yaml.safe_load(study.CONFIG.read_text())["data"]["pos_fraction"]
+    assert float(healthy["data.pos_fraction"]) == pytest.approx(designed / 2) and "data.pos_fraction" not in swin
 
 
 class _MaskModel(torch.nn.Module):
@@ -237,3 +244,33 @@ def test_a_report_of_an_amendments_arms_answers_its_question_and_names_what_is_m
     assert any("lacks a run at size 32" in line for line in lines)
     assert any(line.startswith("| the crops alone | 32 | 16 | 3 |") and "the mirror-pair crops help" in line
                for line in lines)
+
+
+def test_the_ninth_amendments_questions_split_the_crops_into_placement_and_lesion_share(study):
+    # Three arms, three seeds: fewer lesion-centred crops add 0.02 WT, the mirror placement 0.03 more.
+    group_of = {f"case{k:02d}": g for k, g in enumerate(["unilateral c0.5", "unilateral c0.3", "midline c0.5"] * 8)}
+    rng = np.random.default_rng(1)
+    base = {n: rng.uniform(0.3, 0.7) for n in group_of}
+
+    def run(shift):
+        scores = {n: {"WT": base[n] + shift + rng.normal(0, 0.002), "TC": 0.5, "ET": 0.4} for n in group_of}
+        return {"scores": scores, "seconds": 60.0, "steps": 150}
+
+    runs = {}
+    for seed in (0, 1, 2):
+        runs[study.run_name("swin_unetr", 32, seed)] = run(0.0)
+        runs[study.run_name("swin_unetr_fg45", 32, seed)] = run(0.02)
+        runs[study.run_name("swin_unetr_pair_crops", 32, seed)] = run(0.05)
+    results = study.summarise(runs, group_of, [32], [0, 1, 2], cases="primary")
+    answers = {q["question"]: q for q in results["questions"]}
+    placement = answers["mirror placement given the lesion share"]
+    share = answers["the lesion share alone"]
+    assert placement["answer"] == "the mirror placement helps" and share["answer"] == "fewer lesion-centred crops help"
+    assert placement["by_size"][32]["difference"] == pytest.approx(0.03, abs=0.003)
+    assert share["by_size"][32]["difference"] == pytest.approx(0.02, abs=0.003)
+    # The two parts add up to the crops alone, case for case.
+    crops = answers["the crops alone"]["by_size"][32]["difference"]
+    assert placement["by_size"][32]["difference"] + share["by_size"][32]["difference"] == pytest.approx(crops, abs=1e-9)
+    pairs = {(r["arm"], r["reference"]) for r in results["secondary"]}
+    assert {("swin_unetr_pair_crops", "swin_unetr_fg45"), ("swin_unetr_fg45", "swin_unetr")} <= pairs
+    assert any(line.startswith("| mirror placement given the lesion share | 32 | 16 | 3 |") for line in study.markdown(results))

@@ -48,6 +48,10 @@ ARMS: Dict[str, List[str]] = {
     # that mirror-pair vs this arm is SACA alone and this arm vs swin_unetr is the crops alone.
     "swin_unetr_pair_crops": ["model.kwargs.use_saca=false", "model.kwargs.pairing=mirror-pair",
                               "data.batch_size=1"],
+    # Healthy-crop control (ninth amendment): Swin UNETR whose crops are lesion-centred as often
+    # as the control's two crops are on average (0.9 of one crop in two), the others drawn
+    # uniformly instead of mirrored; pair crops vs this arm is the mirror placement alone.
+    "swin_unetr_fg45": ["model.kwargs.use_saca=false", "data.batch_size=2", "data.pos_fraction=0.45"],
 }
 
 # Held-out groups: (scenario, lesion contrast, count). The training pool mixes the three contrasts.
@@ -343,11 +347,17 @@ QUESTIONS = (
      "SACA helps once the crops are equal", "SACA itself hurts"),
     ("the crops alone", "swin_unetr_pair_crops", "swin_unetr",
      "the mirror-pair crops help", "the mirror-pair crops hurt"),
+    # Ninth amendment: is the crops' effect their mirror placement, or only fewer lesion-centred crops?
+    ("mirror placement given the lesion share", "swin_unetr_pair_crops", "swin_unetr_fg45",
+     "the mirror placement helps", "the mirror placement hurts"),
+    ("the lesion share alone", "swin_unetr_fg45", "swin_unetr",
+     "fewer lesion-centred crops help", "fewer lesion-centred crops hurt"),
 )
 # Secondary comparisons: (arm, reference, which seeds: "all" or "first").
 SECONDARY = (("sa_swin_mirror_pair", "swin_unetr", "all"), ("sa_swin_input", "swin_unetr", "first"),
              ("swin_unetr_pair_crops", "swin_unetr", "all"), ("sa_swin_mirror_pair", "swin_unetr_pair_crops", "all"),
-             ("sa_swin_input", "sa_swin_mirror_pair", "first"))
+             ("sa_swin_input", "sa_swin_mirror_pair", "first"),
+             ("swin_unetr_pair_crops", "swin_unetr_fg45", "all"), ("swin_unetr_fg45", "swin_unetr", "all"))
 
 
 SCORINGS = ("window", "scan")
@@ -525,7 +535,7 @@ def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = {"swin_unetr": "tab:blue", "sa_swin_mirror_pair": "tab:orange", "sa_swin_input": "tab:green",
-               "swin_unetr_pair_crops": "tab:purple"}
+               "swin_unetr_pair_crops": "tab:purple", "swin_unetr_fg45": "tab:brown"}
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, curve in sorted(curves.items()):
         arm = name.rsplit("_n", 1)[0]
