@@ -274,3 +274,31 @@ def test_the_ninth_amendments_questions_split_the_crops_into_placement_and_lesio
     pairs = {(r["arm"], r["reference"]) for r in results["secondary"]}
     assert {("swin_unetr_pair_crops", "swin_unetr_fg45"), ("swin_unetr_fg45", "swin_unetr")} <= pairs
     assert any(line.startswith("| mirror placement given the lesion share | 32 | 16 | 3 |") for line in study.markdown(results))
+
+
+def test_crop_exposure_counts_every_supervised_crop_and_its_whole_tumour(study):
+    # Two cases, regions (3, 4, 4, 4): case 0's crop is 1/8 WT and its counterpart healthy; case 1 holds none.
+    def regions(wt_voxels):
+        label = torch.zeros(3, 4, 4, 4)
+        label[1].view(-1)[:wt_voxels] = 1.0
+        label[0].view(-1)[:64] = 1.0  # TC everywhere: a channel mix-up would show
+        return label
+
+    class Pairs:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, key):
+            epoch, index = key
+            item = {"label": regions(8 if index == 0 else 0)}
+            item["label_counterpart"] = regions(0)
+            return item
+
+    class Single(Pairs):
+        def __getitem__(self, key):
+            return {"label": regions(8 if key[1] == 0 else 0)}
+
+    paired = study.exposure(Pairs(), epochs=3)
+    assert paired == {"crops": 12, "with_lesion": pytest.approx(3 / 12), "lesion_fraction": pytest.approx(3 * 0.125 / 12)}
+    single = study.exposure(Single(), epochs=3)
+    assert single == {"crops": 6, "with_lesion": pytest.approx(0.5), "lesion_fraction": pytest.approx(0.0625)}

@@ -181,10 +181,49 @@ def grid(arms: Sequence[str], sizes: Sequence[int], seeds: Sequence[int], input_
             if arm != "sa_swin_input" or seed in input_seeds]
 
 
+def run_overrides(datalist: Path, arm: str, size: int, seed: int, steps: int, cache_dir: str) -> List[str]:
+    """The config overrides of one run: the study's data, label size, seed and the arm's settings."""
+    pool = sum(1 for e in json.loads(datalist.read_text())["training"] if e["fold"] != 0)
+    return [f"data.datalist={datalist}", f"data.label_fraction={size / pool}", f"train.steps={steps}",
+            f"train.seed={seed}", f"data.cache_dir={cache_dir}"] + ARMS[arm]
+
+
+def crop_exposure(datalist: Path, cache_dir: str, arms: Sequence[str], size: int, seed: int = 0,
+                  epochs: int = 10) -> Dict[str, dict]:
+    """What each arm's training crops hold (ninth amendment, descriptive): :func:`exposure`
+    of the dataset the arm's own task trains on, at label size ``size`` and ``seed``."""
+    from SymmetryAwareTraining.config import load_config
+    from SymmetryAwareTraining.tasks import SegmentationTask
+
+    out = {}
+    for arm in arms:
+        config = load_config(CONFIG, run_overrides(datalist, arm, size, seed, 0, cache_dir))
+        out[arm] = exposure(SegmentationTask(config).train_dataset(), epochs)
+    return out
+
+
+def exposure(dataset, epochs: int) -> dict:
+    """Whole-tumour content of every supervised crop that ``dataset`` draws in ``epochs``
+    passes (keys ``(epoch, index)``, as training draws them); a sample with
+    ``label_counterpart`` (mirror-pair) supervises its counterpart crop too.
+
+    Returns ``crops``; ``with_lesion``, the share holding any WT voxel; ``lesion_fraction``,
+    the mean share of WT voxels per crop. Labels are region maps ``(3, X, Y, Z)``: TC, WT, ET.
+    """
+    shares = []
+    for epoch in range(epochs):
+        for index in range(len(dataset)):
+            item = dataset[(epoch, index)]
+            for key in ("label", "label_counterpart"):
+                if key in item:
+                    shares.append(float(item[key][1].float().mean()))
+    shares = np.asarray(shares)
+    return {"crops": len(shares), "with_lesion": float((shares > 0).mean()), "lesion_fraction": float(shares.mean())}
+
+
 def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, steps: int, shard: str,
               cache_dir: str) -> None:
     index, count = (int(v) for v in shard.split("/"))
-    pool = sum(1 for e in json.loads(datalist.read_text())["training"] if e["fold"] != 0)
     for k, (arm, size, seed) in enumerate(grid(arms, sizes, seeds, input_seeds)):
         if k % count != index:
             continue
@@ -195,9 +234,7 @@ def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, ste
                 "--output-dir", str(run)]
         if (run / "checkpoints" / "last.pt").is_file():
             args.append("--resume")
-        overrides = [f"data.datalist={datalist}", f"data.label_fraction={size / pool}", f"train.steps={steps}",
-                     f"train.seed={seed}", f"data.cache_dir={cache_dir}"] + ARMS[arm]
-        for item in overrides:
+        for item in run_overrides(datalist, arm, size, seed, steps, cache_dir):
             args += ["--set", item]
         output.mkdir(parents=True, exist_ok=True)
         print("$ " + " ".join(args[2:]), flush=True)
@@ -625,6 +662,13 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=150)
     t.add_argument("--shard", default="0/1", help="i/n: run every n-th run of the grid, starting at i")
     t.add_argument("--cache-dir", default="", help="prepared-case store shared by the runs")
+    c = sub.add_parser("crops", help="what each arm's training crops hold (descriptive, ninth amendment)")
+    c.add_argument("--datalist", type=Path, required=True)
+    c.add_argument("--cache-dir", default="")
+    c.add_argument("--arms", nargs="+", default=list(ARMS))
+    c.add_argument("--size", type=int, default=32)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--epochs", type=int, default=10)
     r = sub.add_parser("report")
     r.add_argument("--datalist", type=Path, required=True)
     r.add_argument("--output", type=Path, required=True)
@@ -641,6 +685,12 @@ def main() -> None:
         print(make_data(a.output, a.seed, a.workers))
     elif a.command == "prepare":
         prepare_all(a.datalist, a.cache_dir, a.workers)
+    elif a.command == "crops":
+        held = crop_exposure(a.datalist, a.cache_dir, a.arms, a.size, a.seed, a.epochs)
+        print("| arm | supervised crops | with any WT voxel | mean WT voxel share |")
+        print("|---|---|---|---|")
+        for arm, e in held.items():
+            print(f"| {arm} | {e['crops']} | {e['with_lesion']:.2f} | {e['lesion_fraction']:.4f} |")
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
