@@ -212,21 +212,24 @@ def test_primary_set_is_the_rules_unilateral_low_contrast_groups(study):
         study.report(Path("unused.json"), Path("unused"), "", [32], [0], cases="some")
 
 
+def _fake_runs(study, third_group: str, shifts, seed: int):
+    """Per-case scores of runs at size 32, seeds 0-2: each arm's WT is a common per-case base
+    plus the arm's shift (and noise of SD 0.002); 24 cases, two thirds in the primary groups."""
+    group_of = {f"case{k:02d}": g for k, g in enumerate(["unilateral c0.5", "unilateral c0.3", third_group] * 8)}
+    rng = np.random.default_rng(seed)
+    base = {n: rng.uniform(0.3, 0.7) for n in group_of}
+    runs = {}
+    for run_seed in (0, 1, 2):
+        for arm, shift in shifts.items():
+            scores = {n: {"WT": base[n] + shift + rng.normal(0, 0.002), "TC": 0.5, "ET": 0.4} for n in group_of}
+            runs[study.run_name(arm, 32, run_seed)] = {"scores": scores, "seconds": 60.0, "steps": 150}
+    return group_of, runs
+
+
 def test_a_report_of_an_amendments_arms_answers_its_question_and_names_what_is_missing(study):
     # The eighth amendment's runs: Swin UNETR and the SACA-off control only, three seeds, size 32.
-    group_of = {f"case{k:02d}": g for k, g in enumerate(["unilateral c0.5", "unilateral c0.3", "bilateral c0.5"] * 8)}
-    rng = np.random.default_rng(0)
-    base = {n: rng.uniform(0.3, 0.7) for n in group_of}
-
-    def run(shift):
-        scores = {n: {"WT": base[n] + shift + rng.normal(0, 0.002), "TC": 0.5, "ET": 0.4} for n in group_of}
-        return {"scores": scores, "seconds": 60.0, "steps": 150}
-
-    runs = {}
-    for seed in (0, 1, 2):
-        runs[study.run_name("swin_unetr", 32, seed)] = run(0.0)
-        runs[study.run_name("swin_unetr_pair_crops", 32, seed)] = run(0.05)  # the crops help by 0.05 WT
-    results = study.summarise(runs, group_of, [32], [0, 1, 2], cases="primary")
+    group_of, runs = _fake_runs(study, "bilateral c0.5", {"swin_unetr": 0.0, "swin_unetr_pair_crops": 0.05}, seed=0)
+    results = study.summarise(runs, group_of, [32], [0, 1, 2], cases="primary")  # the crops help by 0.05 WT
 
     assert results["primary"] == {}
     assert results["verdict"] == ("incomplete: sa_swin_mirror_pair or swin_unetr lacks a run at size 32, "
@@ -248,19 +251,8 @@ def test_a_report_of_an_amendments_arms_answers_its_question_and_names_what_is_m
 
 def test_the_ninth_amendments_questions_split_the_crops_into_placement_and_lesion_share(study):
     # Three arms, three seeds: fewer lesion-centred crops add 0.02 WT, the mirror placement 0.03 more.
-    group_of = {f"case{k:02d}": g for k, g in enumerate(["unilateral c0.5", "unilateral c0.3", "midline c0.5"] * 8)}
-    rng = np.random.default_rng(1)
-    base = {n: rng.uniform(0.3, 0.7) for n in group_of}
-
-    def run(shift):
-        scores = {n: {"WT": base[n] + shift + rng.normal(0, 0.002), "TC": 0.5, "ET": 0.4} for n in group_of}
-        return {"scores": scores, "seconds": 60.0, "steps": 150}
-
-    runs = {}
-    for seed in (0, 1, 2):
-        runs[study.run_name("swin_unetr", 32, seed)] = run(0.0)
-        runs[study.run_name("swin_unetr_fg45", 32, seed)] = run(0.02)
-        runs[study.run_name("swin_unetr_pair_crops", 32, seed)] = run(0.05)
+    group_of, runs = _fake_runs(study, "midline c0.5",
+                                {"swin_unetr": 0.0, "swin_unetr_fg45": 0.02, "swin_unetr_pair_crops": 0.05}, seed=1)
     results = study.summarise(runs, group_of, [32], [0, 1, 2], cases="primary")
     answers = {q["question"]: q for q in results["questions"]}
     placement = answers["mirror placement given the lesion share"]
