@@ -291,6 +291,8 @@ def test_crop_exposure_counts_every_supervised_crop_and_its_whole_tumour(study):
             return {"label": regions(8 if key[1] == 0 else 0)}
 
     paired = study.exposure(Pairs(), epochs=3)
-    assert paired == {"crops": 12, "with_lesion": pytest.approx(3 / 12), "lesion_fraction": pytest.approx(3 * 0.125 / 12)}
+    assert paired == {"crops": 12, "with_lesion": pytest.approx(3 / 12), "lesion_fraction": pytest.approx(3 * 0.125 / 12),
+                      "counterparts": {"crops": 6, "with_lesion": 0.0, "lesion_fraction": 0.0}}
     single = study.exposure(Single(), epochs=3)
-    assert single == {"crops": 6, "with_lesion": pytest.approx(0.5), "lesion_fraction": pytest.approx(0.0625)}
+    assert single == {"crops": 6, "with_lesion": pytest.approx(0.5), "lesion_fraction": pytest.approx(0.0625),
+                      "counterparts": None}

@@ -208,17 +208,25 @@ def exposure(dataset, epochs: int) -> dict:
     ``label_counterpart`` (mirror-pair) supervises its counterpart crop too.
 
     Returns ``crops``; ``with_lesion``, the share holding any WT voxel; ``lesion_fraction``,
-    the mean share of WT voxels per crop. Labels are region maps ``(3, X, Y, Z)``: TC, WT, ET.
+    the mean share of WT voxels per crop; and ``counterparts``, the same three of the
+    counterpart crops alone (``None`` when none is supervised). Labels are region maps
+    ``(3, X, Y, Z)``: TC, WT, ET.
     """
-    shares = []
+    shares = {"label": [], "label_counterpart": []}
     for epoch in range(epochs):
         for index in range(len(dataset)):
             item = dataset[(epoch, index)]
-            for key in ("label", "label_counterpart"):
+            for key in shares:
                 if key in item:
-                    shares.append(float(item[key][1].float().mean()))
-    shares = np.asarray(shares)
-    return {"crops": len(shares), "with_lesion": float((shares > 0).mean()), "lesion_fraction": float(shares.mean())}
+                    shares[key].append(float(item[key][1].float().mean()))
+
+    def held(values):
+        values = np.asarray(values)
+        return {"crops": len(values), "with_lesion": float((values > 0).mean()), "lesion_fraction": float(values.mean())}
+
+    out = held(shares["label"] + shares["label_counterpart"])
+    out["counterparts"] = held(shares["label_counterpart"]) if shares["label_counterpart"] else None
+    return out
 
 
 def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, steps: int, shard: str,
@@ -687,10 +695,12 @@ def main() -> None:
         prepare_all(a.datalist, a.cache_dir, a.workers)
     elif a.command == "crops":
         held = crop_exposure(a.datalist, a.cache_dir, a.arms, a.size, a.seed, a.epochs)
-        print("| arm | supervised crops | with any WT voxel | mean WT voxel share |")
-        print("|---|---|---|---|")
+        print("| arm | crops | supervised crops | with any WT voxel | mean WT voxel share |")
+        print("|---|---|---|---|---|")
         for arm, e in held.items():
-            print(f"| {arm} | {e['crops']} | {e['with_lesion']:.2f} | {e['lesion_fraction']:.4f} |")
+            for which, h in (("all", e), ("counterparts", e["counterparts"])):
+                if h:
+                    print(f"| {arm} | {which} | {h['crops']} | {h['with_lesion']:.2f} | {h['lesion_fraction']:.4f} |")
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
