@@ -296,3 +296,19 @@ def test_crop_exposure_counts_every_supervised_crop_and_its_whole_tumour(study):
     single = study.exposure(Single(), epochs=3)
     assert single == {"crops": 6, "with_lesion": pytest.approx(0.5), "lesion_fraction": pytest.approx(0.0625),
                       "counterparts": None}
+
+
+@pytest.mark.parametrize("command", [["crops"], ["prepare"], ["train", "--output", "unused"],
+                                     ["report", "--output", "unused"]])
+def test_a_missing_datalist_is_one_line_and_exit_2_before_any_work(study, command, tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert study.main(command + ["--datalist", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {missing}: datalist not found (make it with the 'data' command)"]
+    assert list(tmp_path.iterdir()) == [] and not Path("unused").exists()
+
+
+def test_an_unknown_arm_is_refused_by_name(study, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        study.main(["crops", "--datalist", str(tmp_path / "d.json"), "--arms", "swin_unetr_fg99"])
+    assert stop.value.code == 2 and "swin_unetr_fg99" in capsys.readouterr().err

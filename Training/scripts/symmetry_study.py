@@ -649,7 +649,7 @@ def markdown(results: dict) -> List[str]:
 
 
 
-def main() -> None:
+def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data")
@@ -663,7 +663,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("--datalist", type=Path, required=True)
     t.add_argument("--output", type=Path, required=True)
-    t.add_argument("--arms", nargs="+", default=list(ARMS))
+    t.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     t.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     t.add_argument("--input-seeds", type=int, nargs="+", default=[0], help="seeds of the input-pairing arm")
@@ -673,7 +673,7 @@ def main() -> None:
     c = sub.add_parser("crops", help="what each arm's training crops hold (descriptive, ninth amendment)")
     c.add_argument("--datalist", type=Path, required=True)
     c.add_argument("--cache-dir", default="")
-    c.add_argument("--arms", nargs="+", default=list(ARMS))
+    c.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     c.add_argument("--size", type=int, default=32)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--epochs", type=int, default=10)
@@ -688,7 +688,21 @@ def main() -> None:
                    help="window: one lesion-centred window per case (the design); scan: the whole case (fifth amendment)")
     r.add_argument("--cases", choices=CASE_SETS, default="all",
                    help="all held-out cases, or the decision rule's primary set only (sixth amendment)")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
+    from SymmetryAwareCore.errors import InputError
+
+    # A user's mistake is one line and exit 2, before any case is made, prepared or trained.
+    try:
+        if a.command != "data" and not a.datalist.is_file():
+            raise InputError("datalist not found (make it with the 'data' command)", a.datalist)
+        _run(a)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(a: argparse.Namespace) -> None:
     if a.command == "data":
         print(make_data(a.output, a.seed, a.workers))
     elif a.command == "prepare":
@@ -708,4 +722,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
