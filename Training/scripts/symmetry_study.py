@@ -10,6 +10,9 @@ Three steps, each resumable:
     report  every finished run scored on the held-out set the same way, paired bootstrap
             confidence intervals, and the decision rule applied; writes results.json/.md.
 
+(``prepare`` fills the prepared-case store the runs share; ``crops`` describes what each
+arm's training crops hold, ninth amendment.)
+
     python Training/scripts/symmetry_study.py data --output datasets/study15 --workers 2
     python Training/scripts/symmetry_study.py train --datalist datasets/study15/datalist.json \
         --output runs/study --shard 0/2        # and --shard 1/2 in a second process
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -649,7 +652,7 @@ def markdown(results: dict) -> List[str]:
 
 
 
-def main(argv: Sequence[str] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data")
