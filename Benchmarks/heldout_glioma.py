@@ -9,7 +9,8 @@ older checkout for a before / after table:
     PYTHONPATH=/path/to/old/checkout:/path/to/old/checkout/Training python Benchmarks/heldout_glioma.py ... --output before.json
 
 Prints one line per case and, last, the mean per region over each source folder and the
-sample's Dice.
+sample's Dice; the JSON also holds each case's WT false-positive volume (mL marked outside
+the true whole tumour) and its mean per folder.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 
 
 def _scores(pred_path: Path, truth_path: Path) -> dict:
-    from SymmetryAwareTraining.metrics import labels_to_regions, segmentation_metrics
+    from SymmetryAwareTraining.metrics import false_positive_ml, labels_to_regions, segmentation_metrics
 
     pred_img, truth_img = nib.load(str(pred_path)), nib.load(str(truth_path))
     if pred_img.shape != truth_img.shape or not np.allclose(pred_img.affine, truth_img.affine, atol=1e-4):
         raise SystemExit(f"{pred_path}: not on the grid of {truth_path}")
     pred, truth = np.asarray(pred_img.dataobj).astype(np.int64), np.asarray(truth_img.dataobj).astype(np.int64)
     spacing = np.linalg.norm(truth_img.affine[:3, :3], axis=0)
-    return segmentation_metrics(labels_to_regions(pred), labels_to_regions(truth), spacing)
+    pred_regions, true_regions = labels_to_regions(pred), labels_to_regions(truth)
+    metrics = segmentation_metrics(pred_regions, true_regions, spacing)
+    metrics["WT"]["false_positive_ml"] = false_positive_ml(pred_regions[1], true_regions[1], spacing)
+    return metrics
 
 
 def main() -> None:
@@ -65,6 +69,7 @@ def main() -> None:
         per_case[case] = metrics
         groups[Path(root / entry["label"]).parent.name].append(metrics)
         print(f"{case}: " + "  ".join(f"{r} {metrics[r]['dice']:.3f}" for r in REGIONS)
+              + f"  WT false positive {metrics['WT']['false_positive_ml']:.1f} mL"
               + f" ({time.perf_counter() - start:.1f} s)", flush=True)
 
     sample = sample_case_paths()
@@ -76,6 +81,7 @@ def main() -> None:
         summary[group] = {r: {"dice_mean": float(np.mean([m[r]["dice"] for m in rows])),
                               "hd95_mean": float(np.nanmean([m[r]["hd95"] for m in rows])), "n": len(rows)}
                           for r in REGIONS}
+        summary[group]["WT"]["false_positive_ml_mean"] = float(np.mean([m["WT"]["false_positive_ml"] for m in rows]))
     summary["sample"] = {r: {"dice": sample_metrics[r]["dice"], "hd95": sample_metrics[r]["hd95"]} for r in REGIONS}
     args.output.write_text(json.dumps({"model": model.describe(), "cases": per_case, "summary": summary}, indent=2, default=float))
     for group, values in summary.items():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SymmetryAwareTraining.metrics import (HD95_EMPTY, LESION_HD95_MISS, case_metrics, hd95, lesion_wise_metrics,
-                                           summarise)
+from SymmetryAwareTraining.metrics import (HD95_EMPTY, LESION_HD95_MISS, case_metrics, false_positive_ml, hd95,
+                                           lesion_wise_metrics, summarise)
 
 SHAPE = (40, 40, 20)
 
@@ -25,6 +25,15 @@ def test_hd95_conventions_for_empty_masks():
     assert hd95(lesion, empty) == HD95_EMPTY
     shifted = _cube(np.zeros(SHAPE, bool), (7, 5, 5), 4)
     assert hd95(shifted, lesion, spacing=(3.0, 1.0, 1.0)) == pytest.approx(6.0)  # 2 voxels along x at 3 mm
+
+
+def test_false_positive_ml_counts_only_voxels_outside_the_truth():
+    truth = _cube(np.zeros(SHAPE, bool), (5, 5, 5), 4)            # 64 voxels
+    pred = _cube(truth.copy(), (20, 20, 5), 2)                       # truth + 8 voxels elsewhere
+    assert false_positive_ml(pred, truth, (1.0, 1.0, 1.0)) == pytest.approx(8 / 1000)
+    assert false_positive_ml(pred, truth, (2.0, 1.5, 1.0)) == pytest.approx(8 * 3.0 / 1000)
+    assert false_positive_ml(truth, truth, (1.0, 1.0, 1.0)) == 0.0  # a perfect mask claims no healthy tissue
+    assert false_positive_ml(np.zeros(SHAPE, bool), truth, (1.0, 1.0, 1.0)) == 0.0  # misses are not false positives
 
 
 def test_lesion_wise_counts_misses_and_false_positives():

@@ -33,6 +33,7 @@ __all__ = [
     "REGIONS",
     "labels_to_regions",
     "dice_score",
+    "false_positive_ml",
     "segmentation_metrics",
     "lesion_wise_metrics",
     "case_metrics",
@@ -101,6 +102,14 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two binary masks; both empty is 1 (a correct "no tumour", BraTS)."""
     total = int(pred.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
+
+
+def false_positive_ml(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """Volume in mL that ``pred`` marks outside ``truth`` (binary masks on one grid of voxel
+    size ``spacing`` mm): the healthy tissue a segmentation claims, which Dice alone hides
+    when the true lesion is large."""
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    return float(np.logical_and(pred, np.logical_not(truth)).sum()) * voxel_ml
 
 
 def segmentation_metrics(pred_regions, true_regions, spacing: Sequence[float] = (1.0, 1.0, 1.0),

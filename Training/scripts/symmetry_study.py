@@ -304,7 +304,7 @@ def score_scan(network, volume: np.ndarray, label: np.ndarray, spacing: Sequence
 
     from SymmetryAwareCore.contract import RunOptions
     from SymmetryAwareCore.inference.engine import InferenceSettings, run_paired_inference
-    from SymmetryAwareTraining.metrics import dice_score, labels_to_regions
+    from SymmetryAwareTraining.metrics import dice_score, false_positive_ml, labels_to_regions
 
     defaults = RunOptions()
     settings = InferenceSettings(roi_size=(ROI,) * 3, overlap=defaults.overlap, sw_batch_size=defaults.sw_batch,
@@ -313,8 +313,7 @@ def score_scan(network, volume: np.ndarray, label: np.ndarray, spacing: Sequence
     pred = (torch.sigmoid(result.logits) > 0.5).numpy()  # (3, X, Y, Z): TC, WT, ET
     truth = labels_to_regions(np.asarray(label).astype(np.int64))
     scores = {region: dice_score(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    scores["WT_false_positive_ml"] = float(np.logical_and(pred[1], ~truth[1]).sum()) * voxel_ml
+    scores["WT_false_positive_ml"] = false_positive_ml(pred[1], truth[1], spacing)
     return scores
 
 
