@@ -61,3 +61,16 @@ def save_classifier():
         return save_model(network, path, card)
 
     return save
+
+
+def import_benchmark(name: str):
+    """A script of ``Benchmarks/`` (not a package) imported as a module, for its tests."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "Benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

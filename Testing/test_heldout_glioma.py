@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "Benchmarks"))
-    try:
-        import heldout_glioma
-    finally:
-        sys.path.remove(str(ROOT / "Benchmarks"))
-    return heldout_glioma
+    return import_benchmark("heldout_glioma")
 
 
 def _write(path: Path, labels: np.ndarray, affine: np.ndarray) -> Path:

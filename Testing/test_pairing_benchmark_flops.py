@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "Benchmarks"))
-    try:
-        import pairing_benchmark
-    finally:
-        sys.path.remove(str(ROOT / "Benchmarks"))
-    return pairing_benchmark
+    return import_benchmark("pairing_benchmark")
 
 
 def _args(**kw):
