@@ -10,7 +10,8 @@ older checkout for a before / after table:
 
 Prints one line per case and, last, the mean per region over each source folder and the
 sample's Dice; the JSON also holds each case's WT false-positive volume (mL marked outside
-the true whole tumour) and its mean per folder.
+the true whole tumour) and its mean per folder. Two such files (two models, same cases) are
+compared, paired and with intervals, by `Benchmarks/compare_heldout.py`.
 """
 
 from __future__ import annotations

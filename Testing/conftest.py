@@ -63,14 +63,24 @@ def save_classifier():
     return save
 
 
-def import_benchmark(name: str):
-    """A script of ``Benchmarks/`` (not a package) imported as a module, for its tests."""
+def import_script(name: str, folder: str = "Benchmarks"):
+    """A script of ``Benchmarks/`` or ``Training/scripts`` (not packages) imported as a module, for its tests."""
     import importlib
     import sys
 
-    folder = str(Path(__file__).resolve().parents[1] / "Benchmarks")
-    sys.path.insert(0, folder)
+    where = str(Path(__file__).resolve().parents[1] / folder)
+    sys.path.insert(0, where)
     try:
         return importlib.import_module(name)
     finally:
-        sys.path.remove(folder)
+        sys.path.remove(where)
+
+
+def import_benchmark(name: str):
+    """A script of ``Benchmarks/`` imported as a module."""
+    return import_script(name, "Benchmarks")
+
+
+def import_training_script(name: str):
+    """A script of ``Training/scripts`` imported as a module."""
+    return import_script(name, "Training/scripts")

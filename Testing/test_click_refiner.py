@@ -77,6 +77,34 @@ def two_stage_case(tmp_path_factory):
     return phantom, paths, card_path, missing
 
 
+def test_a_refiner_trained_on_other_backbone_weights_is_refused_and_the_right_ones_load(two_stage_case):
+    """Same backbone file name, other weights (e.g. a re-bundled default): the refiner would read
+    priors it never saw, so loading names both hashes in one line; the recorded hash loads."""
+    from SymmetryAwareCore.inference.model_source import brats_card_fields, resolve_model
+    from SymmetryAwareCore.interactive.session import (BACKBONE_KEY, BACKBONE_SHA_KEY, card_interactive_block,
+                                                       load_backbone)
+    from SymmetryAwareCore.models.model_card import load_model
+
+    _, _, card_path, _ = two_stage_case
+    folder = Path(card_path).parent
+    backbone_sha = load_model(folder / "tiny_backbone.json")[1].sha256
+    refiner = ClickRefiner(4, channels=(4, 8, 16, 32), strides=(2, 2, 2))
+    fields = brats_card_fields()
+
+    def saved(name, sha):
+        card = ModelCard(channels=fields["channels"], modality="MRI", labels=[Label(1, "lesion", (250, 120, 40))],
+                         preprocessing=PREPROCESSING,
+                         postprocessing={"activation": "sigmoid", "regions": {"lesion": [1]}, "threshold": 0.5},
+                         name=name, extra={"interactive": {**card_interactive_block(2.0),
+                                                           BACKBONE_KEY: "tiny_backbone.json", BACKBONE_SHA_KEY: sha}})
+        return resolve_model(str(save_model(refiner, folder / f"{name}.safetensors", card)), "cpu")
+
+    assert load_backbone(saved("matching_refiner", backbone_sha)).card.sha256 == backbone_sha
+    with pytest.raises(InputError, match="trained on backbone weights") as info:
+        load_backbone(saved("stale_refiner", "0" * 64))
+    assert "\n" not in str(info.value) and "000000000000" in str(info.value)
+
+
 def test_two_stage_session_caches_the_backbone_prior_once(two_stage_case, tmp_path):
     from SymmetryAwareCore.inference.pipeline import predict_box
     from SymmetryAwareCore.interactive.session import InteractiveSession

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -42,3 +43,42 @@ def test_scores_refuse_a_prediction_off_the_truth_grid(bench, tmp_path):
     shifted[0, 3] = 1.0
     with pytest.raises(SystemExit, match="not on the grid"):
         bench._scores(_write(tmp_path / "pred.nii.gz", labels, shifted), truth)
+
+
+def _result(path, dice_wt, fp_ml):
+    cases = {f"c{i}": {"WT": {"dice": float(d), "hd95": 1.0, "false_positive_ml": float(f)},
+                       "TC": {"dice": float(d) / 2, "hd95": 1.0}, "ET": {"dice": 0.5, "hd95": 1.0}}
+             for i, (d, f) in enumerate(zip(dice_wt, fp_ml))}
+    path.write_text(json.dumps({"model": {}, "cases": cases, "summary": {}}))
+    return path
+
+
+def test_compare_heldout_pairs_cases_and_splits_by_a_datalist_field(tmp_path, capsys):
+    compare = import_benchmark("compare_heldout")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 0.8, 20)
+    gain = np.where(np.arange(20) < 10, 0.2, 0.0)  # the first ten cases improve, the rest do not
+    before = _result(tmp_path / "a.json", base, np.full(20, 5.0))
+    after = _result(tmp_path / "b.json", base + gain, np.full(20, 7.0))
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": [{"name": f"c{i}", "contrast": 0.5 if i < 10 else 0.3}
+                                                 for i in range(20)]}))
+    out = tmp_path / "cmp.json"
+    assert compare.main([str(before), str(after), "--datalist", str(datalist), "--group-by", "contrast",
+                         "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    mean, low, high = result["all"]["WT"]["difference"]
+    assert mean == pytest.approx(0.1) and 0 < low < 0.1 < high
+    assert result["all"]["TC"]["difference"][0] == pytest.approx(0.05)
+    assert result["all"]["ET"]["difference"] == [0.0, 0.0, 0.0]
+    assert result["contrast 0.5"]["WT"]["difference"][0] == pytest.approx(0.2)
+    assert result["contrast 0.3"]["WT"]["difference"] == [0.0, 0.0, 0.0]
+    assert result["all"]["WT_false_positive_ml"]["difference"] == pytest.approx([2.0, 2.0, 2.0])
+    missed = int(np.sum(base < 0.1))
+    assert result["all"]["WT_missed"]["before"] == missed
+    assert result["all"]["WT_missed"]["after"] == int(np.sum(base + gain < 0.1))
+    assert "WT: " in capsys.readouterr().out
+
+    other = _result(tmp_path / "c.json", base[:19], np.full(19, 5.0))
+    with pytest.raises(SystemExit, match="different cases"):
+        compare.main([str(before), str(other)])

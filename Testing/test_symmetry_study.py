@@ -3,7 +3,6 @@ window, paired bootstrap and the decision rule written in docs/symmetry_study.md
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,15 +11,12 @@ import pytest
 import yaml
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_training_script
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("symmetry_study", ROOT / "Training" / "scripts" / "symmetry_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_training_script("symmetry_study")
 
 
 def test_plan_holds_out_the_designed_groups(study):

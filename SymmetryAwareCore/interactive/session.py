@@ -59,7 +59,7 @@ from ..errors import InputError
 from ..models.promptable import GUIDANCE_NAMES
 from .guidance import DEFAULT_SIGMA, Guidance, guidance_volume
 
-__all__ = ["InteractiveSession", "EditResult", "card_interactive_block", "load_backbone", "BACKBONE_KEY",
+__all__ = ["InteractiveSession", "EditResult", "card_interactive_block", "load_backbone", "BACKBONE_KEY", "BACKBONE_SHA_KEY",
            "CLICK_PROTOCOL", "MAX_UNDO"]
 
 CLICK_PROTOCOL = ("first click at the object's deepest interior point (max of its distance transform); each next "
@@ -90,6 +90,11 @@ BACKBONE_KEY = "backbone"
 """Key of a two-stage model card's ``extra.interactive``: the file name of the automatic
 segmentation model's card, beside the refiner's card (its weights' SHA-256 is checked on load)."""
 
+BACKBONE_SHA_KEY = "backbone_sha256"
+"""Key beside :data:`BACKBONE_KEY`: the SHA-256 of the backbone weights the refiner was trained
+on. The refiner reads the backbone's probabilities as an input channel, so other weights under
+the same name (a re-bundled default) would feed it priors it never saw: refused on load."""
+
 
 def load_backbone(refiner, device=None):
     """The backbone (a loaded automatic segmentation model) a two-stage refiner's card names.
@@ -111,6 +116,11 @@ def load_backbone(refiner, device=None):
     if not path.is_file():
         raise InputError(f"backbone card named by {where} not found", path)
     backbone = resolve_model(str(path), device or "cpu")
+    trained_on = ((refiner.card.extra or {}).get("interactive") or {}).get(BACKBONE_SHA_KEY)
+    if trained_on and trained_on != backbone.card.sha256:
+        raise InputError(f"the refiner was trained on backbone weights {str(trained_on)[:12]}..., but {name} now holds "
+                         f"{str(backbone.card.sha256)[:12]}...; keep the backbone it was trained on or retrain the refiner",
+                         path)
     if hasattr(backbone.network, "guidance_channels") or hasattr(backbone.network, "assemble"):
         raise InputError(f"the backbone {name} must be an automatic segmentation model", path)
     names = [c.name for c in backbone.card.channels]

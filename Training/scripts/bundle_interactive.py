@@ -127,7 +127,7 @@ def bundle_refiner(args) -> None:
     its card naming the backbone card it was trained on, which must lie beside the output."""
     from SymmetryAwareCore.inference.model_source import resolve_model
     from SymmetryAwareCore.interactive.guidance import DEFAULT_SIGMA
-    from SymmetryAwareCore.interactive.session import BACKBONE_KEY, card_interactive_block
+    from SymmetryAwareCore.interactive.session import BACKBONE_KEY, BACKBONE_SHA_KEY, card_interactive_block
     from SymmetryAwareCore.models.click_refiner import ClickRefiner
     from SymmetryAwareCore.models.model_card import Label, ModelCard, load_model, save_model
 
@@ -167,7 +167,7 @@ def bundle_refiner(args) -> None:
             "interactive": {**card_interactive_block(run_args.get("sigma") or DEFAULT_SIGMA, "WT"),
                             "counterpart_guidance": "not used: the refiner takes the counterpart's image channels; "
                                                     "the backbone's counterpart is its own (no clicks)",
-                            BACKBONE_KEY: backbone_card.name, "backbone_sha256": backbone.card.sha256,
+                            BACKBONE_KEY: backbone_card.name, BACKBONE_SHA_KEY: backbone.card.sha256,
                             "two_stage": "backbone probabilities once per scan (predict_box), refiner per click"},
             "training_run": {"args": run_args, "steps": state["steps"], "cases": len(state["cases"]),
                              "final_loss_mean_last_50": float(sum(state["history"][-50:]) / max(1, len(state["history"][-50:])))},

@@ -33,7 +33,7 @@ def _rebase(value, source: Path, target: Path):
 
 def merge(inputs: Sequence[str], output: Path, folds: int = 5) -> dict:
     merged: dict = {"description": "merged phantom datalists (Training/scripts/merge_datalists.py)",
-                    "sources": [], "num_folds": folds, "training": [], "validation": []}
+                    "sources": {}, "num_folds": folds, "training": [], "validation": []}
     channels = modality = None
     names = set()
     for spec in inputs:
@@ -47,10 +47,10 @@ def merge(inputs: Sequence[str], output: Path, folds: int = 5) -> dict:
             channels, modality = data.get("channels"), data.get("modality")
         elif (data.get("channels"), data.get("modality")) != (channels, modality):
             raise SystemExit(f"error: {path}: channels or modality differ from the first datalist's")
-        merged["sources"].append({"datalist": os.path.relpath(path.resolve(), output.parent.resolve()),
-                                  "role": role or "folds kept",
-                                  **{k: data[k] for k in ("seed", "spacing_mm", "lesion_contrast", "variation")
-                                     if k in data}})
+        # A dict, not a list: the loader reads every list of objects as a section of cases.
+        merged["sources"][os.path.relpath(path.resolve(), output.parent.resolve())] = {
+            "role": role or "folds kept",
+            **{k: data[k] for k in ("seed", "spacing_mm", "lesion_contrast", "variation") if k in data}}
         entries: List[dict] = [e for s in SECTIONS for e in data.get(s, [])]
         for i, entry in enumerate(entries):
             entry = dict(entry)

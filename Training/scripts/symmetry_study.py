@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from SymmetryAwareTraining.metrics import paired_bootstrap
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "symmetry_study.yaml"
 REGIONS = ("WT", "TC", "ET")
@@ -361,13 +363,6 @@ def _score_in_worker(run: Path):
     scores = score_scan_run(run, _CASES) if _CASES else score_run(run, _WINDOWS)
     print(f"scored {run.name}", flush=True)
     return scores
-
-
-def paired_bootstrap(diff: np.ndarray, resamples: int = 10000, seed: int = 0):
-    """Mean of per-case differences and its 95 % percentile interval (resampling cases)."""
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def verdict(by_size: Dict[int, dict], helps: str = "symmetry helps", hurts: str = "symmetry hurts") -> str:
