@@ -44,6 +44,15 @@ def saved(tmp_path_factory):
     return model, path, card_path
 
 
+def test_saving_the_same_weights_gives_the_same_bytes(saved, tmp_path):
+    """A bundled file's SHA-256 depends on its tensors only, so a model scored once and bundled
+    again is recognised (safetensors wrote a two-key metadata map in a random order)."""
+    model, path, _ = saved
+    hashes = {json.loads(save_model(model, tmp_path / f"again{i}.safetensors", _card()).read_text())["sha256"]
+              for i in range(8)}
+    assert hashes == {json.loads(path.with_suffix(".json").read_text())["sha256"]}
+
+
 def _copy(saved, tmp_path):
     _, path, card_path = saved
     (tmp_path / path.name).write_bytes(path.read_bytes())

@@ -360,7 +360,10 @@ def save_model(model: nn.Module, path: Union[str, Path], card: ModelCard) -> Pat
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     card_path = card_path_for(path)
     with atomic_path(path) as tmp_weights, atomic_path(card_path) as tmp_card:
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt", "architecture": card.architecture})
+        # One metadata key: safetensors writes the metadata map in a per-process random order,
+        # so two keys made the same weights hash differently from run to run. The card names
+        # the architecture; with one key the file, and its SHA-256, depend on the tensors only.
+        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
         card.sha256 = sha256_file(tmp_weights)
         tmp_card.write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
     return card_path

@@ -48,7 +48,28 @@ def main() -> None:
     parser.add_argument("--version", default="0.1.0")
     parser.add_argument("--training-data", default="", help="the card's training_data text (default: one phantom set)")
     parser.add_argument("--note", default="", help="appended to the card's training_data (e.g. how it was initialised)")
+    parser.add_argument("--default", action="store_true",
+                        help='mark the card "default": true (what `segment` runs without --model); refused when '
+                             "another card in the output folder is marked")
+    parser.add_argument("--symmetry-head", default="",
+                        help="card file name of a bundled symmetry head beside the output, named in extra.symmetry_head")
+    parser.add_argument("--also-scored", action="append", default=[], metavar="NAME=FILE",
+                        help="a Benchmarks/heldout_glioma.py result of THIS model on another held-out set; its "
+                             "summary goes into metrics.also_scored.NAME (repeatable)")
     args = parser.parse_args()
+    also_scored = {}
+    for item in args.also_scored:
+        name, _, path = item.partition("=")
+        if not name or not Path(path).is_file():
+            parser.error(f"--also-scored {item}: give NAME=FILE with an existing file")
+        also_scored[name] = Path(path)
+    if args.default:
+        marked = [p.name for p in args.output.parent.glob("*.json")
+                  if p != args.output.with_suffix(".json") and json.loads(p.read_text()).get("default")]
+        if marked:
+            parser.error(f"{', '.join(marked)} is already marked default; unmark it first")
+    if args.symmetry_head and not (args.output.parent / args.symmetry_head).is_file():
+        parser.error(f"--symmetry-head {args.symmetry_head}: no such card beside {args.output}")
 
     from SymmetryAwareCore.inference.model_source import LoadedModel, brats_card_fields
     from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
@@ -93,6 +114,15 @@ def main() -> None:
     )
     save_model(to_shipping_precision(network), args.output, card)
     shipped_network, shipped_card = load_model(args.output)  # evaluate what users will load
+    for path in also_scored.values():
+        # Figures of other weights must not enter this card: checked before the long scoring,
+        # and the pair just written is removed so that nothing half-made is left.
+        scored_sha = (json.loads(path.read_text()).get("model") or {}).get("sha256")
+        if scored_sha != shipped_card.sha256:
+            args.output.unlink()
+            args.output.with_suffix(".json").unlink()
+            raise SystemExit(f"error: {path} scored weights {str(scored_sha)[:12]}, not these "
+                             f"({shipped_card.sha256[:12]}); score the bundled file, then bundle again")
     shipped = LoadedModel(shipped_network, shipped_card, str(args.output))
 
     datalist = load_datalist(args.datalist)
@@ -121,6 +151,17 @@ def main() -> None:
         "summary": summary,
         "cases": per_case,
     }
+    for name, path in also_scored.items():
+        scored = json.loads(path.read_text())
+        data["metrics"].setdefault("also_scored", {})[name] = {
+            "file": path.name, "summary": scored["summary"],
+            "false_positive_ml": {case: m["WT"]["false_positive_ml"] for case, m in scored["cases"].items()}}
+    if args.default:
+        data["default"] = True
+    if args.symmetry_head:
+        from SymmetryAwareCore.inference.zero_shot import SYMMETRY_HEAD_KEY
+
+        data.setdefault("extra", {})[SYMMETRY_HEAD_KEY] = args.symmetry_head
     card_path.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

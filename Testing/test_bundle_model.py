@@ -1,0 +1,86 @@
+"""Training/scripts/bundle_model.py end to end on a tiny network and one 3 mm phantom:
+the shipped card carries the held-out scores, the default mark and the symmetry head asked
+for, and refuses a second default or another model's figures (leaving nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "Training" / "scripts" / "bundle_model.py"
+
+
+@pytest.fixture(scope="module")
+def bundle_inputs(tmp_path_factory):
+    from SymmetryAwareCore.inference.model_source import brats_card_fields
+    from SymmetryAwareCore.models.model_card import ModelCard, save_model
+    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
+    from SymmetryAwareCore.phantoms.dataset import write_case
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    root = tmp_path_factory.mktemp("bundle")
+    data = root / "data"
+    data.mkdir()
+    paths = write_case(make_subject(5, "glioma", "mri", spacing=3.0, scenario="unilateral"), data, "p005")
+    entry = {"name": "p005", "image": [paths[c].name for c in ("t1", "t1ce", "t2", "flair")],
+             "label": paths["label"].name, "fold": 0}
+    (data / "datalist.json").write_text(json.dumps({"training": [entry], "channels": 4}))
+    torch.manual_seed(0)
+    network = SASwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), use_saca=True)
+    fields = brats_card_fields()
+    card = ModelCard(channels=fields["channels"], modality="MRI", labels=fields["labels"],
+                     postprocessing=fields["postprocessing"], name="run",
+                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64],
+                                    "normalisation": "zscore-nonzero"},
+                     extra={"training": {"config": {"train": {"steps": 1}}}})
+    run = root / "run"
+    save_model(network, run / "model.safetensors", card)
+    return root, run, data / "datalist.json"
+
+
+def _bundle(run, datalist, output, *extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "Training")]), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), "--run", str(run), "--datalist", str(datalist), "--fold", "0",
+                           "--output", str(output), "--version", "9.9.9", *extra],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_bundled_card_is_marked_default_names_its_head_and_keeps_other_scores(bundle_inputs):
+    root, run, datalist = bundle_inputs
+    out = root / "models"
+    out.mkdir()
+    (out / "head.json").write_text("{}")
+    (out / "older.json").write_text(json.dumps({"name": "older", "default": True}))
+
+    refused = _bundle(run, datalist, out / "new.safetensors", "--default")
+    assert refused.returncode == 2 and "older.json is already marked default" in refused.stderr
+    assert not (out / "new.safetensors").exists()  # refused before anything was written
+
+    (out / "older.json").write_text(json.dumps({"name": "older"}))
+    first = _bundle(run, datalist, out / "new.safetensors")
+    assert first.returncode == 0, first.stderr
+    card = json.loads((out / "new.json").read_text())
+    assert "default" not in card and card["metrics"]["summary"]["WT"]["dice_n"] == 1
+    # A result of these very weights (as heldout_glioma.py writes it) is accepted...
+    scored = root / "scored.json"
+    scored.write_text(json.dumps({"model": {"sha256": card["sha256"]}, "summary": {"set": {"WT": {"dice_mean": 0.5}}},
+                                  "cases": {"c1": {"WT": {"dice": 0.5, "false_positive_ml": 1.5}}}}))
+    done = _bundle(run, datalist, out / "new.safetensors", "--default", "--symmetry-head", "head.json",
+                   "--also-scored", f"faint={scored}")
+    assert done.returncode == 0, done.stderr
+    card = json.loads((out / "new.json").read_text())
+    assert card["default"] is True and card["extra"]["symmetry_head"] == "head.json"
+    assert card["metrics"]["also_scored"]["faint"]["false_positive_ml"] == {"c1": 1.5}
+
+    # ...one of other weights is not, and the pair written for the check is removed.
+    scored.write_text(json.dumps({"model": {"sha256": "0" * 64}, "summary": {}, "cases": {}}))
+    other = _bundle(run, datalist, out / "other.safetensors", "--also-scored", f"faint={scored}")
+    assert other.returncode != 0 and "not these" in other.stderr
+    assert not (out / "other.safetensors").exists() and not (out / "other.json").exists()
