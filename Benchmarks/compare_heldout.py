@@ -81,7 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = sorted(before)
     results = {"all": compare(before, after, names, args.resamples)}
     if args.group_by:
-        entries = json.loads(args.datalist.read_text())["training"]
+        try:
+            entries = json.loads(args.datalist.read_text())["training"]
+        except (OSError, ValueError, KeyError) as error:
+            raise SystemExit(f"error: {args.datalist}: cannot read its 'training' list ({error})") from None
         group = {e.get("name") or e.get("case"): e.get(args.group_by) for e in entries}
         if any(n not in group for n in names):
             raise SystemExit(f"error: {args.datalist} lacks some of the cases")

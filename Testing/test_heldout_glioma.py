@@ -82,3 +82,5 @@ def test_compare_heldout_pairs_cases_and_splits_by_a_datalist_field(tmp_path, ca
     other = _result(tmp_path / "c.json", base[:19], np.full(19, 5.0))
     with pytest.raises(SystemExit, match="different cases"):
         compare.main([str(before), str(other)])
+    with pytest.raises(SystemExit, match="cannot read"):
+        compare.main([str(before), str(after), "--datalist", str(tmp_path / "absent.json"), "--group-by", "x"])

@@ -59,3 +59,10 @@ def test_merging_refuses_repeated_case_names_and_unknown_suffixes(tmp_path):
         module.main(["--output", str(tmp_path / "m.json"), str(first), str(first)])
     with pytest.raises(SystemExit, match="suffix"):
         module.main(["--output", str(tmp_path / "m.json"), f"{first}:test"])
+    with pytest.raises(SystemExit, match="cannot read the datalist"):
+        module.main(["--output", str(tmp_path / "m.json"), str(tmp_path / "absent.json")])
+    assert not (tmp_path / "m.json").exists()
+    before = first.read_bytes()
+    with pytest.raises(SystemExit, match="is one of the inputs"):
+        module.main(["--output", str(first), str(first)])
+    assert first.read_bytes() == before

@@ -41,7 +41,10 @@ def merge(inputs: Sequence[str], output: Path, folds: int = 5) -> dict:
         if role not in ("", "train"):
             raise SystemExit(f"error: {spec}: the only suffix is ':train'")
         path = Path(path)
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {path}: cannot read the datalist ({error})") from None
         base = path.parent / data.get("base_dir", ".")
         if channels is None:
             channels, modality = data.get("channels"), data.get("modality")
@@ -73,8 +76,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args(argv)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if any(Path(spec.partition(":")[0]).resolve() == args.output.resolve() for spec in args.inputs):
+        raise SystemExit(f"error: --output {args.output} is one of the inputs; write the merged list elsewhere")
     merged = merge(args.inputs, args.output, args.folds)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     merged = {k: v for k, v in merged.items() if v != []}
     args.output.write_text(json.dumps(merged, indent=1))
     counts = {}
