@@ -5,6 +5,8 @@ reference first) and prints, per region, both means and the mean per-case differ
 (second minus first) with its paired bootstrap interval (cases resampled; the one
 definition, ``SymmetryAwareTraining.metrics.paired_bootstrap``); then the WT false-positive
 volume (mL per scan) the same way, and how many cases each model nearly misses (WT Dice < 0.1).
+``--before-threshold`` / ``--after-threshold`` read a file's ``--thresholds`` sweep instead
+(one model at two operating points: the same file twice).
 ``--datalist`` and ``--group-by`` split the cases by a datalist field as well:
 
     python Benchmarks/compare_heldout.py v040_A.json candidate_A.json \\
@@ -25,12 +27,20 @@ REGIONS = ("WT", "TC", "ET")
 MISSED_BELOW = 0.1
 
 
-def _load(path: Path) -> Dict[str, dict]:
+def _load(path: Path, threshold: Optional[float] = None) -> Dict[str, dict]:
+    """The per-case results of one file: at the card's threshold, or at ``threshold`` from
+    a ``heldout_glioma.py --thresholds`` sweep."""
     try:
-        cases = json.loads(path.read_text())["cases"]
+        result = json.loads(path.read_text())
+        if threshold is None:
+            return result["cases"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"error: {path}: not a heldout_glioma.py result ({error})") from None
-    return cases
+    swept = result.get("thresholds") or {}
+    if f"{threshold:g}" not in swept:
+        raise SystemExit(f"error: {path} holds no sweep at threshold {threshold:g} "
+                         f"(it has: {', '.join(swept) or 'none'}; heldout_glioma.py --thresholds)")
+    return swept[f"{threshold:g}"]["cases"]
 
 
 def compare(before: Dict[str, dict], after: Dict[str, dict], names: Sequence[str], resamples: int = 10000) -> dict:
@@ -69,13 +79,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("after", type=Path, help="the other model's, on the same cases")
     parser.add_argument("--datalist", type=Path, help="the datalist the cases came from (for --group-by)")
     parser.add_argument("--group-by", help="a field of the datalist's entries to split the cases by")
+    parser.add_argument("--before-threshold", type=float, help="read the first file's sweep at this threshold")
+    parser.add_argument("--after-threshold", type=float, help="read the second file's sweep at this threshold")
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--output", type=Path, help="also write the comparison as JSON")
     args = parser.parse_args(argv)
     if bool(args.datalist) != bool(args.group_by):
         raise SystemExit("error: --datalist and --group-by go together")
 
-    before, after = _load(args.before), _load(args.after)
+    before, after = _load(args.before, args.before_threshold), _load(args.after, args.after_threshold)
     if set(before) != set(after):
         raise SystemExit(f"error: the two results hold different cases ({len(set(before) ^ set(after))} not in both)")
     names = sorted(before)

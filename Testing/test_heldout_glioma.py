@@ -84,3 +84,75 @@ def test_compare_heldout_pairs_cases_and_splits_by_a_datalist_field(tmp_path, ca
         compare.main([str(before), str(other)])
     with pytest.raises(SystemExit, match="cannot read"):
         compare.main([str(before), str(after), "--datalist", str(tmp_path / "absent.json"), "--group-by", "x"])
+
+
+@pytest.fixture(scope="module")
+def tiny_region_model(tmp_path_factory):
+    """A random feature-12 SA-Swin with the BraTS region card, and one 3 mm phantom in a datalist."""
+    import torch
+    from SymmetryAwareCore.inference.model_source import brats_card_fields, resolve_model
+    from SymmetryAwareCore.models.model_card import ModelCard, save_model
+    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
+    from SymmetryAwareCore.phantoms.dataset import write_case
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    root = tmp_path_factory.mktemp("sweep")
+    paths = write_case(make_subject(5, "glioma", "mri", spacing=3.0, scenario="unilateral"), root, "p005")
+    entry = {"name": "p005", "image": [paths[c].name for c in ("t1", "t1ce", "t2", "flair")],
+             "label": paths["label"].name, "fold": 0}
+    (root / "datalist.json").write_text(json.dumps({"training": [entry], "channels": 4}))
+    torch.manual_seed(0)
+    network = SASwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), use_saca=True)
+    fields = brats_card_fields()
+    card = ModelCard(channels=fields["channels"], modality="MRI", labels=fields["labels"],
+                     postprocessing=fields["postprocessing"], name="tiny",
+                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64],
+                                    "normalisation": "zscore-nonzero"})
+    card_path = save_model(network, root / "model" / "tiny.safetensors", card)
+    return resolve_model(str(card_path)), [paths[c] for c in ("t1", "t1ce", "t2", "flair")], root
+
+
+def test_threshold_sweep_reproduces_the_labelmap_and_grows_as_the_threshold_falls(bench, tiny_region_model, tmp_path):
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
+
+    model, paths, _ = tiny_region_model
+    options = SegmentOptions(device="cpu", overview=False)
+    native, labels = bench.sweep_labels(paths, model, options, [0.3, 0.7])
+    written = nib.load(str(segment_case(paths, tmp_path, model, options, case_id="p005").files["labelmap"]))
+    assert np.allclose(written.affine, native.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), labels[None])  # the card's 0.5: the deployed labels
+    low, card, high = (labels[t] > 0 for t in (0.3, None, 0.7))
+    assert not np.any(card & ~low) and not np.any(high & ~card)  # a lower threshold only adds whole-tumour voxels
+    assert low.sum() > card.sum() > high.sum()  # and, on a random network near 0.5, it does add some
+
+
+def test_sweep_is_written_and_compared_at_a_chosen_threshold(bench, tiny_region_model, tmp_path, capsys):
+    compare = import_benchmark("compare_heldout")
+    model, _, root = tiny_region_model
+    out = tmp_path / "sweep.json"
+    bench.main(["--datalist", str(root / "datalist.json"), "--model", model.source, "--output", str(out),
+                "--thresholds", "0.3"])
+    result = json.loads(out.read_text())
+    at_card, at_low = result["cases"]["p005"], result["thresholds"]["0.3"]["cases"]["p005"]
+    assert at_low["WT"]["false_positive_ml"] >= at_card["WT"]["false_positive_ml"]
+    cmp = tmp_path / "cmp.json"
+    assert compare.main([str(out), str(out), "--after-threshold", "0.3", "--output", str(cmp)]) == 0
+    wt = json.loads(cmp.read_text())["all"]["WT_false_positive_ml"]
+    assert wt["difference"][0] == pytest.approx(at_low["WT"]["false_positive_ml"] - at_card["WT"]["false_positive_ml"])
+    with pytest.raises(SystemExit, match="no sweep at threshold 0.4"):
+        compare.main([str(out), str(out), "--after-threshold", "0.4"])
+    with pytest.raises(SystemExit, match="must lie in"):
+        bench.main(["--datalist", str(root / "datalist.json"), "--output", str(tmp_path / "x.json"), "--thresholds", "1.5"])
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_threshold_is_refused_for_an_argmax_card():
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.inference.postprocess import labels_from_probabilities
+
+    class Card:
+        postprocessing = {"activation": "softmax"}
+        labels = ()
+
+    with pytest.raises(InputError, match="only to a region"):
+        labels_from_probabilities(np.zeros((1, 2, 2, 2), np.float32), Card(), threshold=0.3)

@@ -51,7 +51,7 @@ from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
 
 __all__ = ["SegmentOptions", "CaseResult", "OUTPUT_FILES", "segment_case", "brain_box", "model_preprocessing",
            "prepare_for_model", "prepare_loaded_for_model", "Prediction", "predict_case", "NativeOutputs", "outputs_on_native",
-           "predict_box", "probabilities_to_native", "threshold_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head",
+           "predict_box", "probabilities_to_native", "native_labels", "threshold_to_native", "outside_head_native", "roi_mask_native", "write_case_outputs", "model_symmetry_head",
            "unit_map_on_native", "StageProgress"]
 
 log = logging.getLogger(__name__)
@@ -445,6 +445,24 @@ def model_symmetry_head(model: LoadedModel) -> Tuple[Optional[SymmetryHead], Opt
     return load_symmetry_head(model.card, _card_file(model), spec, spec.network_channels(len(model.card.channels)))
 
 
+def native_labels(native_probabilities: np.ndarray, prepared: PreparedCase, model: LoadedModel,
+                  options: Optional["SegmentOptions"] = None, threshold: Optional[float] = None) -> np.ndarray:
+    """``(X, Y, Z)`` uint8 labels on the input's grid from ``(out, X, Y, Z)`` probabilities
+    already there (:func:`probabilities_to_native`): the card's rule, then 0 outside the head
+    and outside the run's box. The one definition :func:`outputs_on_native` uses;
+    ``threshold`` replaces a region card's own (operating-point sweeps, the labels at the
+    card's threshold being exactly the segmentation's).
+    """
+    options = options or SegmentOptions()
+    labels = labels_from_probabilities(native_probabilities, model.card, threshold)
+    outside = outside_head_native(prepared, model_preprocessing(model))
+    if outside is not None:
+        labels[outside] = 0
+    if options.roi_center_ras is not None:
+        labels[~roi_mask_native(prepared.native, options.roi_center_ras, options.roi_size_mm)] = 0
+    return labels
+
+
 def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: LoadedModel,
                       options: Optional["SegmentOptions"] = None,
                       symmetry_head: Optional[Tuple[Optional[SymmetryHead], Optional[str]]] = None) -> NativeOutputs:
@@ -455,13 +473,7 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     """
     options = options or SegmentOptions()
     card = model.card
-    spec = model_preprocessing(model)
-    labels = labels_from_probabilities(probabilities_to_native(prediction.probabilities, prepared, card), card)
-    outside = outside_head_native(prepared, spec)
-    if outside is not None:
-        labels[outside] = 0
-    if options.roi_center_ras is not None:
-        labels[~roi_mask_native(prepared.native, options.roi_center_ras, options.roi_size_mm)] = 0
+    labels = native_labels(probabilities_to_native(prediction.probabilities, prepared, card), prepared, model, options)
     asymmetry = prepared.frame.to_native(signed_asymmetry(_foreground(prediction.probabilities, card)), "linear")
     attention = None
     if prediction.attention is not None:

@@ -13,7 +13,7 @@ Two output kinds exist:
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,19 +72,23 @@ def outside_probabilities(card) -> np.ndarray:
     return np.zeros(len(post["regions"]), np.float32)
 
 
-def labels_from_probabilities(probabilities: np.ndarray, card) -> np.ndarray:
+def labels_from_probabilities(probabilities: np.ndarray, card, threshold: Optional[float] = None) -> np.ndarray:
     """``(out, X, Y, Z)`` probabilities (any grid) -> ``(X, Y, Z)`` uint8 label values of the card.
 
     Applied on the input's own grid after the probabilities were resampled there (linear),
-    so label borders are decided at the input's resolution, not the model's.
+    so label borders are decided at the input's resolution, not the model's. ``threshold``
+    replaces a region (sigmoid) card's own, for operating-point sweeps; a softmax card
+    (argmax, no threshold) refuses it.
     """
     post = _post(card)
     p = np.asarray(probabilities)
     if post["activation"] == "softmax":
+        if threshold is not None:
+            raise InputError("a threshold applies only to a region (sigmoid) model; this card's labels are an argmax")
         values = np.array([0] + [l.value for l in card.labels], dtype=np.uint8)
         return values[np.argmax(p, axis=0)]
     if post["activation"] == "sigmoid":
-        threshold = float(post.get("threshold", 0.5))
+        threshold = float(post.get("threshold", 0.5) if threshold is None else threshold)
         out = np.zeros(p.shape[1:], np.uint8)
         for channel, value in region_label_order(post["regions"]):  # largest first, smaller ones overwrite
             out[p[channel] >= threshold] = value
