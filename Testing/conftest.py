@@ -84,3 +84,35 @@ def import_benchmark(name: str):
 def import_training_script(name: str):
     """A script of ``Training/scripts`` imported as a module."""
     return import_script(name, "Training/scripts")
+
+
+def tiny_brats_run(root: Path, card_extra: dict | None = None) -> tuple:
+    """A random feature-12 SA-Swin (depths 1) with the BraTS region card saved as
+    ``root/run/model.safetensors``, and one 3 mm unilateral glioma phantom (seed 5) in fold 0
+    of ``root/data/datalist.json``. Returns ``(card path, datalist path, {channel: path})``."""
+    import json
+
+    import torch
+
+    from SymmetryAwareCore.inference.model_source import brats_card_fields
+    from SymmetryAwareCore.models.model_card import ModelCard, save_model
+    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
+    from SymmetryAwareCore.phantoms.dataset import write_case
+    from SymmetryAwareCore.phantoms.generator import make_subject
+
+    data = root / "data"
+    data.mkdir(parents=True)
+    paths = write_case(make_subject(5, "glioma", "mri", spacing=3.0, scenario="unilateral"), data, "p005")
+    entry = {"name": "p005", "image": [paths[c].name for c in ("t1", "t1ce", "t2", "flair")],
+             "label": paths["label"].name, "fold": 0}
+    (data / "datalist.json").write_text(json.dumps({"training": [entry], "channels": 4}))
+    torch.manual_seed(0)
+    network = SASwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), use_saca=True)
+    fields = brats_card_fields()
+    card = ModelCard(channels=fields["channels"], modality="MRI", labels=fields["labels"],
+                     postprocessing=fields["postprocessing"], name="run",
+                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64],
+                                    "normalisation": "zscore-nonzero"},
+                     extra=card_extra or {})
+    card_path = save_model(network, root / "run" / "model.safetensors", card)
+    return card_path, data / "datalist.json", paths

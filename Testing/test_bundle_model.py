@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import tiny_brats_run
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "Training" / "scripts" / "bundle_model.py"
@@ -19,30 +19,9 @@ SCRIPT = REPO / "Training" / "scripts" / "bundle_model.py"
 
 @pytest.fixture(scope="module")
 def bundle_inputs(tmp_path_factory):
-    from SymmetryAwareCore.inference.model_source import brats_card_fields
-    from SymmetryAwareCore.models.model_card import ModelCard, save_model
-    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
-    from SymmetryAwareCore.phantoms.dataset import write_case
-    from SymmetryAwareCore.phantoms.generator import make_subject
-
     root = tmp_path_factory.mktemp("bundle")
-    data = root / "data"
-    data.mkdir()
-    paths = write_case(make_subject(5, "glioma", "mri", spacing=3.0, scenario="unilateral"), data, "p005")
-    entry = {"name": "p005", "image": [paths[c].name for c in ("t1", "t1ce", "t2", "flair")],
-             "label": paths["label"].name, "fold": 0}
-    (data / "datalist.json").write_text(json.dumps({"training": [entry], "channels": 4}))
-    torch.manual_seed(0)
-    network = SASwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), use_saca=True)
-    fields = brats_card_fields()
-    card = ModelCard(channels=fields["channels"], modality="MRI", labels=fields["labels"],
-                     postprocessing=fields["postprocessing"], name="run",
-                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64],
-                                    "normalisation": "zscore-nonzero"},
-                     extra={"training": {"config": {"train": {"steps": 1}}}})
-    run = root / "run"
-    save_model(network, run / "model.safetensors", card)
-    return root, run, data / "datalist.json"
+    card_path, datalist, _ = tiny_brats_run(root, {"training": {"config": {"train": {"steps": 1}}}})
+    return root, card_path.parent, datalist
 
 
 def _bundle(run, datalist, output, *extra):

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import import_benchmark
+from conftest import import_benchmark, tiny_brats_run
 
 
 @pytest.fixture(scope="module")
@@ -89,27 +89,10 @@ def test_compare_heldout_pairs_cases_and_splits_by_a_datalist_field(tmp_path, ca
 @pytest.fixture(scope="module")
 def tiny_region_model(tmp_path_factory):
     """A random feature-12 SA-Swin with the BraTS region card, and one 3 mm phantom in a datalist."""
-    import torch
-    from SymmetryAwareCore.inference.model_source import brats_card_fields, resolve_model
-    from SymmetryAwareCore.models.model_card import ModelCard, save_model
-    from SymmetryAwareCore.models.sa_swin_unetr import SASwinUNETR
-    from SymmetryAwareCore.phantoms.dataset import write_case
-    from SymmetryAwareCore.phantoms.generator import make_subject
+    from SymmetryAwareCore.inference.model_source import resolve_model
 
-    root = tmp_path_factory.mktemp("sweep")
-    paths = write_case(make_subject(5, "glioma", "mri", spacing=3.0, scenario="unilateral"), root, "p005")
-    entry = {"name": "p005", "image": [paths[c].name for c in ("t1", "t1ce", "t2", "flair")],
-             "label": paths["label"].name, "fold": 0}
-    (root / "datalist.json").write_text(json.dumps({"training": [entry], "channels": 4}))
-    torch.manual_seed(0)
-    network = SASwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), use_saca=True)
-    fields = brats_card_fields()
-    card = ModelCard(channels=fields["channels"], modality="MRI", labels=fields["labels"],
-                     postprocessing=fields["postprocessing"], name="tiny",
-                     preprocessing={"spacing": [3.0, 3.0, 3.0], "roi_size": [64, 64, 64],
-                                    "normalisation": "zscore-nonzero"})
-    card_path = save_model(network, root / "model" / "tiny.safetensors", card)
-    return resolve_model(str(card_path)), [paths[c] for c in ("t1", "t1ce", "t2", "flair")], root
+    card_path, datalist, paths = tiny_brats_run(tmp_path_factory.mktemp("sweep"))
+    return resolve_model(str(card_path)), [paths[c] for c in ("t1", "t1ce", "t2", "flair")], datalist.parent
 
 
 def test_threshold_sweep_reproduces_the_labelmap_and_grows_as_the_threshold_falls(bench, tiny_region_model, tmp_path):
