@@ -253,8 +253,9 @@ class OptionError(ValueError):
 def option_field(default: Any, flag: str, help: str, *, minimum=None, maximum=None, choices=None, short: str = "", kind: str = ""):
     """A :class:`RunOptions` field: its default and how it appears on the command line.
 
-    ``kind`` is ``"triple"`` for three comma-separated numbers (RAS mm); otherwise the
-    type follows the default (``bool`` fields are switches).
+    ``kind`` is ``"triple"`` for three comma-separated numbers (RAS mm), ``"number"`` for a
+    float whose default is None (unset); otherwise the type follows the default (``bool``
+    fields are switches).
     """
     meta = {"flag": flag, "help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "short": short, "kind": kind}
     return field(default=default, metadata=meta)
@@ -300,6 +301,11 @@ class RunOptions:
         None, "--attention-from",
         "also write attention_from.nii.gz: where this RAS point (mm) attends in the other hemisphere (models with SACA)",
         kind="triple")
+    threshold: Optional[float] = option_field(
+        None, "--threshold",
+        "label each region where its probability reaches this value, instead of at the model's own threshold "
+        "(region models): lower finds fainter lesions and marks more healthy tissue (docs/models.md, operating points)",
+        minimum=0.01, maximum=0.99, kind="number")
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
 
     def __post_init__(self) -> None:
@@ -391,7 +397,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, float) and number != value:
             raise OptionError(f"{flag} must be a whole number, got {value!r}")
         value = number
-    elif isinstance(f.default, float):
+    elif isinstance(f.default, float) or meta["kind"] == "number":
         try:
             value = float(value)
         except (TypeError, ValueError):

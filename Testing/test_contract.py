@@ -34,7 +34,7 @@ def parser():
 def test_every_option_round_trips_through_its_command_line():
     options = RunOptions(model="card.json", device="cuda:1", overlap=0.5, sw_batch=4, tta=True, amp="bfloat16",
                          msp_fallback="axes", require_head=True, roi_center=(-30, 12.5, 20), roi_size=(50, 50, 40),
-                         attention_from=(-40, 10, 20),
+                         attention_from=(-40, 10, 20), threshold=0.35,
                          dicom_seg=True)
     assert RunOptions.from_namespace(parser().parse_args(options.as_arg_list())) == options
     assert RunOptions.from_namespace(parser().parse_args([])) == RunOptions()
@@ -53,6 +53,8 @@ def test_every_option_round_trips_through_its_command_line():
     (["--amp", "float8"], "--amp must be one of"),
     (["--roi-size", "10,0,10"], "sizes must be positive"),
     (["--roi-center", "1,2"], "expected three numbers"),
+    (["--threshold", "0"], "--threshold must be in [0.01, 0.99]"),
+    (["--threshold", "half"], "--threshold must be a number"),
 ])
 def test_bad_options_are_refused_by_the_parser_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -67,6 +69,7 @@ def test_options_validate_on_creation_as_well():
     with pytest.raises(OptionError, match="whole number"):
         RunOptions(sw_batch=1.5)
     assert RunOptions(overlap="0.5").overlap == 0.5  # text from a widget is converted
+    assert RunOptions().threshold is None and RunOptions(threshold="0.3").threshold == 0.3  # unset: the card's
     assert RunOptions.range("overlap") == (0.0, 0.9) and RunOptions.default("sw_batch") == 2
     assert RunOptions.choices("device") == contract.DEVICE_CHOICES
 
@@ -142,5 +145,5 @@ def test_pipeline_defaults_do_not_drift_from_the_contract():
     from SymmetryAwareCore.inference.pipeline import SegmentOptions
 
     api = SegmentOptions()
-    assert (api.device, api.overlap, api.sw_batch_size, api.tta, api.amp, api.msp_on_failure) == tuple(
-        RunOptions.default(name) for name in ("device", "overlap", "sw_batch", "tta", "amp", "msp_fallback"))
+    assert (api.device, api.overlap, api.sw_batch_size, api.tta, api.amp, api.msp_on_failure, api.threshold) == tuple(
+        RunOptions.default(name) for name in ("device", "overlap", "sw_batch", "tta", "amp", "msp_fallback", "threshold"))

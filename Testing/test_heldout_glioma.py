@@ -139,3 +139,31 @@ def test_a_threshold_is_refused_for_an_argmax_card():
 
     with pytest.raises(InputError, match="only to a region"):
         labels_from_probabilities(np.zeros((1, 2, 2, 2), np.float32), Card(), threshold=0.3)
+
+
+def test_segment_threshold_option_labels_at_that_threshold_and_says_so(bench, tiny_region_model, tmp_path):
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
+
+    model, paths, _ = tiny_region_model
+    _, labels = bench.sweep_labels(paths, model, SegmentOptions(device="cpu", overview=False), [0.3])
+    result = segment_case(paths, tmp_path, model, SegmentOptions(device="cpu", overview=False, threshold=0.3), case_id="p")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(result.files["labelmap"])).dataobj), labels[0.3])
+    assert result.report["inference"]["threshold"] == 0.3
+
+
+def test_threshold_for_an_argmax_model_is_one_line_before_any_work(tiny_region_model, tmp_path):
+    import subprocess
+    import sys
+
+    model, paths, _ = tiny_region_model
+    card = json.loads(Path(model.source).read_text())
+    card.update(name="tiny-softmax", postprocessing={"activation": "softmax"}, labels=card["labels"][:2])
+    softmax = Path(model.source).with_name("tiny_softmax.json")  # same weights: 3 channels = background + 2 labels
+    softmax.write_text(json.dumps(card))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "SymmetryAwareCore", "segment", *map(str, paths), "--output-dir", str(out),
+                          "--model", str(softmax), "--threshold", "0.3", "--progress", "none"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "--threshold applies only to a region" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())  # nothing written

@@ -180,7 +180,7 @@ def test_slicer_side_defines_no_case_ids_output_names_or_channel_rule_of_its_own
                 assert node.value not in output_names, f"{path.name} spells the output file {node.value!r}"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
                 flags = [a.value for a in node.args if isinstance(a, ast.Constant)]
-                own = {"--overlap", "--device", "--model", "--tta", "--sw-batch", "--roi-center", "--roi-size", "--dicom-seg"}
+                own = {"--overlap", "--device", "--model", "--tta", "--sw-batch", "--roi-center", "--roi-size", "--dicom-seg", "--threshold"}
                 assert not own & set(flags), f"{path.name} redefines run option {flags}"
 
 
@@ -194,6 +194,21 @@ def test_parameter_defaults_and_ranges_come_from_the_contract():
         assert re.search(rf"{name}:.*= RunOptions.default\(", source), f"{name} default not from the contract"
     (_, choices), = [e for e in typing.get_args(hints["device"])[1:] if e[0] == "Choice"]
     assert tuple(choices) == contract.RunOptions.choices("device")
+
+
+def test_panel_threshold_is_the_contracts_and_unset_until_asked_for():
+    import types
+
+    hints = parameters.PARAMETER_TYPES
+    (_, low, high), = [e for e in typing.get_args(hints["threshold"])[1:] if e[0] == "WithinRange"]
+    assert (low, high) == contract.RunOptions.range("threshold")
+    panel = types.SimpleNamespace(model="", device="cpu", overlap=0.25, tta=False, dicomSeg=False,
+                                  useThreshold=False, threshold=0.3)
+    assert parameters.run_options(panel).threshold is None  # the model's own threshold
+    panel.useThreshold = True
+    options = parameters.run_options(panel)
+    argv = options.as_arg_list()
+    assert options.threshold == 0.3 and argv[argv.index("--threshold") + 1] == "0.3"
 
 
 def test_module_metadata_is_translatable_links_its_documentation_and_uses_current_api():

@@ -117,6 +117,9 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
     if card_findings(model.card):  # its output is one probability per scan, not a voxel map
         raise InputError(f"model {model.card.name!r} is a scan-level classifier ({', '.join(card_findings(model.card))}): "
                          "use `symmetryaware classify` with it")
+    from ..inference.postprocess import check_threshold
+
+    check_threshold(model.card, run_options.threshold)  # one line for all cases, before any work
     if run_options.attention_from is not None and not getattr(model.network, "use_saca", False):
         raise InputError(f"--attention-from needs a model with symmetry-aware cross-attention; {run_options.model!r} has none")
     channels = [ChannelSpec(c.name, tuple(c.patterns)) for c in model.card.channels]
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         roi_center_ras=run_options.roi_center,
         roi_size_mm=run_options.roi_size,
         attention_from_ras=run_options.attention_from,
+        threshold=run_options.threshold,
         overview=not args.no_overview,
         overwrite=args.overwrite,
         outputs=tuple(outputs) if outputs else None,

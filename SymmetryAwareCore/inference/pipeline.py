@@ -44,7 +44,8 @@ from .engine import InferenceSettings, run_paired_inference
 from .hemispheric import signed_asymmetry
 from .model_source import LoadedModel
 from .overview import write_overview_png
-from .postprocess import labels_from_probabilities, outside_probabilities, probabilities_from_logits
+from .postprocess import (check_threshold, effective_threshold, labels_from_probabilities, outside_probabilities,
+                          probabilities_from_logits)
 from .report import lesion_report, write_report_json
 from .zero_shot import DEFINITION as ZERO_SHOT_DEFINITION
 from .zero_shot import SymmetryHead, load_symmetry_head, zero_shot_for_model
@@ -84,6 +85,8 @@ class SegmentOptions:
         outputs: keys of :data:`OUTPUT_FILES` to write (the report always is); None: all.
         attention_from_ras: a RAS point (mm) whose SACA attention over the other hemisphere
             is written as ``attention_from.nii.gz`` (models with SACA only).
+        threshold: label each region where its probability reaches this, instead of at the
+            card's threshold (region models only); None: the card's.
     """
 
     # Defaults are the contract's (the one definition the CLI and Slicer share).
@@ -100,6 +103,7 @@ class SegmentOptions:
     overwrite: bool = False
     outputs: Optional[Sequence[str]] = None
     attention_from_ras: Optional[Sequence[float]] = None
+    threshold: Optional[float] = _RUN_DEFAULTS.threshold
 
     def wants(self, key: str) -> bool:
         if key == "overview" and not self.overview:
@@ -450,11 +454,12 @@ def native_labels(native_probabilities: np.ndarray, prepared: PreparedCase, mode
     """``(X, Y, Z)`` uint8 labels on the input's grid from ``(out, X, Y, Z)`` probabilities
     already there (:func:`probabilities_to_native`): the card's rule, then 0 outside the head
     and outside the run's box. The one definition :func:`outputs_on_native` uses;
-    ``threshold`` replaces a region card's own (operating-point sweeps, the labels at the
-    card's threshold being exactly the segmentation's).
+    ``threshold`` replaces ``options.threshold``, which replaces a region card's own
+    (operating-point sweeps; at the same threshold the labels are exactly the segmentation's).
     """
     options = options or SegmentOptions()
-    labels = labels_from_probabilities(native_probabilities, model.card, threshold)
+    labels = labels_from_probabilities(native_probabilities, model.card,
+                                       options.threshold if threshold is None else threshold)
     outside = outside_head_native(prepared, model_preprocessing(model))
     if outside is not None:
         labels[outside] = 0
@@ -479,7 +484,7 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     if prediction.attention is not None:
         # The lesion for the map's summary is the frame's own reading of the probabilities.
         attention = native_attention_maps(prediction.attention, prepared.volume, prepared.box, prepared.frame,
-                                          labels_from_probabilities(prediction.probabilities, card),
+                                          labels_from_probabilities(prediction.probabilities, card, options.threshold),
                                           prediction.attention_point, prepared.image.array)
     score, native_map, head_info = None, None, None
     head, reason = symmetry_head if symmetry_head is not None else (None, "not computed by this caller")
@@ -576,6 +581,7 @@ def segment_case(
 
     stages = StageProgress(progress)
     started = time.perf_counter()
+    check_threshold(model.card, options.threshold)  # before the heavy work
     symmetry_head = model_symmetry_head(model)  # a broken head reference fails before the heavy work
 
     prepared = prepare_for_model(paths, model, options, progress=stages.stage)
@@ -693,6 +699,7 @@ def write_case_outputs(
                     "pairing": str(getattr(model.network, "pairing", "input")),
                     "brain_box": [[s.start, s.stop] for s in box],
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
+                    "threshold": effective_threshold(card, options.threshold),
                 },
                 "maps": {
                     "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: mirror focus "

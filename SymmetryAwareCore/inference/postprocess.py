@@ -21,7 +21,7 @@ import torch
 from ..errors import InputError
 from .hemispheric import foreground_probability
 
-__all__ = ["labels_from_logits", "probabilities_from_logits", "labels_from_probabilities", "foreground_from_logits",
+__all__ = ["labels_from_logits", "check_threshold", "effective_threshold", "probabilities_from_logits", "labels_from_probabilities", "foreground_from_logits",
            "region_label_order", "outside_probabilities"]
 
 
@@ -72,6 +72,26 @@ def outside_probabilities(card) -> np.ndarray:
     return np.zeros(len(post["regions"]), np.float32)
 
 
+def check_threshold(card, threshold: Optional[float]) -> None:
+    """Refuse a threshold for a softmax card (its labels are an argmax) or outside (0, 1)."""
+    if threshold is None:
+        return
+    if _post(card)["activation"] != "sigmoid":
+        raise InputError(f"--threshold applies only to a region (sigmoid) model; {getattr(card, 'name', '') or 'this model'}'s "
+                         "labels are an argmax over classes")
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+
+
+def effective_threshold(card, threshold: Optional[float] = None) -> Optional[float]:
+    """The probability at which a region card's labels are decided (``threshold`` or the
+    card's own); None for a softmax card (argmax)."""
+    post = _post(card)
+    if post["activation"] != "sigmoid":
+        return None
+    return float(post.get("threshold", 0.5) if threshold is None else threshold)
+
+
 def labels_from_probabilities(probabilities: np.ndarray, card, threshold: Optional[float] = None) -> np.ndarray:
     """``(out, X, Y, Z)`` probabilities (any grid) -> ``(X, Y, Z)`` uint8 label values of the card.
 
@@ -82,13 +102,12 @@ def labels_from_probabilities(probabilities: np.ndarray, card, threshold: Option
     """
     post = _post(card)
     p = np.asarray(probabilities)
+    check_threshold(card, threshold)
     if post["activation"] == "softmax":
-        if threshold is not None:
-            raise InputError("a threshold applies only to a region (sigmoid) model; this card's labels are an argmax")
         values = np.array([0] + [l.value for l in card.labels], dtype=np.uint8)
         return values[np.argmax(p, axis=0)]
     if post["activation"] == "sigmoid":
-        threshold = float(post.get("threshold", 0.5) if threshold is None else threshold)
+        threshold = effective_threshold(card, threshold)
         out = np.zeros(p.shape[1:], np.uint8)
         for channel, value in region_label_order(post["regions"]):  # largest first, smaller ones overwrite
             out[p[channel] >= threshold] = value

@@ -60,6 +60,10 @@ class SymmetryAwareSegParameters:
         showAttention: show the hemispheric attention map over the first input.
         opacity: opacity of the segmentation and attention overlays, 0 to 1.
         dicomSeg: also write a DICOM SEG referencing the first input's DICOM series.
+        useThreshold: decide the labels at ``threshold`` instead of at the model's own
+            (region models; the contract's ``--threshold``).
+        threshold: that probability; lower finds fainter lesions and marks more healthy
+            tissue (docs/models.md, operating points).
     """
 
     inputVolume1: Optional[ScalarVolume]
@@ -76,6 +80,8 @@ class SymmetryAwareSegParameters:
     showAttention: bool = True
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     dicomSeg: bool = RunOptions.default("dicom_seg")
+    useThreshold: bool = RunOptions.default("threshold") is not None  # unset: the model's own
+    threshold: Annotated[float, WithinRange(*RunOptions.range("threshold"))] = 0.5  # the bundled cards' own
 
 
 PARAMETER_TYPES = get_type_hints(SymmetryAwareSegParameters, include_extras=True)
@@ -98,4 +104,5 @@ def run_options(parameters, roi_center=None, roi_size=None) -> RunOptions:
         roi_center=None if roi_center is None else tuple(float(v) for v in roi_center),
         roi_size=None if roi_size is None else tuple(float(v) for v in roi_size),
         dicom_seg=bool(parameters.dicomSeg),
+        threshold=float(parameters.threshold) if bool(parameters.useThreshold) else None,
     )
