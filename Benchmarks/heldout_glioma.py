@@ -16,7 +16,9 @@ compared, paired and with intervals, by `Benchmarks/compare_heldout.py`.
 ``--thresholds 0.4 0.3 ...`` (region models) also scores each case's labels at other
 thresholds from the same prediction (the pipeline's functions without the writing; at the
 card's own threshold exactly ``segment_case``'s labelmap), for an operating-point sweep:
-the JSON's ``thresholds`` holds per-case results and summaries per threshold.
+the JSON's ``thresholds`` holds per-case results and summaries per threshold. A case the
+pipeline refuses (a one-line InputError: no mid-sagittal plane found, ...) is listed under
+``refused`` with the reason and left out of the scores.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def main(argv=None) -> None:
                         help="also score the labels at these thresholds (region models), from the same prediction")
     args = parser.parse_args(argv)
 
+    from SymmetryAwareCore.errors import InputError
     from SymmetryAwareCore.inference.model_source import resolve_model
     from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
     from SymmetryAwareCore.phantoms.sample import sample_case_paths
@@ -108,15 +111,23 @@ def main(argv=None) -> None:
     root = args.datalist.parent
     held_out = [e for e in data["training"] if e.get("fold") == args.fold]
     work = Path(tempfile.mkdtemp(prefix="heldout_"))
-    per_case, groups = {}, defaultdict(list)
+    per_case, groups, refused = {}, defaultdict(list), {}
     swept = {t: ({}, defaultdict(list)) for t in args.thresholds}
     options = SegmentOptions(device="cpu", overview=False)
     for entry in held_out:
         case = entry.get("name") or entry.get("case")
         group = Path(root / entry["label"]).parent.name
         start = time.perf_counter()
+        try:
+            if args.thresholds:
+                native, labels = sweep_labels([root / p for p in entry["image"]], model, options, args.thresholds)
+            else:
+                result = segment_case([root / p for p in entry["image"]], work, model, options, case_id=case)
+        except InputError as error:  # what the deployed path refuses (no plane found, ...) is counted, not scored
+            refused[case] = str(error)
+            print(f"{case}: refused: {error}", flush=True)
+            continue
         if args.thresholds:
-            native, labels = sweep_labels([root / p for p in entry["image"]], model, options, args.thresholds)
             truth = _truth(root / entry["label"], native.spatial_shape, native.affine, case)
             metrics = _label_scores(labels[None], truth, native.affine)
             for t in args.thresholds:
@@ -124,7 +135,6 @@ def main(argv=None) -> None:
                 swept[t][0][case] = at
                 swept[t][1][group].append(at)
         else:
-            result = segment_case([root / p for p in entry["image"]], work, model, options, case_id=case)
             metrics = _scores(result.files["labelmap"], root / entry["label"])
         per_case[case] = metrics
         groups[group].append(metrics)
@@ -140,7 +150,7 @@ def main(argv=None) -> None:
 
     summary = _summary(groups)
     summary["sample"] = {r: {"dice": sample_metrics[r]["dice"], "hd95": sample_metrics[r]["hd95"]} for r in REGIONS}
-    result = {"model": model.describe(), "cases": per_case, "summary": summary}
+    result = {"model": model.describe(), "cases": per_case, "summary": summary, "refused": refused}
     if args.thresholds:
         # the same cases at other operating points; Benchmarks/compare_heldout.py --*-threshold reads them
         result["thresholds"] = {f"{t:g}": {"cases": cases, "summary": _summary(by_group)}
@@ -149,6 +159,8 @@ def main(argv=None) -> None:
     for t, (cases, _) in swept.items():
         print(f"threshold {t:g}: WT Dice {np.mean([m['WT']['dice'] for m in cases.values()]):.3f}  WT false positive "
               f"{np.mean([m['WT']['false_positive_ml'] for m in cases.values()]):.1f} mL per scan")
+    if refused:
+        print(f"refused by the pipeline (not scored): {', '.join(sorted(refused))}")
     for group, values in summary.items():
         print(f"{group}: " + "  ".join(f"{r} Dice {v.get('dice_mean', v.get('dice')):.3f} HD95 {v.get('hd95_mean', v.get('hd95')):.2f}"
                                        for r, v in values.items()))

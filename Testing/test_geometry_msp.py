@@ -113,6 +113,19 @@ def test_no_head_errors_or_falls_back_to_axes():
     np.testing.assert_allclose(plane.normal, [1, 0, 0])
 
 
+def test_a_fit_tilted_past_45_degrees_is_a_failure_not_a_plane(mni_small, monkeypatch):
+    """A search that ends in a basin 50 degrees from left-right (seen on a phantom's T1) has
+    found no mid-sagittal plane: refused, or the axes with the reason, before any use."""
+    import SymmetryAwareCore.geometry.msp as msp
+
+    monkeypatch.setattr(msp, "_search", lambda prep, max_tilt, wide=False: (np.array([40.0, 40.0, 0.0]), []))
+    with pytest.raises(InputError, match="no mid-sagittal plane found: .* more than 45 degrees from left-right"):
+        estimate_msp(mni_small)
+    plane = estimate_msp(mni_small, on_failure="axes")
+    assert plane.method == "axes" and not plane.confident and "45 degrees" in plane.message
+    assert msp.not_sagittal([0.6, 0.6, 0.53]) and msp.not_sagittal([0, 0, 0]) and msp.not_sagittal([-0.9, 0.3, 0.3]) is None
+
+
 def test_degenerate_or_mismatched_mask(subject_t1):
     thin = np.zeros(subject_t1.spatial_shape, bool)
     thin[:, :, 12] = True  # one axial slice: no extent along z

@@ -167,3 +167,22 @@ def test_threshold_for_an_argmax_model_is_one_line_before_any_work(tiny_region_m
     assert run.returncode != 0 and "--threshold applies only to a region" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_a_case_the_pipeline_refuses_is_listed_not_scored(bench, tiny_region_model, tmp_path):
+    model, paths, root = tiny_region_model
+    entries = json.loads((root / "datalist.json").read_text())["training"]
+    blank = np.zeros((30, 30, 30), np.float32)  # an empty scan: refused in one line before any work
+    names = []
+    for channel in ("t1", "t1ce", "t2", "flair"):
+        nib.save(nib.Nifti1Image(blank, np.diag([3.0, 3.0, 3.0, 1.0])), str(tmp_path / f"blank_{channel}.nii.gz"))
+        names.append(str(tmp_path / f"blank_{channel}.nii.gz"))
+    nib.save(nib.Nifti1Image(blank.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), str(tmp_path / "blank_label.nii.gz"))
+    listed = [dict(entries[0], image=[str(root / p) for p in entries[0]["image"]], label=str(root / entries[0]["label"])),
+              {"name": "blank", "image": names, "label": str(tmp_path / "blank_label.nii.gz"), "fold": 0}]
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": listed}))
+    out = tmp_path / "scores.json"
+    bench.main(["--datalist", str(datalist), "--model", model.source, "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["cases"]) == {"p005"} and "image is empty" in result["refused"]["blank"]

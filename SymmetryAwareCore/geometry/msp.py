@@ -66,6 +66,7 @@ __all__ = [
     "plane_offset_mm",
     "reflection_matrix",
     "MAX_TILT_DEG",
+    "not_sagittal",
     "CONFIDENCE_RULE",
     "MIN_SHARPNESS",
     "MIN_COVERAGE",
@@ -77,6 +78,24 @@ __all__ = [
 
 MAX_TILT_DEG = 35.0
 """Largest tilt of the MSP normal from the image's left-right axis that the search covers."""
+
+
+def not_sagittal(normal) -> Optional[str]:
+    """Why a plane with this RAS ``normal`` cannot be a mid-sagittal plane, or None.
+
+    The one rule (the report, the overview and :func:`estimate_msp` use it): the normal
+    must be a direction closer to left-right (RAS x) than to anterior-posterior or
+    superior-inferior, that is within 45 degrees of it.
+    """
+    n = np.asarray(normal, dtype=np.float64).reshape(3)
+    length = np.linalg.norm(n)
+    if not np.isfinite(length) or length == 0:
+        return f"mid-sagittal plane normal {tuple(n)} is not a direction"
+    n = n / length
+    if abs(n[0]) < np.sqrt(0.5) - 1e-9:
+        return (f"plane normal ({n[0]:.3f}, {n[1]:.3f}, {n[2]:.3f}) is more than 45 degrees from left-right: "
+                "not a mid-sagittal plane")
+    return None
 
 MIN_SHARPNESS = 0.006
 """The objective must rise by at least this much when the plane is tilted 2 degrees or moved
@@ -701,6 +720,15 @@ def estimate_msp(
             best, rivals = retry, retry_rivals + [best]
             features = _features(prep, best, rivals, max_tilt_deg)
     normal, point = search.plane(best)
+    problem = not_sagittal(normal)
+    if problem is not None:
+        # The search can end in a wrong basin tilted past 45 degrees (seen on a 1.5 mm
+        # phantom's T1, tilted 18 degrees): no mid-sagittal plane was found, so it is a
+        # failure, refused or replaced here, before anything is computed in its frame.
+        message = f"no mid-sagittal plane found: the best fit's {problem.split(': not a')[0]}"
+        if on_failure == "error":
+            raise InputError(message, image.source)
+        return axes_plane(image, user_mask, message=message)
     # Report the plane at the brain centre: the projection of the centre of mass.
     point = search.center - ((search.center - point) @ normal) * normal
     tilt = float(np.degrees(np.arccos(np.clip(abs(normal @ search.n0), 0, 1))))

@@ -48,15 +48,13 @@ def oriented_plane(normal: Sequence[float], point: Sequence[float]) -> Tuple[np.
         InputError: the normal is zero or closer to anterior-posterior / superior-inferior
             than to left-right (not a mid-sagittal plane).
     """
+    from ..geometry.msp import not_sagittal
+
+    problem = not_sagittal(normal)
+    if problem is not None:
+        raise InputError(problem)
     n = np.asarray(normal, dtype=np.float64).reshape(3)
-    length = np.linalg.norm(n)
-    if not np.isfinite(length) or length == 0:
-        raise InputError(f"mid-sagittal plane normal {tuple(n)} is not a direction")
-    n = n / length
-    if abs(n[0]) < np.sqrt(0.5) - 1e-9:
-        raise InputError(
-            f"plane normal {tuple(np.round(n, 3))} is more than 45 degrees from left-right: not a mid-sagittal plane"
-        )
+    n = n / np.linalg.norm(n)
     if n[0] < 0:
         n = -n
     return n, np.asarray(point, dtype=np.float64).reshape(3)
