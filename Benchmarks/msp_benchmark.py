@@ -10,8 +10,10 @@ would give it; the plane truth moves with the same world transform):
 - ``subject-t1`` (2 mm crop) and ``subject-epi`` (EPI slab): real subjects whose true plane
   is unknown; the truth is the estimate on the untilted scan (equivariance).
 - ``phantom-ct`` / ``phantom-glioma``: phantoms from SymmetryAwareCore.phantoms (CT with
-  skull and a haemorrhage; 4-channel MRI glioma, first channel used) at 2 mm with their
-  recorded true plane, when that package is available.
+  skull and a haemorrhage; 4-channel MRI glioma, all channels as ``segment`` passes them:
+  the first, and the next ones only when its fit is not confident) at 2 mm with their
+  recorded true plane, when that package is available. Each channel alone:
+  ``Benchmarks/msp_channels.py``.
 
 Hard sets (``--sets hard``), from the phantom generator at 2 mm with tilts up to 30 degrees
 about each axis (even cases CT with skull and a haemorrhage, odd cases MRI glioma with mass

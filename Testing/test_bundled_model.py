@@ -69,6 +69,7 @@ def test_mirror_focus_varies_in_the_head_is_zero_outside_and_sides_differ(run):
     truth = np.asarray(nib.load(str(paths["label"])).dataobj) > 0
     report = json.loads((result.output_dir / OUTPUT_FILES["report"]).read_text())
     plane = report["msp"]
+    assert plane["confident"] and plane["channel"] == 0  # fitted on t1, the first channel
     lesion_ijk = np.argwhere(truth)
     lesion_ras = nib.affines.apply_affine(image.affine, lesion_ijk)
     mirror_ras = mirror_points_ras(lesion_ras, np.asarray(plane["normal"]), np.asarray(plane["point"]))

@@ -126,6 +126,43 @@ def test_a_fit_tilted_past_45_degrees_is_a_failure_not_a_plane(mni_small, monkey
     assert msp.not_sagittal([0.6, 0.6, 0.53]) and msp.not_sagittal([0, 0, 0]) and msp.not_sagittal([-0.9, 0.3, 0.3]) is None
 
 
+def test_a_channel_that_fails_gives_way_to_the_next(mni_small, monkeypatch):
+    """Each MRI contrast of a scan fails now and then on its own (seen on glioma phantoms: a
+    T1 with a 43-56 degree wrong fit whose T1ce fits to 0.1 degree). A multi-channel scan is
+    fitted on its first channel; only when that fit is not confident are the next channels
+    fitted, and the first confident fit is used, with a warning naming both channels."""
+    import SymmetryAwareCore.geometry.msp as msp
+
+    volume, world = tilted_scan(mni_small, np.array([12.0, -8.0, 5.0]), np.array([4.0, -3.0, 2.0]))
+    truth = MNI_TRUTH.moved(world)
+    head = volume.array > 0
+    lo, hi = np.percentile(volume.array[head], [2, 98])
+    noise = np.random.default_rng(0).normal(0.0, 0.8 * (hi - lo), volume.array.shape)
+    noisy = np.where(head, volume.array + noise, 0).astype(np.float32)
+    clean = volume.array.astype(np.float32)
+    fitted = []
+    fit_channel = msp._fit_channel
+    monkeypatch.setattr(msp, "_fit_channel", lambda image, channel, *a: fitted.append(channel) or fit_channel(image, channel, *a))
+
+    scan = Image(np.stack([noisy, clean]), volume.affine, ("t1", "flair"), source="case_t1.nii.gz")
+    plane = estimate_msp(scan)
+    assert fitted == [0, 1]
+    assert plane.confident and plane.channel == 1 and plane_angle_deg(plane, truth) < 1.0
+    assert plane.to_dict()["channel"] == 1
+    assert any("fitted on channel 2 (flair): the fit on channel 1 (t1) was not confident (" in w for w in plane.warnings)
+
+    # A confident first channel: nothing else is fitted, the single-channel result exactly.
+    fitted.clear()
+    first = estimate_msp(Image(np.stack([clean, noisy]), volume.affine, ("t1", "flair")))
+    assert fitted == [0] and first.channel == 0 and not first.warnings
+    np.testing.assert_allclose(first.normal, estimate_msp(Image(clean, volume.affine)).normal, atol=1e-12)
+
+    # No channel confident: the first channel's fit, flagged, as for a single-channel scan.
+    fitted.clear()
+    neither = estimate_msp(Image(np.stack([noisy, noisy[::-1].copy()]), volume.affine))
+    assert fitted == [0, 1] and neither.channel == 0 and not neither.confident and "low symmetry" in neither.message
+
+
 def test_degenerate_or_mismatched_mask(subject_t1):
     thin = np.zeros(subject_t1.spatial_shape, bool)
     thin[:, :, 12] = True  # one axial slice: no extent along z
