@@ -48,6 +48,8 @@ __all__ = [
     "case_id_from_files",
     "match_channels",
     "card_findings",
+    "default_model",
+    "BUNDLED_MODELS_DIR",
     "finding_map_file",
     "classify_command",
     "card_has_lesion_map",
@@ -226,6 +228,27 @@ def card_has_lesion_map(card: Any) -> bool:
 
 SYMMETRY_HEAD_ARCHITECTURE = "SASwinPretrainer"
 """Architecture of a symmetry head's card (:mod:`SymmetryAwareCore.inference.zero_shot`)."""
+
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+"""Where the models shipped with the core live (their cards and weights)."""
+
+
+def default_model(cards: Sequence[Tuple[Any, Any]]) -> Any:
+    """Which bundled model ``segment`` runs without ``--model``: the one rule, for the command
+    line and for the Slicer panel's preselected model.
+
+    ``cards``: ``(key, card JSON)`` of the bundled models (:data:`BUNDLED_MODELS_DIR`), in
+    file-name order; returns the key of the card marked ``"default": true``; without one, of
+    the first segmentation model (a scan-level classifier cannot segment), else of the first
+    card; None when there is none. Interactive (promptable) models, which take clicks, and
+    component cards (a symmetry head) are never the default.
+    """
+    usable = [(key, data) for key, data in cards if isinstance(data, dict) and not is_component_card(data)
+              and "guidance_channels" not in (data.get("kwargs") or {})]
+    marked = [key for key, data in usable if data.get("default") is True]
+    segmenters = [key for key, data in usable if not card_findings(data)]
+    return (marked or segmenters or [key for key, _ in usable] or [None])[0]
 
 
 def is_component_card(card: Any) -> bool:

@@ -251,3 +251,34 @@ def test_module_logic_initialises_each_base_once(monkeypatch):
         sys.modules.pop("SymmetryAwareSeg", None)
     assert len(calls) == 1 and calls[0]["scene"] is slicer.mrmlScene
     assert logic.moduleName == "SymmetryAwareSeg" and logic.scene is slicer.mrmlScene
+
+
+def test_panel_preselects_the_default_model_of_segment(tmp_path):
+    """One rule for the default model (``contract.default_model``): the panel's first card
+    is the model `segment` runs without --model, whatever the cards' file names (the bundled
+    default ``glioma_phantom_saswin_f12_faint.json`` sorts after 0.4.0's card), and an
+    imported card, even one marked default, does not displace it."""
+    import json
+
+    from SymmetryAwareCore.inference.model_source import find_model_card
+    from SymmetryAwareSegLib.models import find_models
+
+    bundled = Path(contract.BUNDLED_MODELS_DIR)
+    default = find_model_card(None)
+    assert default is not None and json.loads(default.read_text()).get("default") is True
+    user = tmp_path / "models"
+    user.mkdir()
+    imported = json.loads(default.read_text())
+    imported["name"] = "aaa-imported"
+    (user / "aaa.json").write_text(json.dumps(imported))  # marked default, sorts first
+    cards = find_models([user, bundled])
+    assert cards[0].path.resolve() == default.resolve()
+    assert [c.name for c in cards].index("aaa-imported") > 0
+    # The rule itself: marked beats file order; without a mark the first segmenter;
+    # interactive models and symmetry heads never.
+    seg, marked, interactive = {"channels": []}, {"channels": [], "default": True}, {"kwargs": {"guidance_channels": 3}, "default": True}
+    head = {"architecture": contract.SYMMETRY_HEAD_ARCHITECTURE}
+    classifier = {"postprocessing": {"findings": ["haemorrhage"]}}
+    assert contract.default_model([("a", seg), ("b", marked)]) == "b"
+    assert contract.default_model([("c", classifier), ("h", head), ("i", interactive), ("a", seg)]) == "a"
+    assert contract.default_model([("c", classifier)]) == "c" and contract.default_model([]) is None

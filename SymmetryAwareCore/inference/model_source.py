@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from ..contract import is_component_card
+from ..contract import BUNDLED_MODELS_DIR, is_component_card
 from ..errors import InputError
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "brats_card_fields",
 ]
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+BUNDLED_DIR = BUNDLED_MODELS_DIR
 STANDIN_NAME = "untrained-standin"
 DEFAULT_NAME = "default"
 
@@ -196,16 +196,9 @@ def list_models() -> List[Dict]:
 def find_model_card(name_or_path: Optional[str]) -> Optional[Path]:
     """The card path of a model name or path; None for the stand-in."""
     if name_or_path in (None, "", DEFAULT_NAME):
-        from ..contract import card_findings
+        from ..contract import default_model
 
-        # Interactive (promptable) models take clicks: never the default of `segment`.
-        bundled = [p for p in _cards_in(BUNDLED_DIR)
-                   if "guidance_channels" not in ((_card_data(p) or {}).get("kwargs") or {})]
-        default = [p for p in bundled if (_card_data(p) or {}).get("default")]
-        # Without a marked default, the first segmentation model: `segment` is the main job,
-        # and a scan-level classifier bundled beside it cannot do it.
-        segmenters = [p for p in bundled if not card_findings(_card_data(p) or {})]
-        return (default or segmenters or bundled or [None])[0]
+        return default_model([(p, _card_data(p) or {}) for p in _cards_in(BUNDLED_DIR)])
     if name_or_path == STANDIN_NAME:
         return None
     if any(ord(c) < 32 for c in str(name_or_path)):

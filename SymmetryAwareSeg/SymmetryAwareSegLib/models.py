@@ -137,9 +137,19 @@ def find_models(folders: Iterable[Union[str, Path]]) -> List[ModelCard]:
             if is_component_card(card.raw):
                 continue  # a symmetry head beside its model is part of it, not a model
             cards.setdefault(card.name, card)
-    # Segmentation models first (stable otherwise): the first one is the panel's default, and
-    # the panel segments.
-    return sorted(cards.values(), key=lambda card: bool(card.findings))
+    # The first card is the panel's preselected model: the bundled default of `segment` (the
+    # core's one rule), then the other segmentation models (the panel segments), then
+    # scan-level classifiers; stable otherwise.
+    default = None
+    try:
+        from SymmetryAwareCore.contract import BUNDLED_MODELS_DIR, default_model
+
+        bundled = BUNDLED_MODELS_DIR.resolve()
+        default = default_model([(card.path, card.raw) for card in cards.values()
+                                 if bundled in card.path.resolve().parents])
+    except ImportError:  # the core is not installed yet: no default to put first
+        pass
+    return sorted(cards.values(), key=lambda card: (card.path != default, bool(card.findings)))
 
 
 def channel_assignment_text(card: ModelCard, names: Sequence[str]) -> str:
