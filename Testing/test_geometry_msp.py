@@ -198,6 +198,25 @@ def test_cli_writes_report_markups_and_aligned_scan(subject_t1, tmp_path, capsys
     assert "normal (RAS)" in capsys.readouterr().out
 
 
+def test_cli_several_channels_give_the_plane_segment_uses(mni_small, tmp_path, capsys):
+    """`symmetryaware msp t1 flair`: the files are one case's channels; a first channel whose
+    fit is not confident gives way to the next, as in `segment`, and says so."""
+    volume, world = tilted_scan(mni_small, np.array([10.0, 6.0, -4.0]), np.array([3.0, 2.0, -2.0]))
+    head = volume.array > 0
+    lo, hi = np.percentile(volume.array[head], [2, 98])
+    noise = np.random.default_rng(1).normal(0.0, 0.8 * (hi - lo), volume.array.shape)
+    noisy = write_nifti(Image(np.where(head, volume.array + noise, 0).astype(np.float32), volume.affine), tmp_path / "case_t1.nii.gz")
+    clean = write_nifti(volume, tmp_path / "case_flair.nii.gz")
+    report = tmp_path / "msp.json"
+    assert main(["msp", str(noisy), str(clean), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["plane"]["channel"] == 1 and data["plane"]["confident"] and data["inputs"] == [str(noisy), str(clean)]
+    assert plane_angle_deg(MidSagittalPlane(data["plane"]["normal"], data["plane"]["point"], 1.0, True, "x"), MNI_TRUTH.moved(world)) < 1.0
+    assert "fitted on channel 2 (case_flair.nii.gz)" in capsys.readouterr().err
+    assert main(["msp", str(clean), str(clean), "--report", str(tmp_path / "twice.json")]) == 2
+    assert "a file is given twice" in capsys.readouterr().err and not (tmp_path / "twice.json").exists()
+
+
 def test_cli_bad_input_exit_code_and_nothing_written(tmp_path, capsys):
     flat = write_nifti(Image(np.ones((30, 30, 1), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
     report = tmp_path / "msp.json"

@@ -4,6 +4,11 @@ Example::
 
     symmetryaware msp head.nii.gz --report msp.json --markups msp.mrk.json \\
         --aligned head_aligned.nii.gz --spacing 1 1 1
+    symmetryaware msp case_t1.nii.gz case_t1ce.nii.gz case_t2.nii.gz case_flair.nii.gz --report msp.json
+
+Several files are the channels of one case: the plane is the one ``segment`` uses, fitted on
+the first and, only when that fit is not confident, on the next ones in order
+(:func:`~SymmetryAwareCore.geometry.msp.estimate_msp`).
 
 Everything is computed before anything is written, and each file is written atomically,
 so a failure leaves no partial output. A plane that is not confident is still written,
@@ -27,6 +32,7 @@ from ..geometry.markups import write_plane_markups
 from ..geometry.msp import estimate_msp
 from ..geometry.symmetric_frame import align_to_msp
 from ..io.atomic import atomic_path
+from ..io.case import load_case
 from ..io.outputs import check_distinct_outputs, check_output_file
 from ..io.readers import read_image, read_labelmap
 from ..io.validate import MAX_SPACING_MM, MIN_SPACING_MM, check_resampled_budget
@@ -44,7 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "score, confidence) as JSON, as a Slicer markups plane, and optionally the scan resampled into "
         "its symmetric frame (the plane at the centre of axis 0).",
     )
-    parser.add_argument("input", help="head scan: NIfTI, NRRD, MetaImage or a DICOM folder")
+    parser.add_argument("input", nargs="+", help="head scan: NIfTI, NRRD, MetaImage or a DICOM folder; several: the "
+                        "channels of one case (e.g. t1 t1ce t2 flair), resampled onto the first's grid if they differ; "
+                        "the plane is fitted on the first and, when that fit is not confident, on the next ones, as "
+                        "`segment` does")
     parser.add_argument("--mask", help="optional head/brain mask on the scan's grid (non-zero = head)")
     parser.add_argument(
         "--on-failure",
@@ -72,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output location, before the scan is read (see :mod:`SymmetryAwareCore.io.outputs`)."""
-    inputs = [args.input, args.mask]
+    inputs = [*args.input, args.mask]
     if args.report:
         check_output_file(args.report, inputs)
     if args.markups:
@@ -86,10 +95,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    image = read_image(args.input, allow_channels=True)
+    if len(args.input) == 1:
+        image = read_image(args.input[0], allow_channels=True)
+    else:
+        if len({str(Path(p).resolve()) for p in args.input}) != len(args.input):
+            raise InputError(f"a file is given twice: {' '.join(args.input)}")
+        names = [Path(p).name for p in args.input]
+        image = load_case(args.input, names if len(set(names)) == len(names) else [str(p) for p in args.input])
     if args.aligned:  # the aligned grid covers the scan's field of view at --spacing
         voxel_mm3 = abs(float(np.linalg.det(image.affine[:3, :3])))
-        check_resampled_budget(image.spatial_shape, voxel_mm3, args.spacing, "the aligned scan", args.input)
+        check_resampled_budget(image.spatial_shape, voxel_mm3, args.spacing, "the aligned scan", args.input[0])
     mask = read_labelmap(args.mask).array if args.mask else None
     if mask is not None and mask.shape != image.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the scan has {image.spatial_shape}", args.mask)
@@ -99,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         aligned, frame = align_to_msp(image, plane, spacing=args.spacing)
 
     report = {
-        "input": str(args.input),
+        "input": str(args.input[0]),
+        "inputs": [str(p) for p in args.input],
         "version": __version__,
         "plane": plane.to_dict(),
         "frame": frame.to_dict() if frame is not None else None,
