@@ -93,6 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--model", default=None, help="model name or card path (default: the bundled default)")
     parser.add_argument("--output", type=Path, required=True, help="JSON with per-case metrics and the summary")
+    parser.add_argument("--bias-correction", action="store_true", help="segment with --bias-correction (N4 on each channel first)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[], metavar="T",
                         help="also score the labels at these thresholds (region models), from the same prediction")
     args = parser.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="heldout_"))
     per_case, groups, refused = {}, defaultdict(list), {}
     swept = {t: ({}, defaultdict(list)) for t in args.thresholds}
-    options = SegmentOptions(device="cpu", overview=False)
+    options = SegmentOptions(device="cpu", overview=False, bias_correction=args.bias_correction)
     for entry in held_out:
         case = entry.get("name") or entry.get("case")
         group = Path(root / entry["label"]).parent.name
@@ -150,7 +151,7 @@ def main(argv=None) -> None:
 
     summary = _summary(groups)
     summary["sample"] = {r: {"dice": sample_metrics[r]["dice"], "hd95": sample_metrics[r]["hd95"]} for r in REGIONS}
-    result = {"model": model.describe(), "cases": per_case, "summary": summary, "refused": refused}
+    result = {"model": model.describe(), "cases": per_case, "summary": summary, "refused": refused, "bias_correction": bool(args.bias_correction)}
     if args.thresholds:
         # the same cases at other operating points; Benchmarks/compare_heldout.py --*-threshold reads them
         result["thresholds"] = {f"{t:g}": {"cases": cases, "summary": _summary(by_group)}

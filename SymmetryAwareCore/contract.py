@@ -329,6 +329,10 @@ class RunOptions:
         "label each region where its probability reaches this value, instead of at the model's own threshold "
         "(region models): lower finds fainter lesions and marks more healthy tissue (docs/models.md, operating points)",
         minimum=0.01, maximum=0.99, kind="number")
+    bias_correction: bool = option_field(
+        False, "--bias-correction",
+        "remove each MRI channel's intensity bias field (N4) before anything else: a field that makes one hemisphere "
+        "brighter reads as a one-sided lesion to a symmetry-aware model (docs/models.md); refused for CT")
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
 
     def __post_init__(self) -> None:

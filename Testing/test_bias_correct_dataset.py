@@ -30,6 +30,16 @@ def test_n4_copy_evens_out_the_hemispheres_and_leaves_the_input(tmp_path, monkey
     assert ratio(np.where(head, tissue * field, 0)) > 1.2
     assert abs(ratio(a) - 1.0) < 0.05 and np.all(a[~head] == 0)
     assert (data / "c_t1.nii.gz").read_bytes() == before and (out / "datalist.json").exists()
-    monkeypatch.setattr(sys, "argv", ["bias_correct_dataset", str(data / "datalist.json"), str(data)])
-    with pytest.raises(SystemExit):
-        import_benchmark("bias_correct_dataset").main()
+    for inside_data in (data, data / "n4"):
+        monkeypatch.setattr(sys, "argv", ["bias_correct_dataset", str(data / "datalist.json"), str(inside_data)])
+        with pytest.raises(SystemExit):
+            import_benchmark("bias_correct_dataset").main()
+    # A list that points at a sibling dataset ("../"): its copy stays inside the output.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "l.json").write_text(json.dumps({"training": [{"name": "c", "image": ["../data/c_t1.nii.gz"], "fold": 0}]}))
+    monkeypatch.setattr(sys, "argv", ["bias_correct_dataset", str(lists / "l.json"), str(tmp_path / "n4b")])
+    import_benchmark("bias_correct_dataset").main()
+    entry = json.loads((tmp_path / "n4b" / "l.json").read_text())["training"][0]
+    assert entry["image"] == ["_up/data/c_t1.nii.gz"] and (tmp_path / "n4b" / "_up" / "data" / "c_t1.nii.gz").exists()
+    assert (data / "c_t1.nii.gz").read_bytes() == before

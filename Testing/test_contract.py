@@ -34,7 +34,7 @@ def parser():
 def test_every_option_round_trips_through_its_command_line():
     options = RunOptions(model="card.json", device="cuda:1", overlap=0.5, sw_batch=4, tta=True, amp="bfloat16",
                          msp_fallback="axes", require_head=True, roi_center=(-30, 12.5, 20), roi_size=(50, 50, 40),
-                         attention_from=(-40, 10, 20), threshold=0.35,
+                         attention_from=(-40, 10, 20), threshold=0.35, bias_correction=True,
                          dicom_seg=True)
     assert RunOptions.from_namespace(parser().parse_args(options.as_arg_list())) == options
     assert RunOptions.from_namespace(parser().parse_args([])) == RunOptions()

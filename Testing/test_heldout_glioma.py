@@ -186,3 +186,22 @@ def test_a_case_the_pipeline_refuses_is_listed_not_scored(bench, tiny_region_mod
     bench.main(["--datalist", str(datalist), "--model", model.source, "--output", str(out)])
     result = json.loads(out.read_text())
     assert set(result["cases"]) == {"p005"} and "image is empty" in result["refused"]["blank"]
+
+
+def test_bias_correction_runs_first_and_says_so(tiny_region_model, tmp_path):
+    """`--bias-correction`: N4 on each channel before the plane, the frame and the network;
+    the report records it; a CT model refuses it in one line."""
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
+    from SymmetryAwareCore.io.image import Image
+    from SymmetryAwareCore.preprocessing import Preprocessing, prepare_image
+
+    model, paths, _ = tiny_region_model
+    plain = segment_case(paths, tmp_path / "plain", model, SegmentOptions(device="cpu", overview=False), case_id="p")
+    result = segment_case(paths, tmp_path / "n4", model, SegmentOptions(device="cpu", overview=False, bias_correction=True), case_id="p")
+    assert result.report["inference"]["bias_correction"] == "n4" and plain.report["inference"]["bias_correction"] is None
+    assert any("bias field removed" in note for note in result.report["notes"])
+    assert result.report["msp"]["confident"]  # the plane is still found on the corrected scan
+    ct = Preprocessing.from_card({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "ct-windows", "ct_windows": [[0, 80]]})
+    with pytest.raises(InputError, match="bias-field correction is for MRI"):
+        prepare_image(Image(np.zeros((1, 8, 8, 8), np.float32), np.eye(4)), ct, bias_correction=True)

@@ -203,12 +203,16 @@ def test_panel_threshold_is_the_contracts_and_unset_until_asked_for():
     (_, low, high), = [e for e in typing.get_args(hints["threshold"])[1:] if e[0] == "WithinRange"]
     assert (low, high) == contract.RunOptions.range("threshold")
     panel = types.SimpleNamespace(model="", device="cpu", overlap=0.25, tta=False, dicomSeg=False,
-                                  useThreshold=False, threshold=0.3)
+                                  useThreshold=False, threshold=0.3, biasCorrection=False)
     assert parameters.run_options(panel).threshold is None  # the model's own threshold
+    assert "--bias-correction" not in parameters.run_options(panel).as_arg_list()
     panel.useThreshold = True
+    panel.biasCorrection = True
     options = parameters.run_options(panel)
     argv = options.as_arg_list()
     assert options.threshold == 0.3 and argv[argv.index("--threshold") + 1] == "0.3"
+    assert options.bias_correction and "--bias-correction" in argv
+    assert "biasCorrection" in parameters.PARAMETER_NAMES
 
 
 def test_module_metadata_is_translatable_links_its_documentation_and_uses_current_api():

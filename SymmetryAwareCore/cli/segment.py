@@ -134,7 +134,10 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         printer.message(f"WARNING: {note}")
     if output_dir.is_dir():
         sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
-    spacing = model_preprocessing(model).spacing  # a card without its preprocessing is refused here
+    spec = model_preprocessing(model)  # a card without its preprocessing is refused here
+    spacing = spec.spacing
+    if run_options.bias_correction and spec.is_ct:
+        raise InputError("--bias-correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
     options = SegmentOptions(
         device=run_options.device,
         overlap=run_options.overlap,
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         roi_size_mm=run_options.roi_size,
         attention_from_ras=run_options.attention_from,
         threshold=run_options.threshold,
+        bias_correction=run_options.bias_correction,
         overview=not args.no_overview,
         overwrite=args.overwrite,
         outputs=tuple(outputs) if outputs else None,

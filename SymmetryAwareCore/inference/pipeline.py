@@ -87,6 +87,8 @@ class SegmentOptions:
             is written as ``attention_from.nii.gz`` (models with SACA only).
         threshold: label each region where its probability reaches this, instead of at the
             card's threshold (region models only); None: the card's.
+        bias_correction: remove each channel's bias field (N4) before anything else (MRI
+            models only; :mod:`SymmetryAwareCore.preprocessing.bias`).
     """
 
     # Defaults are the contract's (the one definition the CLI and Slicer share).
@@ -104,6 +106,7 @@ class SegmentOptions:
     outputs: Optional[Sequence[str]] = None
     attention_from_ras: Optional[Sequence[float]] = None
     threshold: Optional[float] = _RUN_DEFAULTS.threshold
+    bias_correction: bool = _RUN_DEFAULTS.bias_correction
 
     def wants(self, key: str) -> bool:
         if key == "overview" and not self.overview:
@@ -175,7 +178,8 @@ def model_preprocessing(model: LoadedModel) -> Preprocessing:
 
 def _preparation_options(options: "SegmentOptions") -> dict:
     return {"msp_on_failure": options.msp_on_failure, "on_not_head": "error" if options.require_head else "warn",
-            "roi_center_ras": options.roi_center_ras, "roi_size_mm": options.roi_size_mm}
+            "roi_center_ras": options.roi_center_ras, "roi_size_mm": options.roi_size_mm,
+            "bias_correction": options.bias_correction}
 
 
 def prepare_for_model(paths: Sequence[Path], model: LoadedModel, options: Optional["SegmentOptions"] = None,
@@ -700,6 +704,7 @@ def write_case_outputs(
                     "brain_box": [[s.start, s.stop] for s in box],
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                     "threshold": effective_threshold(card, options.threshold),
+                    "bias_correction": "n4" if options.bias_correction else None,
                 },
                 "maps": {
                     "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: mirror focus "

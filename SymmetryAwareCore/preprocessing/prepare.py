@@ -146,6 +146,7 @@ def prepare_image(
     roi_size_mm: Optional[Sequence[float]] = None,
     label: Optional[np.ndarray] = None,
     progress: StageCallback = _no_progress,
+    bias_correction: bool = False,
 ) -> PreparedCase:
     """Prepare a loaded ``(C, X, Y, Z)`` scan (any orientation) as ``spec`` says.
 
@@ -160,10 +161,21 @@ def prepare_image(
         label: ``(X, Y, Z)`` integer labels on the image's grid (training), taken into the
             frame by nearest neighbour.
         progress: ``callable(stage, fraction)``, for progress bars.
+        bias_correction: first remove each channel's bias field (N4,
+            :func:`~SymmetryAwareCore.preprocessing.bias.n4_correct`); the plane, the frame
+            and everything after are computed on the corrected scan. MRI only.
     """
     started = time.perf_counter()
     progress("aligning", 0.0)
     notes: List[str] = []
+    if bias_correction:
+        if spec.is_ct:
+            raise InputError("bias-field correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
+        from .bias import n4_correct
+
+        image = n4_correct(image)
+        notes.append("bias field removed from each channel (N4) before preparation")
+        progress("aligning", 0.02)
     if plane is None:
         plane = unaligned_plane(image) if spec.alignment == "none" else estimate_msp(image, on_failure=msp_on_failure, on_not_head=on_not_head)
     if spec.alignment == "none":

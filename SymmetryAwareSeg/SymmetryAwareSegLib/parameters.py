@@ -64,6 +64,8 @@ class SymmetryAwareSegParameters:
             (region models; the contract's ``--threshold``).
         threshold: that probability; lower finds fainter lesions and marks more healthy
             tissue (docs/models.md, operating points).
+        biasCorrection: remove each input's MRI bias field (N4) first (the contract's
+            ``--bias-correction``).
     """
 
     inputVolume1: Optional[ScalarVolume]
@@ -82,6 +84,7 @@ class SymmetryAwareSegParameters:
     dicomSeg: bool = RunOptions.default("dicom_seg")
     useThreshold: bool = RunOptions.default("threshold") is not None  # unset: the model's own
     threshold: Annotated[float, WithinRange(*RunOptions.range("threshold"))] = 0.5  # the bundled cards' own
+    biasCorrection: bool = RunOptions.default("bias_correction")
 
 
 PARAMETER_TYPES = get_type_hints(SymmetryAwareSegParameters, include_extras=True)
@@ -105,4 +108,5 @@ def run_options(parameters, roi_center=None, roi_size=None) -> RunOptions:
         roi_size=None if roi_size is None else tuple(float(v) for v in roi_size),
         dicom_seg=bool(parameters.dicomSeg),
         threshold=float(parameters.threshold) if bool(parameters.useThreshold) else None,
+        bias_correction=bool(parameters.biasCorrection),
     )
