@@ -316,3 +316,17 @@ def test_load_without_an_installed_interactive_model_is_one_clear_line(monkeypat
     with pytest.raises(InputError, match="no interactive model is installed") as error:
         InteractiveSession().load([str(sample_case_paths()["t1"])])
     assert DEFAULT_MODEL in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_with_bias_correction_corrects_first_and_says_so(tilted_lps_case):
+    """`{"cmd": "load", ..., "bias_correction": true}`: N4 on each channel before the plane, as
+    `segment --bias-correction`; anything but a boolean is refused in one line."""
+    from SymmetryAwareCore.interactive.worker import Worker
+
+    phantom, paths, card_path = tilted_lps_case
+    worker = Worker()
+    bad = worker.handle(json.dumps({"cmd": "load", "images": [str(p) for p in paths], "model": str(card_path), "bias_correction": "yes"}))
+    assert not bad["ok"] and "'bias_correction' must be true or false" in bad["error"]
+    reply = worker.handle(json.dumps({"cmd": "load", "images": [str(p) for p in paths], "model": str(card_path), "bias_correction": True}))
+    assert reply["ok"], reply
+    assert any("bias field removed" in note for note in reply["notes"]) and reply["shape"] == list(phantom.label.spatial_shape)

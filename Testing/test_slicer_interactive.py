@@ -46,6 +46,7 @@ def test_requests_carry_ras_unchanged_and_reject_bad_points():
     assert click_request([-12.5, 3.25, 40.0], False) == {"cmd": "click", "ras": [-12.5, 3.25, 40.0], "positive": False}
     assert box_request([5, -1, 2], [-5, 1, -2]) == {"cmd": "box", "ras_min": [-5.0, -1.0, -2.0], "ras_max": [5.0, 1.0, 2.0]}
     assert load_request(["a.nii.gz"]) == {"cmd": "load", "images": ["a.nii.gz"]}
+    assert load_request(["a.nii.gz"], bias_correction=True) == {"cmd": "load", "images": ["a.nii.gz"], "bias_correction": True}
     with pytest.raises(ValueError):
         click_request([1.0, float("nan"), 2.0], True)
     with pytest.raises(ValueError):
@@ -639,7 +640,8 @@ def test_panel_sends_placed_points_removes_refused_ones_and_undo_takes_its_point
         interactiveStartButton=_Widget(), boxButton=_Widget(), autoButton=_Widget(), undoButton=_Widget(),
         resetButton=_Widget(), interactiveSegmentSelector=_SegmentSelector(), lockedSegmentsSelector=_SegmentSelector(),
         interactiveRoiSelector=_Widget(currentNode=lambda: None), positivePlaceWidget=_PlaceWidget(),
-        negativePlaceWidget=_PlaceWidget(), interactiveStatusLabel=_Widget(), deviceComboBox=_Widget(currentText="cpu"))
+        negativePlaceWidget=_PlaceWidget(), interactiveStatusLabel=_Widget(), deviceComboBox=_Widget(currentText="cpu"),
+        biasCorrectionCheckBox=_Widget(checked=False))
     panel = InteractivePanel(ui, logic, lambda: [volume, None], lambda: None, lambda: True)
 
     def settle():

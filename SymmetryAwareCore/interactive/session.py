@@ -219,16 +219,17 @@ class InteractiveSession:
             raise InputError("no scan loaded: send load first")
 
     # ---------------------------------------------------------------- load
-    def load(self, images: Sequence[str], model: Optional[str] = None) -> Dict[str, Any]:
+    def load(self, images: Sequence[str], model: Optional[str] = None, bias_correction: bool = False) -> Dict[str, Any]:
         """Read and prepare the scan; keep the model. Returns what the worker replies.
 
         ``images``: one file (or DICOM folder) per model channel, in any order (matched by the
         card's file-name patterns, as ``segment``). ``model``: a bundled name or card path
-        (default: the bundled interactive model).
+        (default: the bundled interactive model). ``bias_correction``: remove each channel's
+        bias field (N4) first, as ``segment --bias-correction``.
         """
         from ..inference.cases import ChannelSpec, assign_channels
         from ..inference.model_source import list_models, resolve_model
-        from ..inference.pipeline import model_preprocessing, prepare_loaded_for_model
+        from ..inference.pipeline import SegmentOptions, model_preprocessing, prepare_loaded_for_model
         from ..io.case import load_case
         from ..io.image import Image
 
@@ -260,7 +261,7 @@ class InteractiveSession:
         given = load_case(paths, [names[ordered.index(p)] for p in paths])
         array = given.array if given.array.ndim == 4 else given.array[None]
         image = Image(np.ascontiguousarray(array[order]), given.affine, names, str(paths[0]))
-        prepared = prepare_loaded_for_model(image, loaded)
+        prepared = prepare_loaded_for_model(image, loaded, SegmentOptions(bias_correction=bool(bias_correction)))
         # Only now, with everything read, replace the session's case (a failed load keeps the old one).
         self.model, self._model_name, self._backbone = loaded, model or DEFAULT_MODEL, backbone
         self.prepared, self.spec = prepared, spec

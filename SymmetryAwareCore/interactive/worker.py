@@ -91,7 +91,10 @@ class Worker:
             model = request.get("model")
             if model is not None and not isinstance(model, str):
                 raise InputError("field 'model' must be a model name or card path")
-            return s.load(images, model)
+            bias_correction = request.get("bias_correction", False)
+            if not isinstance(bias_correction, bool):
+                raise InputError("field 'bias_correction' must be true or false")
+            return s.load(images, model, bias_correction)
         if cmd == "save":
             path = _field(request, "path", str, "the output file")
             region = request.get("region")

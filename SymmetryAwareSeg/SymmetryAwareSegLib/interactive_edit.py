@@ -256,7 +256,7 @@ class InteractiveSession:
         return [(p, self._status_line(p)) for p in self.client.poll()]
 
     # -- requests -------------------------------------------------------------------------
-    def load(self, volume_nodes: Sequence, model: Optional[str] = None) -> Pending:
+    def load(self, volume_nodes: Sequence, model: Optional[str] = None, bias_correction: bool = False) -> Pending:
         """Send the volumes (written as files) to the worker: the start of a session.
 
         ``volume_nodes``: one per model channel, in any order (the worker matches names).
@@ -271,7 +271,7 @@ class InteractiveSession:
         paths = self.export_inputs(nodes, folder)  # refuses a volume under a transform
         self._files = {str(Path(p).resolve()): n for p, n in zip(paths, nodes)}
         self.grid, self._mirror, self._undo = None, None, []
-        return self._submit(load_request([str(p) for p in paths], model), self._loaded)
+        return self._submit(load_request([str(p) for p in paths], model, bias_correction), self._loaded)
 
     def click(self, ras: Sequence[float], positive: bool, target: _Target) -> Pending:
         """A point in RAS mm (``GetNthControlPointPositionWorld``), sent unchanged."""

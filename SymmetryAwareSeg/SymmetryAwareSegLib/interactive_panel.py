@@ -133,7 +133,9 @@ class InteractivePanel:
             return
         nodes = [n for n in self.input_nodes() if n is not None]
         try:
-            pending = self._session().load(nodes, interactive_model(self.current_card()))
+            # Advanced's "Remove MRI bias field first" holds for the interactive session too.
+            bias_correction = bool(self.ui.biasCorrectionCheckBox.checked)
+            pending = self._session().load(nodes, interactive_model(self.current_card()), bias_correction)
         except (ValueError, RuntimeError, OSError) as error:
             self._status(_("Cannot start: {error}").format(error=error))
             return
