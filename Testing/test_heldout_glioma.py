@@ -203,5 +203,5 @@ def test_bias_correction_runs_first_and_says_so(tiny_region_model, tmp_path):
     assert any("bias field removed" in note for note in result.report["notes"])
     assert result.report["msp"]["confident"]  # the plane is still found on the corrected scan
     ct = Preprocessing.from_card({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "ct-windows", "ct_windows": [[0, 80]]})
-    with pytest.raises(InputError, match="bias-field correction is for MRI"):
+    with pytest.raises(InputError, match="--bias-correction is for MRI"):
         prepare_image(Image(np.zeros((1, 8, 8, 8), np.float32), np.eye(4)), ct, bias_correction=True)

@@ -136,8 +136,10 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
     spec = model_preprocessing(model)  # a card without its preprocessing is refused here
     spacing = spec.spacing
-    if run_options.bias_correction and spec.is_ct:
-        raise InputError("--bias-correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
+    if run_options.bias_correction:
+        from ..preprocessing.bias import check_bias_correction
+
+        check_bias_correction(spec.is_ct)  # one line, before any case is read
     options = SegmentOptions(
         device=run_options.device,
         overlap=run_options.overlap,

@@ -717,8 +717,6 @@ def estimate_msp(
     user_mask = None if mask is None else _check_mask(mask, image, array)
     first = None
     for channel in range(_channel_count(image)):
-        if channel:
-            _scalar_volume(image, channel)  # the same checks on every channel fitted
         fit = _fit_channel(image, channel, user_mask, max_tilt_deg, seed, on_not_head)
         if isinstance(fit, MidSagittalPlane) and fit.confident:
             if channel == 0:

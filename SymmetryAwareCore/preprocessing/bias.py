@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io.image import Image
 
-__all__ = ["n4_correct", "N4_SHRINK", "N4_ITERATIONS"]
+__all__ = ["n4_correct", "check_bias_correction", "N4_SHRINK", "N4_ITERATIONS"]
 
 N4_SHRINK = 4
 """The field is fitted on the image shrunk by this factor along each axis (it is smooth)."""
@@ -27,6 +27,15 @@ N4_ITERATIONS = (50, 50, 50)
 """Iterations at each of N4's fitting levels."""
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def check_bias_correction(is_ct: bool) -> None:
+    """Refuse bias correction for a CT model (one line): Hounsfield units are calibrated, and
+    N4's multiplicative field is meaningless for them. Called before any work."""
+    if is_ct:
+        from ..errors import InputError
+
+        raise InputError("--bias-correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
 
 
 def _to_itk(volume: np.ndarray, affine: np.ndarray):

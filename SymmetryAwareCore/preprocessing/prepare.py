@@ -169,10 +169,9 @@ def prepare_image(
     progress("aligning", 0.0)
     notes: List[str] = []
     if bias_correction:
-        if spec.is_ct:
-            raise InputError("bias-field correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
-        from .bias import n4_correct
+        from .bias import check_bias_correction, n4_correct
 
+        check_bias_correction(spec.is_ct)
         image = n4_correct(image)
         notes.append("bias field removed from each channel (N4) before preparation")
         progress("aligning", 0.02)
