@@ -93,7 +93,9 @@ def main(argv=None) -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--model", default=None, help="model name or card path (default: the bundled default)")
     parser.add_argument("--output", type=Path, required=True, help="JSON with per-case metrics and the summary")
-    parser.add_argument("--bias-correction", action="store_true", help="segment with --bias-correction (N4 on each channel first)")
+    parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                        help="segment with --bias-correction / --no-bias-correction (N4 on each channel first, or "
+                             "not); default: as the model card says")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[], metavar="T",
                         help="also score the labels at these thresholds (region models), from the same prediction")
     args = parser.parse_args(argv)
@@ -106,6 +108,13 @@ def main(argv=None) -> None:
     if any(not 0.0 < t < 1.0 for t in args.thresholds):
         raise SystemExit("error: --thresholds must lie in (0, 1)")
     model = resolve_model(args.model)
+    from SymmetryAwareCore.inference.pipeline import model_preprocessing
+    from SymmetryAwareCore.preprocessing.bias import bias_correction_applies
+
+    spec = model_preprocessing(model)
+    # What every case gets (the run's rule, before any case is read): recorded in the result
+    # so that figures measured with and without N4 are never mixed up.
+    corrected = bias_correction_applies(spec.bias_correction == "n4", spec.is_ct, args.bias_correction)
     if args.thresholds and (model.card.postprocessing or {}).get("activation") != "sigmoid":
         raise SystemExit("error: --thresholds needs a region (sigmoid) model; this card's labels are an argmax")
     data = json.loads(args.datalist.read_text())
@@ -151,7 +160,7 @@ def main(argv=None) -> None:
 
     summary = _summary(groups)
     summary["sample"] = {r: {"dice": sample_metrics[r]["dice"], "hd95": sample_metrics[r]["hd95"]} for r in REGIONS}
-    result = {"model": model.describe(), "cases": per_case, "summary": summary, "refused": refused, "bias_correction": bool(args.bias_correction)}
+    result = {"model": model.describe(), "cases": per_case, "summary": summary, "refused": refused, "bias_correction": "n4" if corrected else None}
     if args.thresholds:
         # the same cases at other operating points; Benchmarks/compare_heldout.py --*-threshold reads them
         result["thresholds"] = {f"{t:g}": {"cases": cases, "summary": _summary(by_group)}

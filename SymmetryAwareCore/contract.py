@@ -277,8 +277,9 @@ def option_field(default: Any, flag: str, help: str, *, minimum=None, maximum=No
     """A :class:`RunOptions` field: its default and how it appears on the command line.
 
     ``kind`` is ``"triple"`` for three comma-separated numbers (RAS mm), ``"number"`` for a
-    float whose default is None (unset); otherwise the type follows the default (``bool``
-    fields are switches).
+    float whose default is None (unset), ``"switch"`` for a yes/no whose default is None
+    (unset: the model card decides; ``--flag`` / ``--no-flag``); otherwise the type follows
+    the default (``bool`` fields are switches).
     """
     meta = {"flag": flag, "help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "short": short, "kind": kind}
     return field(default=default, metadata=meta)
@@ -329,10 +330,12 @@ class RunOptions:
         "label each region where its probability reaches this value, instead of at the model's own threshold "
         "(region models): lower finds fainter lesions and marks more healthy tissue (docs/models.md, operating points)",
         minimum=0.01, maximum=0.99, kind="number")
-    bias_correction: bool = option_field(
-        False, "--bias-correction",
-        "remove each MRI channel's intensity bias field (N4) before anything else: a field that makes one hemisphere "
-        "brighter reads as a one-sided lesion to a symmetry-aware model (docs/models.md); refused for CT")
+    bias_correction: Optional[bool] = option_field(
+        None, "--bias-correction",
+        "remove each MRI channel's intensity bias field (N4) before anything else, or not (--no-bias-correction); "
+        "a field that makes one hemisphere brighter reads as a one-sided lesion to a symmetry-aware model "
+        "(docs/models.md). Default: as the model card's preprocessing says (the default model: N4). Refused for CT",
+        kind="switch")
     dicom_seg: bool = option_field(False, "--dicom-seg", "also write segmentation.dcm, a DICOM SEG referencing the source series (DICOM inputs)")
 
     def __post_init__(self) -> None:
@@ -348,9 +351,11 @@ class RunOptions:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             flag = f.metadata["flag"]
-            if isinstance(f.default, bool):
+            if isinstance(f.default, bool) or (f.metadata["kind"] == "switch" and value is True):
                 if value:
                     args.append(flag)
+            elif f.metadata["kind"] == "switch" and value is False:
+                args.append("--no-" + flag[2:])
             elif value is None:
                 continue
             elif f.metadata["kind"] == "triple":
@@ -412,7 +417,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
             raise OptionError(f"{flag}: at most {meta['maximum']:g} mm each (a head is about 200 mm across), "
                               f"got {','.join(f'{v:g}' for v in values)}")
         return values
-    if isinstance(f.default, bool):
+    if isinstance(f.default, bool) or meta["kind"] == "switch":
         if not isinstance(value, bool):
             raise OptionError(f"{flag} is a switch (true/false), got {value!r}")
         return value
@@ -464,6 +469,10 @@ def add_run_option_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = meta["help"]
         if isinstance(f.default, bool):
             parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
+            continue
+        if meta["kind"] == "switch":
+            # --flag / --no-flag; neither leaves None, which means "as the model card says".
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
 
         def convert(text: str, _field: dataclasses.Field = f) -> Any:

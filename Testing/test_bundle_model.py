@@ -63,3 +63,22 @@ def test_bundled_card_is_marked_default_names_its_head_and_keeps_other_scores(bu
     other = _bundle(run, datalist, out / "other.safetensors", "--also-scored", f"faint={scored}")
     assert other.returncode != 0 and "not these" in other.stderr
     assert not (out / "other.safetensors").exists() and not (out / "other.json").exists()
+
+
+def test_bias_correction_of_the_shipped_card_and_of_its_other_scores_must_agree(bundle_inputs):
+    """``--bias-correction n4``: the card asks for N4 (its held-out scores are then measured
+    with it, through segment_case); a result scored without N4 is refused for that card."""
+    root, run, datalist = bundle_inputs
+    out = root / "models_n4"
+    out.mkdir()
+    done = _bundle(run, datalist, out / "n4.safetensors", "--bias-correction", "n4")
+    assert done.returncode == 0, done.stderr
+    card = json.loads((out / "n4.json").read_text())
+    assert card["preprocessing"]["bias_correction"] == "n4"
+    scored = root / "scored_plain.json"
+    scored.write_text(json.dumps({"model": {"sha256": card["sha256"]}, "summary": {}, "cases": {}, "bias_correction": None}))
+    mixed = _bundle(run, datalist, out / "n4.safetensors", "--bias-correction", "n4", "--also-scored", f"faint={scored}")
+    assert mixed.returncode != 0 and "with bias correction none" in mixed.stderr
+    scored.write_text(json.dumps({"model": {"sha256": card["sha256"]}, "summary": {"set": {}}, "cases": {}, "bias_correction": "n4"}))
+    agreed = _bundle(run, datalist, out / "n4.safetensors", "--bias-correction", "n4", "--also-scored", f"faint={scored}")
+    assert agreed.returncode == 0, agreed.stderr

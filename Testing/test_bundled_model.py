@@ -53,6 +53,14 @@ def test_sample_segmentation_is_good(run):
     assert dice > 0.85, dice
 
 
+def test_the_default_corrects_the_bias_field_first_because_its_card_asks(model, run):
+    """The default's card asks for N4 (0.6.0): `segment` without any option runs it, and says so."""
+    _, result = run
+    assert model.card.preprocessing.get("bias_correction") == "n4"
+    assert result.report["inference"]["bias_correction"] == "n4"
+    assert any("as the model card's preprocessing asks" in note for note in result.report["notes"])
+
+
 def test_mirror_focus_varies_in_the_head_is_zero_outside_and_sides_differ(run):
     paths, result = run
     image = nib.load(str(paths["flair"]))

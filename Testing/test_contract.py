@@ -45,6 +45,24 @@ def test_every_option_round_trips_through_its_command_line():
     assert all(any(a == flag or a.startswith(flag + "=") for a in argv) for flag in flags)
 
 
+def test_bias_correction_is_unset_on_or_off_and_unset_means_the_model_card():
+    """Neither flag: None (the card's preprocessing decides); --bias-correction: True;
+    --no-bias-correction: False; each round-trips through as_arg_list."""
+    assert RunOptions().bias_correction is None and RunOptions.default("bias_correction") is None
+    assert RunOptions.from_namespace(parser().parse_args([])).bias_correction is None
+    assert RunOptions.from_namespace(parser().parse_args(["--bias-correction"])).bias_correction is True
+    off = RunOptions.from_namespace(parser().parse_args(["--no-bias-correction"]))
+    assert off.bias_correction is False and off.as_arg_list() == ["--model", "default", "--device", "auto", "--overlap", "0.25",
+                                                                   "--sw-batch", "2", "--amp", "auto", "--msp-fallback", "error",
+                                                                   "--no-bias-correction"]
+    assert "bias-correction" not in " ".join(RunOptions().as_arg_list())
+    for value in (True, False, None):
+        options = RunOptions(bias_correction=value)
+        assert RunOptions.from_namespace(parser().parse_args(options.as_arg_list())) == options
+    with pytest.raises(OptionError, match="--bias-correction is a switch"):
+        RunOptions(bias_correction="yes")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--overlap", "0.95"], "--overlap must be in [0, 0.9]"),
     (["--overlap", "x"], "--overlap must be a number"),

@@ -217,6 +217,26 @@ def test_cli_several_channels_give_the_plane_segment_uses(mni_small, tmp_path, c
     assert "a file is given twice" in capsys.readouterr().err and not (tmp_path / "twice.json").exists()
 
 
+def test_cli_bias_correction_gives_the_plane_of_a_card_that_asks_for_n4(mni_small, tmp_path):
+    """`msp --bias-correction`: the plane `segment` fits for a model whose card asks for N4
+    (the same corrected scan, the same search), on a scan whose bias field brightens one side."""
+    from SymmetryAwareCore.io.readers import read_image
+    from SymmetryAwareCore.preprocessing import Preprocessing, prepare_image
+
+    volume, world = tilted_scan(mni_small, np.array([6.0, -4.0, 3.0]), np.array([2.0, -1.0, 1.0]))
+    x = np.linspace(-1.0, 1.0, volume.array.shape[0])[:, None, None]
+    biased = write_nifti(Image((volume.array * np.exp(0.25 * x)).astype(np.float32), volume.affine), tmp_path / "case_t1.nii.gz")
+    report = tmp_path / "msp.json"
+    assert main(["msp", str(biased), "--bias-correction", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    spec = Preprocessing(spacing=(3, 3, 3), roi_size=(64, 64, 64), normalisation="zscore-nonzero", bias_correction="n4")
+    prepared = prepare_image(read_image(biased, allow_channels=True), spec)
+    assert data["bias_correction"] == "n4" and prepared.bias_correction == "n4"
+    np.testing.assert_allclose(data["plane"]["normal"], prepared.plane.normal, atol=1e-9)
+    np.testing.assert_allclose(data["plane"]["point"], prepared.plane.point, atol=1e-6)
+    assert plane_angle_deg(prepared.plane, MNI_TRUTH.moved(world)) < 2.0
+
+
 def test_cli_bad_input_exit_code_and_nothing_written(tmp_path, capsys):
     flat = write_nifti(Image(np.ones((30, 30, 1), np.float32), np.eye(4)), tmp_path / "flat.nii.gz")
     report = tmp_path / "msp.json"

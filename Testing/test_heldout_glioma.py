@@ -205,3 +205,34 @@ def test_bias_correction_runs_first_and_says_so(tiny_region_model, tmp_path):
     ct = Preprocessing.from_card({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "ct-windows", "ct_windows": [[0, 80]]})
     with pytest.raises(InputError, match="--bias-correction is for MRI"):
         prepare_image(Image(np.zeros((1, 8, 8, 8), np.float32), np.eye(4)), ct, bias_correction=True)
+
+
+def test_a_card_that_asks_for_n4_gets_it_unless_the_run_turns_it_off(bench, tiny_region_model, tmp_path):
+    """``preprocessing.bias_correction: "n4"`` in the card: every case is corrected without
+    being asked (the same labels as --bias-correction on a plain card), the report says so;
+    ``bias_correction=False`` (--no-bias-correction) turns it off with a note; the benchmark
+    records what was applied."""
+    import dataclasses
+
+    from SymmetryAwareCore.inference.model_source import LoadedModel
+    from SymmetryAwareCore.inference.pipeline import SegmentOptions, segment_case
+
+    model, paths, root = tiny_region_model
+    asks = LoadedModel(model.network, dataclasses.replace(model.card, preprocessing={**model.card.preprocessing, "bias_correction": "n4"}),
+                       model.source)
+    options = SegmentOptions(device="cpu", overview=False)
+    by_card = segment_case(paths, tmp_path / "card", asks, options, case_id="p")
+    by_option = segment_case(paths, tmp_path / "option", model, dataclasses.replace(options, bias_correction=True), case_id="p")
+    off = segment_case(paths, tmp_path / "off", asks, dataclasses.replace(options, bias_correction=False), case_id="p")
+    assert by_card.report["inference"]["bias_correction"] == "n4" and by_card.report["preprocessing"]["bias_correction"] == "n4"
+    assert any("as the model card's preprocessing asks" in note for note in by_card.report["notes"])
+    assert off.report["inference"]["bias_correction"] is None and any("turned off by the run" in n for n in off.report["notes"])
+    labels = {k: np.asarray(nib.load(str(r.files["labelmap"])).dataobj) for k, r in (("card", by_card), ("option", by_option), ("off", off))}
+    np.testing.assert_array_equal(labels["card"], labels["option"])
+    asymmetry = {k: np.asarray(nib.load(str(r.files["asymmetry"])).dataobj) for k, r in (("card", by_card), ("off", off))}
+    assert not np.allclose(asymmetry["card"], asymmetry["off"])  # N4 changed what the network saw
+    out = tmp_path / "scores.json"
+    bench.main(["--datalist", str(root / "datalist.json"), "--model", model.source, "--output", str(out), "--bias-correction"])
+    assert json.loads(out.read_text())["bias_correction"] == "n4"
+    bench.main(["--datalist", str(root / "datalist.json"), "--model", model.source, "--output", str(out)])
+    assert json.loads(out.read_text())["bias_correction"] is None

@@ -326,7 +326,10 @@ def test_load_with_bias_correction_corrects_first_and_says_so(tilted_lps_case):
     phantom, paths, card_path = tilted_lps_case
     worker = Worker()
     bad = worker.handle(json.dumps({"cmd": "load", "images": [str(p) for p in paths], "model": str(card_path), "bias_correction": "yes"}))
-    assert not bad["ok"] and "'bias_correction' must be true or false" in bad["error"]
+    assert not bad["ok"] and "'bias_correction' must be true, false or null" in bad["error"]
     reply = worker.handle(json.dumps({"cmd": "load", "images": [str(p) for p in paths], "model": str(card_path), "bias_correction": True}))
     assert reply["ok"], reply
     assert any("bias field removed" in note for note in reply["notes"]) and reply["shape"] == list(phantom.label.spatial_shape)
+    assert reply["bias_correction"] == "n4"
+    plain = worker.handle(json.dumps({"cmd": "load", "images": [str(p) for p in paths], "model": str(card_path), "bias_correction": None}))
+    assert plain["ok"] and plain["bias_correction"] is None  # null: the card's, which does not ask for it

@@ -52,6 +52,9 @@ def test_card_without_what_preparation_needs_is_refused(missing):
     ({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "ct-windows"}, "ct_windows"),
     ({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "magic"}, "normalisation"),
     ({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero", "alignment": "tilt"}, "alignment"),
+    ({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero", "bias_correction": "n3"}, "bias_correction"),
+    ({"spacing": [3, 3, 3], "roi_size": [64, 64, 64], "normalisation": "ct-windows", "ct_windows": [[0, 80]],
+      "bias_correction": "n4"}, "bias_correction is for MRI"),
 ])
 def test_absurd_card_values_are_one_line_errors(block, words):
     with pytest.raises(InputError, match=words):
@@ -65,6 +68,20 @@ def test_card_block_round_trips_and_reads_older_cards():
     assert spec.network_channels(1) == 2 and spec.fill == -1024.0
     old = Preprocessing.from_card({"spacing": [2, 2, 2], "roi_size": [64] * 3, "normalisation": "ct-window", "align_to_msp": False})
     assert old.ct_windows == ((-100.0, 200.0),) and old.alignment == "none"
+
+
+def test_bias_correction_in_the_card_block_only_when_asked_for():
+    """A card that asks for N4 says so and reads back; one that does not has no key (cards and
+    preparation caches from before the field keep their content), and reads as "none"."""
+    from SymmetryAwareCore.models.model_card import InputChannel, ModelCard
+
+    plain = Preprocessing(spacing=(3, 3, 3), roi_size=(64, 64, 64), normalisation="zscore-nonzero")
+    assert plain.bias_correction == "none" and "bias_correction" not in plain.to_card()
+    n4 = plain.replace(bias_correction="n4")
+    assert n4.to_card()["bias_correction"] == "n4" and Preprocessing.from_card(n4.to_card()) == n4
+    card = ModelCard(channels=[InputChannel("t1")], modality="MRI", preprocessing={**n4.to_card(), "bias_correction": "n5"})
+    with pytest.raises(InputError, match="unknown preprocessing.bias_correction 'n5'"):
+        card.check()
 
 
 def test_segment_refuses_a_card_without_spacing_before_reading_the_scan(tmp_path):

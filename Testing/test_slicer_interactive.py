@@ -47,6 +47,8 @@ def test_requests_carry_ras_unchanged_and_reject_bad_points():
     assert box_request([5, -1, 2], [-5, 1, -2]) == {"cmd": "box", "ras_min": [-5.0, -1.0, -2.0], "ras_max": [5.0, 1.0, 2.0]}
     assert load_request(["a.nii.gz"]) == {"cmd": "load", "images": ["a.nii.gz"]}
     assert load_request(["a.nii.gz"], bias_correction=True) == {"cmd": "load", "images": ["a.nii.gz"], "bias_correction": True}
+    # False is sent (it turns off a card's N4); None leaves it to the card.
+    assert load_request(["a.nii.gz"], bias_correction=False)["bias_correction"] is False
     with pytest.raises(ValueError):
         click_request([1.0, float("nan"), 2.0], True)
     with pytest.raises(ValueError):

@@ -286,3 +286,46 @@ def test_panel_preselects_the_default_model_of_segment(tmp_path):
     assert contract.default_model([("a", seg), ("b", marked)]) == "b"
     assert contract.default_model([("c", classifier), ("h", head), ("i", interactive), ("a", seg)]) == "a"
     assert contract.default_model([("c", classifier)]) == "c" and contract.default_model([]) is None
+
+
+def test_bias_correction_box_follows_the_selected_models_card(monkeypatch):
+    """*Remove MRI bias field first* starts as the selected card asks (checked for the default,
+    whose card asks for N4; unchecked for 0.4.0); the user's choice stands until another model
+    is chosen; a CT model leaves it off and disabled. The run then states it either way
+    (--bias-correction / --no-bias-correction)."""
+    import types
+
+    from SymmetryAwareSegLib.models import find_models
+
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace())
+    monkeypatch.delitem(sys.modules, "SymmetryAwareSegLib.widget", raising=False)
+    from SymmetryAwareSegLib.widget import SymmetryAwareSegPanel
+
+    cards = {card.name: card for card in find_models([Path(contract.BUNDLED_MODELS_DIR)])}
+    default = cards[contract.default_model([(c.name, c.raw) for c in cards.values()])]
+    older, ct = cards["glioma-phantom-saswin-f12"], cards["ct-haemorrhage-phantom-saswin-f12"]
+    assert default.bias_correction and not older.bias_correction and ct.is_ct
+    panel = SymmetryAwareSegPanel.__new__(SymmetryAwareSegPanel)  # no Qt: the state logic only
+    panel.models, panel._defaults_from = list(cards.values()), None
+    panel.ui = types.SimpleNamespace(modelLineEdit=types.SimpleNamespace(text=default.name),
+                                     biasCorrectionCheckBox=types.SimpleNamespace(checked=False, enabled=True))
+    panel.update_state = lambda: None
+    box = panel.ui.biasCorrectionCheckBox
+    panel.on_model_text_changed()
+    assert box.checked and box.enabled
+    box.checked = False  # the user's choice
+    panel.on_model_text_changed()  # the same model again (e.g. the text re-set): kept
+    assert not box.checked
+    panel.ui.modelLineEdit.text = older.name
+    panel.on_model_text_changed()
+    assert not box.checked and box.enabled
+    panel.ui.modelLineEdit.text = "glioma-phantom"  # typing: no card yet, nothing changes
+    box.checked = True
+    panel.on_model_text_changed()
+    assert box.checked
+    panel.ui.modelLineEdit.text = ct.name
+    panel.on_model_text_changed()
+    assert not box.checked and not box.enabled
+    state = types.SimpleNamespace(model=default.name, device="cpu", overlap=0.25, tta=False, dicomSeg=False,
+                                  useThreshold=False, threshold=0.5, biasCorrection=False)
+    assert "--no-bias-correction" in parameters.run_options(state).as_arg_list()

@@ -57,3 +57,25 @@ def test_bad_yaml_names_the_file(tmp_path):
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.train.steps > 0
+
+
+def test_bias_correction_goes_from_the_config_into_the_runs_preprocessing(tmp_path):
+    """``data.bias_correction: n4``: the run's one Preprocessing (what every training case is
+    prepared with, and what its model card records) asks for N4, so inference corrects as
+    training did; refused for CT and for an unknown method, naming the key."""
+    from SymmetryAwareCore.preprocessing.cache import cache_key
+    from SymmetryAwareTraining.config import check_config
+    from SymmetryAwareTraining.tasks import run_preprocessing
+
+    base = ["data.spacing=[3, 3, 3]", "data.roi_size=[64, 64, 64]", "data.channels=[t1, flair]"]
+    plain = run_preprocessing(apply_overrides(RunConfig(), base))
+    n4 = run_preprocessing(apply_overrides(RunConfig(), base + ["data.bias_correction=n4"]))
+    assert plain.bias_correction == "none" and n4.bias_correction == "n4" and n4.to_card()["bias_correction"] == "n4"
+    assert n4 == plain.replace(bias_correction="n4")
+    files = [tmp_path / "a_t1.nii.gz", tmp_path / "a_flair.nii.gz"]
+    for f in files:
+        f.write_bytes(b"x")
+    assert cache_key(files, None, ["t1", "flair"], n4) != cache_key(files, None, ["t1", "flair"], plain)  # never mixed
+    for bad in (["data.bias_correction=n3"], ["data.bias_correction=n4", "data.modality=ct"]):
+        with pytest.raises(InputError, match=r"data\.bias_correction"):
+            check_config(apply_overrides(RunConfig(), base + bad))

@@ -8,7 +8,9 @@ Example::
 
 Several files are the channels of one case: the plane is the one ``segment`` uses, fitted on
 the first and, only when that fit is not confident, on the next ones in order
-(:func:`~SymmetryAwareCore.geometry.msp.estimate_msp`).
+(:func:`~SymmetryAwareCore.geometry.msp.estimate_msp`). ``segment`` with a model whose card
+asks for N4 (the default glioma model) fits it after bias-field correction: ``--bias-correction``
+does the same here.
 
 Everything is computed before anything is written, and each file is written atomically,
 so a failure leaves no partial output. A plane that is not confident is still written,
@@ -55,6 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "the plane is fitted on the first and, when that fit is not confident, on the next ones, as "
                         "`segment` does")
     parser.add_argument("--mask", help="optional head/brain mask on the scan's grid (non-zero = head)")
+    parser.add_argument("--bias-correction", action="store_true",
+                        help="MRI: remove each channel's bias field (N4) first, as `segment` does for a model whose "
+                        "card asks for it (the default glioma model); the aligned scan is then the corrected one")
     parser.add_argument(
         "--on-failure",
         choices=("error", "axes"),
@@ -108,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     mask = read_labelmap(args.mask).array if args.mask else None
     if mask is not None and mask.shape != image.spatial_shape:
         raise InputError(f"the mask has shape {mask.shape} but the scan has {image.spatial_shape}", args.mask)
+    if args.bias_correction:
+        from ..preprocessing.bias import n4_correct
+
+        image = n4_correct(image)
     plane = estimate_msp(image, mask=mask, on_failure=args.on_failure, on_not_head="error" if args.require_head else "warn")
     aligned = frame = None
     if args.aligned:
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": [str(p) for p in args.input],
         "version": __version__,
         "plane": plane.to_dict(),
+        "bias_correction": "n4" if args.bias_correction else None,
         "frame": frame.to_dict() if frame is not None else None,
     }
     if args.report:

@@ -136,10 +136,10 @@ def run(args: argparse.Namespace, outputs=None, model=None) -> int:
         sweep_stale(output_dir)  # hidden folders of killed runs (never those of a live run)
     spec = model_preprocessing(model)  # a card without its preprocessing is refused here
     spacing = spec.spacing
-    if run_options.bias_correction:
-        from ..preprocessing.bias import check_bias_correction
+    from ..preprocessing.bias import bias_correction_applies
 
-        check_bias_correction(spec.is_ct)  # one line, before any case is read
+    # --bias-correction on a CT model: one line, before any case is read.
+    bias_correction_applies(spec.bias_correction == "n4", spec.is_ct, run_options.bias_correction)
     options = SegmentOptions(
         device=run_options.device,
         overlap=run_options.overlap,

@@ -87,8 +87,9 @@ class SegmentOptions:
             is written as ``attention_from.nii.gz`` (models with SACA only).
         threshold: label each region where its probability reaches this, instead of at the
             card's threshold (region models only); None: the card's.
-        bias_correction: remove each channel's bias field (N4) before anything else (MRI
-            models only; :mod:`SymmetryAwareCore.preprocessing.bias`).
+        bias_correction: True: remove each channel's bias field (N4) before anything else
+            (MRI models only; :mod:`SymmetryAwareCore.preprocessing.bias`); False: do not;
+            None: as the model card's preprocessing says.
     """
 
     # Defaults are the contract's (the one definition the CLI and Slicer share).
@@ -106,7 +107,7 @@ class SegmentOptions:
     outputs: Optional[Sequence[str]] = None
     attention_from_ras: Optional[Sequence[float]] = None
     threshold: Optional[float] = _RUN_DEFAULTS.threshold
-    bias_correction: bool = _RUN_DEFAULTS.bias_correction
+    bias_correction: Optional[bool] = _RUN_DEFAULTS.bias_correction
 
     def wants(self, key: str) -> bool:
         if key == "overview" and not self.overview:
@@ -704,7 +705,7 @@ def write_case_outputs(
                     "brain_box": [[s.start, s.stop] for s in box],
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                     "threshold": effective_threshold(card, options.threshold),
-                    "bias_correction": "n4" if options.bias_correction else None,
+                    "bias_correction": prepared.bias_correction,
                 },
                 "maps": {
                     "attention": "uint8, value = scl_inter + scl_slope * stored, in [0, 1]: mirror focus "

@@ -219,13 +219,14 @@ class InteractiveSession:
             raise InputError("no scan loaded: send load first")
 
     # ---------------------------------------------------------------- load
-    def load(self, images: Sequence[str], model: Optional[str] = None, bias_correction: bool = False) -> Dict[str, Any]:
+    def load(self, images: Sequence[str], model: Optional[str] = None, bias_correction: Optional[bool] = None) -> Dict[str, Any]:
         """Read and prepare the scan; keep the model. Returns what the worker replies.
 
         ``images``: one file (or DICOM folder) per model channel, in any order (matched by the
         card's file-name patterns, as ``segment``). ``model``: a bundled name or card path
-        (default: the bundled interactive model). ``bias_correction``: remove each channel's
-        bias field (N4) first, as ``segment --bias-correction``.
+        (default: the bundled interactive model). ``bias_correction``: True: remove each
+        channel's bias field (N4) first, as ``segment --bias-correction``; False: do not;
+        None: as the model card's preprocessing says.
         """
         from ..inference.cases import ChannelSpec, assign_channels
         from ..inference.model_source import list_models, resolve_model
@@ -261,7 +262,7 @@ class InteractiveSession:
         given = load_case(paths, [names[ordered.index(p)] for p in paths])
         array = given.array if given.array.ndim == 4 else given.array[None]
         image = Image(np.ascontiguousarray(array[order]), given.affine, names, str(paths[0]))
-        prepared = prepare_loaded_for_model(image, loaded, SegmentOptions(bias_correction=bool(bias_correction)))
+        prepared = prepare_loaded_for_model(image, loaded, SegmentOptions(bias_correction=bias_correction))
         # Only now, with everything read, replace the session's case (a failed load keeps the old one).
         self.model, self._model_name, self._backbone = loaded, model or DEFAULT_MODEL, backbone
         self.prepared, self.spec = prepared, spec
@@ -290,6 +291,7 @@ class InteractiveSession:
             "files": {name: str(p) for name, p in zip(names, ordered)},
             "model": loaded.card.name,
             "model_version": loaded.card.version,
+            "bias_correction": prepared.bias_correction,
             "plane_confidence": bool(prepared.plane.confident),
             "plane_symmetry_score": float(prepared.plane.symmetry_score),
             "auto_available": self.auto_available,

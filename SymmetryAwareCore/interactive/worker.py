@@ -91,9 +91,9 @@ class Worker:
             model = request.get("model")
             if model is not None and not isinstance(model, str):
                 raise InputError("field 'model' must be a model name or card path")
-            bias_correction = request.get("bias_correction", False)
-            if not isinstance(bias_correction, bool):
-                raise InputError("field 'bias_correction' must be true or false")
+            bias_correction = request.get("bias_correction")  # absent or null: as the model card says
+            if bias_correction is not None and not isinstance(bias_correction, bool):
+                raise InputError("field 'bias_correction' must be true, false or null")
             return s.load(images, model, bias_correction)
         if cmd == "save":
             path = _field(request, "path", str, "the output file")

@@ -25,6 +25,7 @@ from ..contract import card_findings
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .checkpoints import load_state_dict_checked, read_state_dict, sha256_file
+from ..preprocessing.spec import BIAS_CORRECTIONS
 from ..preprocessing.spec import NORMALISATIONS as _PREPARED_NORMALISATIONS
 from ..preprocessing.spec import Preprocessing
 from .registry import architecture_name, build_model
@@ -135,6 +136,9 @@ def _check_preprocessing(pre: Dict[str, Any], path) -> None:
     norm = pre.get("normalisation")
     if norm is not None and norm not in NORMALISATIONS:
         raise InputError(f"model card: unknown preprocessing.normalisation {norm!r} (known: {', '.join(NORMALISATIONS)})", path)
+    bias = pre.get("bias_correction", "none")
+    if bias not in BIAS_CORRECTIONS:
+        raise InputError(f"model card: unknown preprocessing.bias_correction {bias!r} (known: {', '.join(BIAS_CORRECTIONS)})", path)
 
 
 def _check_postprocessing(post: Dict[str, Any], path, findings: Tuple[str, ...] = ()) -> None:

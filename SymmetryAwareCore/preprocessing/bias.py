@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io.image import Image
 
-__all__ = ["n4_correct", "check_bias_correction", "N4_SHRINK", "N4_ITERATIONS"]
+__all__ = ["n4_correct", "check_bias_correction", "bias_correction_applies", "N4_SHRINK", "N4_ITERATIONS"]
 
 N4_SHRINK = 4
 """The field is fitted on the image shrunk by this factor along each axis (it is smooth)."""
@@ -36,6 +36,18 @@ def check_bias_correction(is_ct: bool) -> None:
         from ..errors import InputError
 
         raise InputError("--bias-correction is for MRI; this model takes CT (Hounsfield units are calibrated)")
+
+
+def bias_correction_applies(card_asks: bool, is_ct: bool, requested: "bool | None" = None) -> bool:
+    """Whether N4 runs on a case: the run's choice when it makes one (``--bias-correction``
+    True, ``--no-bias-correction`` False), else what the model card's preprocessing asks
+    (``card_asks``). Asking for it on a CT model is refused (:func:`check_bias_correction`).
+    The one rule of the CLI, the Slicer module, the interactive session and training."""
+    if requested is None:
+        return bool(card_asks)
+    if requested:
+        check_bias_correction(is_ct)
+    return bool(requested)
 
 
 def _to_itk(volume: np.ndarray, affine: np.ndarray):

@@ -56,6 +56,8 @@ class PreparedCase:
         label: ``(W, H, D)`` uint8 labels in the frame (training), or None.
         notes: what a report should say about the preparation.
         times: seconds per stage (``aligning``).
+        bias_correction: the bias-field correction applied before everything else
+            (``"n4"``), or None.
     """
 
     volume: np.ndarray
@@ -67,6 +69,7 @@ class PreparedCase:
     label: Optional[np.ndarray] = None
     notes: List[str] = field(default_factory=list)
     times: Dict[str, float] = field(default_factory=dict)
+    bias_correction: Optional[str] = None
 
     @property
     def native(self) -> Image:
@@ -146,7 +149,7 @@ def prepare_image(
     roi_size_mm: Optional[Sequence[float]] = None,
     label: Optional[np.ndarray] = None,
     progress: StageCallback = _no_progress,
-    bias_correction: bool = False,
+    bias_correction: Optional[bool] = None,
 ) -> PreparedCase:
     """Prepare a loaded ``(C, X, Y, Z)`` scan (any orientation) as ``spec`` says.
 
@@ -161,20 +164,28 @@ def prepare_image(
         label: ``(X, Y, Z)`` integer labels on the image's grid (training), taken into the
             frame by nearest neighbour.
         progress: ``callable(stage, fraction)``, for progress bars.
-        bias_correction: first remove each channel's bias field (N4,
-            :func:`~SymmetryAwareCore.preprocessing.bias.n4_correct`); the plane, the frame
-            and everything after are computed on the corrected scan. MRI only.
+        bias_correction: True: first remove each channel's bias field (N4,
+            :func:`~SymmetryAwareCore.preprocessing.bias.n4_correct`), and the plane, the
+            frame and everything after are computed on the corrected scan (MRI only);
+            False: do not; None: as ``spec.bias_correction`` says (the model card).
     """
     started = time.perf_counter()
     progress("aligning", 0.0)
     notes: List[str] = []
-    if bias_correction:
-        from .bias import check_bias_correction, n4_correct
+    from .bias import bias_correction_applies
 
-        check_bias_correction(spec.is_ct)
+    card_asks = spec.bias_correction == "n4"
+    corrected = bias_correction_applies(card_asks, spec.is_ct, bias_correction)
+    if corrected:
+        from .bias import n4_correct
+
         image = n4_correct(image)
-        notes.append("bias field removed from each channel (N4) before preparation")
+        why = "as the model card's preprocessing asks" if card_asks else "asked for by the run (--bias-correction)"
+        notes.append(f"bias field removed from each channel (N4) before preparation, {why}")
         progress("aligning", 0.02)
+    elif card_asks:
+        notes.append("bias-field correction (N4) turned off by the run (--no-bias-correction), although the model card "
+                     "asks for it: a field that brightens one hemisphere reads as a one-sided lesion")
     if plane is None:
         plane = unaligned_plane(image) if spec.alignment == "none" else estimate_msp(image, on_failure=msp_on_failure, on_not_head=on_not_head)
     if spec.alignment == "none":
@@ -208,7 +219,7 @@ def prepare_image(
     if label is not None:
         label_frame = frame.to_frame(np.asarray(label), "nearest").astype(np.uint8)
     return PreparedCase(volume, frame, plane, box, head, image, label_frame, notes,
-                        {"aligning": round(time.perf_counter() - started, 3)})
+                        {"aligning": round(time.perf_counter() - started, 3)}, "n4" if corrected else None)
 
 
 def prepare_case(

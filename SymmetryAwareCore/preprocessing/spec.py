@@ -12,7 +12,8 @@ The block (JSON)::
      "normalisation": "zscore-nonzero",  # or "ct-windows" or "none"; required
      "ct_windows": [[0, 80], [-20, 180], [-800, 2000]],   # HU, one channel each (CT)
      "alignment": "msp",                 # "msp" (default) or "none" (an ablation)
-     "anti_alias": true}                 # Gaussian pre-filter when downsampling
+     "anti_alias": true,                 # Gaussian pre-filter when downsampling
+     "bias_correction": "n4"}            # MRI: N4 on each channel first; "none" (default)
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
-__all__ = ["Preprocessing", "NORMALISATIONS", "ALIGNMENTS", "DEFAULT_CT_WINDOWS", "AIR_HU"]
+__all__ = ["Preprocessing", "NORMALISATIONS", "ALIGNMENTS", "BIAS_CORRECTIONS", "DEFAULT_CT_WINDOWS", "AIR_HU"]
 
 NORMALISATIONS = ("zscore-nonzero", "ct-windows", "none")
 ALIGNMENTS = ("msp", "none")
+BIAS_CORRECTIONS = ("none", "n4")
 
 # Brain (W80 L40), subdural / blood (W200 L80) and bone (W2800 L600) windows: blood and
 # brain differ by ~30 HU, which only a narrow window resolves, while fractures need bone.
@@ -66,6 +68,10 @@ class Preprocessing:
             (only reoriented to RAS and resampled at ``spacing``: mirror pairs are then not
             anatomical; an ablation that has to be asked for).
         anti_alias: Gaussian pre-filter when the frame is coarser than the scan.
+        bias_correction: ``"n4"``: each MRI channel's intensity bias field is removed (N4,
+            :mod:`.bias`) before anything else, so the plane, the frame and the network see
+            the corrected scan; ``"none"``: not. A run may override it
+            (``--bias-correction`` / ``--no-bias-correction``). Not for CT.
     """
 
     spacing: Tuple[float, float, float]
@@ -74,6 +80,7 @@ class Preprocessing:
     ct_windows: Tuple[Tuple[float, float], ...] = ()
     alignment: str = "msp"
     anti_alias: bool = True
+    bias_correction: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing", _triple(self.spacing, "spacing", float, *_SPACING_RANGE))
@@ -89,6 +96,10 @@ class Preprocessing:
         elif windows:
             raise InputError("model card preprocessing.ct_windows is only for normalisation 'ct-windows'")
         object.__setattr__(self, "ct_windows", windows)
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise InputError(f"model card preprocessing.bias_correction {self.bias_correction!r} is not one of {', '.join(BIAS_CORRECTIONS)}")
+        if self.bias_correction != "none" and self.is_ct:
+            raise InputError("model card preprocessing.bias_correction is for MRI; a CT model's Hounsfield units are calibrated")
 
     @property
     def is_ct(self) -> bool:
@@ -125,7 +136,8 @@ class Preprocessing:
         if isinstance(spacing, (int, float)):
             spacing = [spacing] * 3
         return cls(spacing=spacing, roi_size=block["roi_size"], normalisation=normalisation, ct_windows=windows,
-                   alignment=alignment, anti_alias=bool(block.get("anti_alias", True)))
+                   alignment=alignment, anti_alias=bool(block.get("anti_alias", True)),
+                   bias_correction=block.get("bias_correction", "none"))
 
     def to_card(self) -> Dict[str, Any]:
         """The card's ``preprocessing`` block (JSON-ready)."""
@@ -138,6 +150,10 @@ class Preprocessing:
         }
         if self.ct_windows:
             out["ct_windows"] = [list(w) for w in self.ct_windows]
+        if self.bias_correction != "none":
+            # Written only when asked for: cards (and preparation caches keyed by this
+            # block) from before the field existed stay what they were.
+            out["bias_correction"] = self.bias_correction
         return out
 
     def replace(self, **changes: Any) -> "Preprocessing":

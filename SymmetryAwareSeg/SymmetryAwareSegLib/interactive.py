@@ -74,14 +74,15 @@ LOAD_TIMEOUT_S = 900.0
 """``load`` reads the scan, aligns it and may load the model from disk first."""
 
 
-def load_request(images: Sequence[str], model: Optional[str] = None, bias_correction: bool = False) -> Dict[str, Any]:
+def load_request(images: Sequence[str], model: Optional[str] = None, bias_correction: Optional[bool] = None) -> Dict[str, Any]:
     """``images``: one file per model channel, any order (the worker matches them by name);
-    ``bias_correction``: N4 on each channel first (the contract's ``--bias-correction``)."""
+    ``bias_correction``: True/False N4 on each channel first or not (the contract's
+    ``--bias-correction`` / ``--no-bias-correction``); None: as the model card says."""
     request: Dict[str, Any] = {F_CMD: LOAD, "images": [str(p) for p in images]}
     if model:
         request[F_MODEL] = str(model)
-    if bias_correction:
-        request["bias_correction"] = True
+    if bias_correction is not None:
+        request["bias_correction"] = bool(bias_correction)
     return request
 
 

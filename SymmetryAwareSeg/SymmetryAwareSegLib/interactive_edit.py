@@ -256,7 +256,7 @@ class InteractiveSession:
         return [(p, self._status_line(p)) for p in self.client.poll()]
 
     # -- requests -------------------------------------------------------------------------
-    def load(self, volume_nodes: Sequence, model: Optional[str] = None, bias_correction: bool = False) -> Pending:
+    def load(self, volume_nodes: Sequence, model: Optional[str] = None, bias_correction: Optional[bool] = None) -> Pending:
         """Send the volumes (written as files) to the worker: the start of a session.
 
         ``volume_nodes``: one per model channel, in any order (the worker matches names).

@@ -66,6 +66,20 @@ class ModelCard:
         return card_findings(self.raw)
 
     @property
+    def bias_correction(self) -> bool:
+        """True when the card's preprocessing removes each MRI channel's bias field (N4)
+        first: then the panel's *Remove MRI bias field first* starts checked for it."""
+        pre = self.raw.get("preprocessing")
+        return isinstance(pre, dict) and pre.get("bias_correction") == "n4"
+
+    @property
+    def is_ct(self) -> bool:
+        """A CT model (HU windows): bias-field correction does not apply to it."""
+        pre = self.raw.get("preprocessing")
+        normalisation = pre.get("normalisation") if isinstance(pre, dict) else None
+        return normalisation in ("ct-windows", "ct-window") or self.modality.upper() == "CT"
+
+    @property
     def measured_times(self) -> Dict:
         """``{"cpu_s": ..., "gpu_s": ...}`` when the card records measured run times."""
         times = self.raw.get("measured_times") or self.raw.get("timing") or {}
@@ -81,6 +95,8 @@ class ModelCard:
             where = (" and a map of where it sees it" if card_has_lesion_map(self.raw) else "")
             lines.append(f"Scan-level classifier ({', '.join(self.findings)}): Apply gives one probability per "
                          f"finding{where}, no segmentation")
+        if self.bias_correction:
+            lines.append("Preprocessing: each input's MRI bias field is removed first (N4)")
         lines.append(f"Licence: {self.licence or 'not stated'}")
         if self.training_data:
             data = self.training_data if len(self.training_data) <= 240 else self.training_data[:237] + "..."

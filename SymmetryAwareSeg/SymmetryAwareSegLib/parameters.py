@@ -64,8 +64,9 @@ class SymmetryAwareSegParameters:
             (region models; the contract's ``--threshold``).
         threshold: that probability; lower finds fainter lesions and marks more healthy
             tissue (docs/models.md, operating points).
-        biasCorrection: remove each input's MRI bias field (N4) first (the contract's
-            ``--bias-correction``).
+        biasCorrection: remove each input's MRI bias field (N4) first, or not (the
+            contract's ``--bias-correction`` / ``--no-bias-correction``); the panel sets it
+            from the selected model's card (checked for a card that asks for N4).
     """
 
     inputVolume1: Optional[ScalarVolume]
@@ -84,7 +85,7 @@ class SymmetryAwareSegParameters:
     dicomSeg: bool = RunOptions.default("dicom_seg")
     useThreshold: bool = RunOptions.default("threshold") is not None  # unset: the model's own
     threshold: Annotated[float, WithinRange(*RunOptions.range("threshold"))] = 0.5  # the bundled cards' own
-    biasCorrection: bool = RunOptions.default("bias_correction")
+    biasCorrection: bool = False  # the contract's default is None (the card's): the panel sets it per card
 
 
 PARAMETER_TYPES = get_type_hints(SymmetryAwareSegParameters, include_extras=True)

@@ -91,6 +91,7 @@ class SymmetryAwareSegPanel:
         self._mirror_node = None  # the fiducial list holding the point's mirror
         self._last = None  # (segmentation node, reference volume) of the last loaded result
         self._work_dir: Optional[tempfile.TemporaryDirectory] = None
+        self._defaults_from: Optional[str] = None  # the card whose defaults the options show
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -115,7 +116,7 @@ class SymmetryAwareSegPanel:
         ui.refineButton.clicked.connect(self.on_refine)
         for index in range(1, MAX_INPUTS + 1):
             getattr(ui, f"inputVolume{index}Selector").currentNodeChanged.connect(lambda _node: self.update_state())
-        ui.modelLineEdit.textChanged.connect(lambda _text: self.update_state())
+        ui.modelLineEdit.textChanged.connect(self.on_model_text_changed)
         ui.pointsSelector.currentNodeChanged.connect(lambda _node: self.update_state())
 
     def refresh_models(self) -> None:
@@ -189,6 +190,22 @@ class SymmetryAwareSegPanel:
             logging.exception("SymmetryAwareSeg: dependency installation failed")
             slicer.util.errorDisplay(_("Installing dependencies failed: {error}").format(error=error), detailedText=repr(error))
         return False
+
+    def on_model_text_changed(self, _text: str = "") -> None:
+        """A new model: its card's own settings become the options' starting values."""
+        card = self.current_card()
+        if card is not None and str(card.path) != self._defaults_from:
+            self._defaults_from = str(card.path)
+            self.apply_card_defaults(card)
+        self.update_state()
+
+    def apply_card_defaults(self, card: ModelCard) -> None:
+        """*Remove MRI bias field first* follows the card's preprocessing (checked for a model
+        that asks for N4, the default's case); the user may still change it. Off and disabled
+        for a CT model, where it is refused."""
+        box = self.ui.biasCorrectionCheckBox
+        box.checked = bool(card.bias_correction) and not card.is_ct
+        box.enabled = not card.is_ct
 
     # -- actions --------------------------------------------------------------------------
     def on_model_selected(self, index: int) -> None:

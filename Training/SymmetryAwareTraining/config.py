@@ -75,6 +75,9 @@ class DataConfig:
     """HU windows for ``ct-windows`` (one network channel each); empty: brain, blood, bone."""
     anti_alias: bool = True
     """Gaussian pre-filter when the frame is coarser than a scan."""
+    bias_correction: str = "none"
+    """``n4``: remove each MRI channel's bias field (N4) before preparing every case, and
+    record it in the model card so that inference does the same; ``none``: not."""
     cache_dir: str = ""
     """Where prepared cases are kept; empty: ``$SYMMETRYAWARE_CACHE`` or ``~/.cache/symmetryaware/prepared``."""
     findings: List[str] = field(default_factory=list)
@@ -283,6 +286,8 @@ def check_config(config: RunConfig) -> None:
     need(0.0 < d.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
     need(d.fold >= 0 and d.exclude_fold >= 0, "data.fold and data.exclude_fold must be >= 0")
     need(d.modality.lower() in ("mri", "ct"), f"data.modality must be mri or ct, got {d.modality!r}")
+    need(d.bias_correction in ("none", "n4") and not (d.bias_correction != "none" and d.modality.lower() == "ct"),
+         f"data.bias_correction must be none or n4 (n4 for MRI only), got {d.bias_correction!r}")
     need(0.0 <= m.output_prior < 1.0, f"model.output_prior must be in (0, 1), or 0 to leave the bias alone; "
                                       f"got {m.output_prior}")
     need(o.lr > 0 and o.lr < 10, f"optim.lr must be in (0, 10), got {o.lr}")

@@ -261,7 +261,8 @@ def run_preprocessing(config: RunConfig):
     normalisation = d.normalisation or ("ct-windows" if is_ct else "zscore-nonzero")
     windows = windows_or_default(d.ct_windows) if normalisation == "ct-windows" else ()
     spec = Preprocessing(spacing=spacing, roi_size=d.roi_size, normalisation=normalisation, ct_windows=windows,
-                         alignment="msp" if d.align else "none", anti_alias=d.anti_alias)
+                         alignment="msp" if d.align else "none", anti_alias=d.anti_alias,
+                         bias_correction=d.bias_correction)
     channels = len(_channel_names(config))
     expected = config.model.kwargs.get("in_channels")
     if expected is not None and int(expected) != spec.network_channels(channels):

@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--also-scored", action="append", default=[], metavar="NAME=FILE",
                         help="a Benchmarks/heldout_glioma.py result of THIS model on another held-out set; its "
                              "summary goes into metrics.also_scored.NAME (repeatable)")
+    parser.add_argument("--bias-correction", choices=("none", "n4"), default=None,
+                        help="the card's preprocessing.bias_correction, when it is to differ from the run's (a "
+                             "model trained without N4 shipped with N4 first, as measured); default: the run's")
     args = parser.parse_args()
     also_scored = {}
     for item in args.also_scored:
@@ -82,7 +85,10 @@ def main() -> None:
     network, run_card = load_model(args.run / "model.json")
     config = run_card.extra.get("training", {}).get("config", {})
     steps = config.get("train", {}).get("steps")
-    spacing = Preprocessing.from_card(run_card.preprocessing, source=str(args.run)).spacing[0]
+    run_spec = Preprocessing.from_card(run_card.preprocessing, source=str(args.run))
+    if args.bias_correction is not None:
+        run_spec = run_spec.replace(bias_correction=args.bias_correction)  # refused for CT
+    spacing = run_spec.spacing[0]
     card = ModelCard(
         name=args.name,
         description=(
@@ -92,8 +98,9 @@ def main() -> None:
             "NOT FOR CLINICAL USE: it has never seen a real tumour, and its figures below are on phantoms."
         ),
         # The run's own block, as training wrote it: the bundled model is prepared at
-        # inference exactly as it was trained (refused here if the run's card lacks it).
-        preprocessing=Preprocessing.from_card(run_card.preprocessing, source=str(args.run)).to_card(),
+        # inference exactly as it was trained (refused here if the run's card lacks it),
+        # bias correction excepted when --bias-correction says otherwise.
+        preprocessing=run_spec.to_card(),
         version=args.version,
         licence="Apache-2.0",
         training_data=(args.training_data or (
@@ -117,12 +124,17 @@ def main() -> None:
     for path in also_scored.values():
         # Figures of other weights must not enter this card: checked before the long scoring,
         # and the pair just written is removed so that nothing half-made is left.
-        scored_sha = (json.loads(path.read_text()).get("model") or {}).get("sha256")
-        if scored_sha != shipped_card.sha256:
+        scored = json.loads(path.read_text())
+        scored_sha = (scored.get("model") or {}).get("sha256")
+        scored_bias = scored.get("bias_correction") or None
+        scored_bias = "n4" if scored_bias is True else (None if scored_bias is False else scored_bias)
+        card_bias = None if run_spec.bias_correction == "none" else run_spec.bias_correction
+        if scored_sha != shipped_card.sha256 or scored_bias != card_bias:
             args.output.unlink()
             args.output.with_suffix(".json").unlink()
-            raise SystemExit(f"error: {path} scored weights {str(scored_sha)[:12]}, not these "
-                             f"({shipped_card.sha256[:12]}); score the bundled file, then bundle again")
+            raise SystemExit(f"error: {path} scored weights {str(scored_sha)[:12]} with bias correction "
+                             f"{scored_bias or 'none'}, not these ({shipped_card.sha256[:12]}) as the card prepares "
+                             f"them ({card_bias or 'none'}); score the bundled file, then bundle again")
     shipped = LoadedModel(shipped_network, shipped_card, str(args.output))
 
     datalist = load_datalist(args.datalist)
