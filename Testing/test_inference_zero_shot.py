@@ -95,6 +95,7 @@ def test_model_with_a_head_reports_a_score_and_writes_the_map_on_the_input_grid(
     zs = result.report["zero_shot_asymmetry"]
     assert zs is not None and 0.0 <= zs["score"] <= 1.0
     assert zs["map"] == OUTPUT_FILES["zero_shot"] and zs["head"]["card"] == "head.json"
+    assert "note" not in zs["head"]  # the scan was prepared as the head's training scans were
     assert result.report["zero_shot_asymmetry_reason"] is None
     image = nib.load(str(result.output_dir / OUTPUT_FILES["zero_shot"]))
     assert image.shape == phantom.image.spatial_shape
@@ -152,3 +153,12 @@ def test_a_head_card_beside_models_is_not_a_model(tmp_path, monkeypatch):
     finally:
         sys.path.remove(str(root / "SymmetryAwareSeg"))
     assert [c.path.name for c in find_models([tmp_path])] == ["model.json"]
+
+
+def test_a_scan_prepared_with_another_bias_correction_than_the_heads_is_flagged():
+    from SymmetryAwareCore.inference.zero_shot import SymmetryHead
+
+    head = SymmetryHead(None, (64, 64, 64), {"name": "h"}, "none")
+    assert head.describe_for(None) == {"name": "h"} and head.describe_for("none") == {"name": "h"}
+    assert "trained on scans prepared with bias correction none, this scan with n4" in head.describe_for("n4")["note"]
+    assert head.describe == {"name": "h"}  # the head's own record is not changed

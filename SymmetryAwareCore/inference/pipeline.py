@@ -496,7 +496,7 @@ def outputs_on_native(prepared: PreparedCase, prediction: Prediction, model: Loa
     if head is not None:
         result = zero_shot_for_model(prepared, head, prediction.device)
         native_map = unit_map_on_native(prepared, result.frame_map)
-        score, head_info = result.score, head.describe
+        score, head_info = result.score, head.describe_for(prepared.bias_correction)
     return NativeOutputs(labels, asymmetry, attention, score, native_map, reason, head_info)
 
 

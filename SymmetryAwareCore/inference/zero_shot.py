@@ -55,11 +55,23 @@ class SymmetryHead:
         network: the :class:`SASwinPretrainer` (eval mode).
         roi_size: ``(X, Y, Z)`` its input size (its card's ``preprocessing.roi_size``).
         describe: name, file and SHA-256 for the report.
+        bias_correction: what its training scans were prepared with (``"n4"`` or
+            ``"none"``, its card's): a scan prepared otherwise is outside what its figures cover.
     """
 
     network: torch.nn.Module
     roi_size: Tuple[int, int, int]
     describe: dict
+    bias_correction: str = "none"
+
+    def describe_for(self, scan_bias_correction: Optional[str]) -> dict:
+        """``describe`` for the report of one scan, with a note when the scan was prepared
+        with another bias-field correction than the head's training scans."""
+        scan = scan_bias_correction or "none"
+        if scan == self.bias_correction:
+            return dict(self.describe)
+        return {**self.describe, "note": f"the head was trained on scans prepared with bias correction "
+                f"{self.bias_correction}, this scan with {scan}: its measured separation (docs/models.md) does not cover it"}
 
 
 @dataclass
@@ -108,7 +120,7 @@ def load_symmetry_head(card, card_path: Optional[Union[str, Path]], spec: Prepro
     if int(getattr(network, "in_channels", -1)) != int(network_inputs):
         raise InputError(f"the symmetry head takes {network.in_channels} inputs, the model {network_inputs}", path)
     describe = {"name": head_card.name, "card": name, "sha256": head_card.sha256 or None}
-    return SymmetryHead(network, tuple(head_spec.roi_size), describe), None
+    return SymmetryHead(network, tuple(head_spec.roi_size), describe, head_spec.bias_correction), None
 
 
 @torch.no_grad()
