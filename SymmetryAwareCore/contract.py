@@ -42,6 +42,8 @@ __all__ = [
     "OptionError",
     "ChannelMatchError",
     "option_field",
+    "card_is_ct",
+    "card_bias_correction",
     "add_run_option_arguments",
     "segment_command",
     "case_id_from_path",
@@ -198,6 +200,27 @@ def match_channels(
     if order != list(range(len(names))):
         notes.append("channels reordered by name: " + ", ".join(f"{c}={names[i]}" for c, i in zip(channel_names, order)))
     return order, notes
+
+
+def _card_preprocessing(card: Any) -> dict:
+    block = card.get("preprocessing") if isinstance(card, dict) else getattr(card, "preprocessing", None)
+    return block if isinstance(block, dict) else {}
+
+
+def card_is_ct(card: Any) -> bool:
+    """True for a CT model: HU windows in its preprocessing (``ct-windows``, or ``ct-window``
+    of cards before windows were configurable), else a ``modality`` of CT. ``card``: the
+    card's JSON object or a card object."""
+    normalisation = _card_preprocessing(card).get("normalisation")
+    modality = card.get("modality") if isinstance(card, dict) else getattr(card, "modality", "")
+    return normalisation in ("ct-windows", "ct-window") or str(modality or "").upper() == "CT"
+
+
+def card_bias_correction(card: Any) -> str:
+    """The bias-field correction a card's preprocessing asks for: ``"n4"`` or ``"none"`` (the
+    key absent). Read here for the Slicer panel's starting state and by the core's
+    :class:`~SymmetryAwareCore.preprocessing.Preprocessing` (which also validates it)."""
+    return str(_card_preprocessing(card).get("bias_correction", "none"))
 
 
 def card_findings(card: Any) -> Tuple[str, ...]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+from ..contract import card_bias_correction
 from ..errors import InputError
 
 __all__ = ["Preprocessing", "NORMALISATIONS", "ALIGNMENTS", "BIAS_CORRECTIONS", "DEFAULT_CT_WINDOWS", "AIR_HU"]
@@ -137,7 +138,7 @@ class Preprocessing:
             spacing = [spacing] * 3
         return cls(spacing=spacing, roi_size=block["roi_size"], normalisation=normalisation, ct_windows=windows,
                    alignment=alignment, anti_alias=bool(block.get("anti_alias", True)),
-                   bias_correction=block.get("bias_correction", "none"))
+                   bias_correction=card_bias_correction({"preprocessing": block}))
 
     def to_card(self) -> Dict[str, Any]:
         """The card's ``preprocessing`` block (JSON-ready)."""

@@ -69,15 +69,16 @@ class ModelCard:
     def bias_correction(self) -> bool:
         """True when the card's preprocessing removes each MRI channel's bias field (N4)
         first: then the panel's *Remove MRI bias field first* starts checked for it."""
-        pre = self.raw.get("preprocessing")
-        return isinstance(pre, dict) and pre.get("bias_correction") == "n4"
+        from SymmetryAwareCore.contract import card_bias_correction
+
+        return card_bias_correction(self.raw) == "n4"
 
     @property
     def is_ct(self) -> bool:
         """A CT model (HU windows): bias-field correction does not apply to it."""
-        pre = self.raw.get("preprocessing")
-        normalisation = pre.get("normalisation") if isinstance(pre, dict) else None
-        return normalisation in ("ct-windows", "ct-window") or self.modality.upper() == "CT"
+        from SymmetryAwareCore.contract import card_is_ct
+
+        return card_is_ct({**self.raw, "modality": self.modality})
 
     @property
     def measured_times(self) -> Dict:
