@@ -42,6 +42,7 @@ head) costs one network pass per scan instead of a new preparation. Run (nice, o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -83,12 +84,21 @@ def bootstrap_mean(values, reps: int, rng: np.random.Generator):
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def spec_for(kind: str, spacing: float, pretrainer_card) -> Preprocessing:
-    """The head's own preprocessing when a pretrainer is given (it must see what it learned on)."""
+def spec_for(kind: str, spacing: float, pretrainer_card, bias_correction: Optional[str] = None) -> Preprocessing:
+    """The head's own preprocessing when a pretrainer is given (it must see what it learned on).
+
+    ``bias_correction`` (``"n4"`` or ``"none"``) overrides the head's (or the default's
+    ``"none"``): the default segmentation model's card asks for N4, so ``segment`` hands the
+    head N4-corrected scans, which is what ``--bias-correction n4`` measures."""
     if pretrainer_card is not None:
-        return Preprocessing.from_card(pretrainer_card.preprocessing, source="--pretrainer")
-    normalisation = "ct-windows" if _MODALITY[kind] == "ct" else "zscore-nonzero"
-    return Preprocessing.from_card({"spacing": [spacing] * 3, "roi_size": [64, 64, 64], "normalisation": normalisation})
+        spec = Preprocessing.from_card(pretrainer_card.preprocessing, source="--pretrainer")
+    else:
+        normalisation = "ct-windows" if _MODALITY[kind] == "ct" else "zscore-nonzero"
+        spec = Preprocessing.from_card({"spacing": [spacing] * 3, "roi_size": [64, 64, 64],
+                                        "normalisation": normalisation})
+    if bias_correction is not None and bias_correction != spec.bias_correction:
+        spec = dataclasses.replace(spec, bias_correction=bias_correction)  # validated: refused for CT
+    return spec
 
 
 def maps_of(prepared, kind: str) -> Dict[str, np.ndarray]:
@@ -250,6 +260,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variation", type=float, default=2.0, help="healthy variation strength (generator default 1)")
     parser.add_argument("--seed", type=int, default=9100)
     parser.add_argument("--pretrainer", help="a SASwinPretrainer card: adds the learned SAH score")
+    parser.add_argument("--bias-correction", choices=("none", "n4"),
+                        help="prepare every scan with this bias-field correction (default: the head's card, "
+                        "else none); n4 is what the default segmentation model's card asks, so "
+                        "report.json's score on it comes from N4-corrected scans")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--cache", help="JSON-lines file of per-case results, reused and extended")
     parser.add_argument("--json", help="write the summary and every case here")
@@ -263,7 +277,10 @@ def main(argv=None) -> int:
     if min(args.healthy, args.lesion) < 2 or args.hard < 0:
         parser.error("--healthy and --lesion must be at least 2, --hard at least 0")
     head, card = load_head(args.pretrainer)
-    spec = spec_for(args.kind, args.spacing, card)
+    try:
+        spec = spec_for(args.kind, args.spacing, card, args.bias_correction)
+    except ValueError as error:  # InputError: N4 asked for a CT benchmark
+        parser.error(str(error))
     methods = [m for m in METHODS if m != "sah" or head is not None]
     # Baseline rows depend on the data and preparation only; SAH rows also on the head.
     tag = {"kind": args.kind, "spacing": list(spec.spacing), "variation": args.variation,
@@ -323,12 +340,13 @@ def main(argv=None) -> int:
               + f" ({r['seconds']} s, {time.perf_counter() - started:.0f} s total)", file=sys.stderr, flush=True)
     summary = summarise(rows, args, methods)
     print(f"kind {args.kind}, frame spacing {spec.spacing[0]:g} mm, variation {args.variation:g}, "
-          f"seed {args.seed}, bootstrap {args.bootstrap}; {len(rows)} scans; "
+          f"seed {args.seed}, bias correction {spec.bias_correction}, bootstrap {args.bootstrap}; {len(rows)} scans; "
           f"mid-sagittal plane confident on {sum(r['plane_confident'] for r in rows)}/{len(rows)}")
     print_tables(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(summary, args=vars(args), cases=rows), indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(dict(summary, args=vars(args), preprocessing=spec.to_card(), cases=rows),
+                                              indent=1) + "\n")
     return 0
 
 
