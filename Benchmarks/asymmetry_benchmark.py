@@ -345,7 +345,8 @@ def main(argv=None) -> int:
     print_tables(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(summary, args=vars(args), preprocessing=spec.to_card(), cases=rows),
+        Path(args.json).write_text(json.dumps(dict(summary, args=vars(args), preprocessing=spec.to_card(),
+                                                   pretrainer_sha256=None if card is None else card.sha256, cases=rows),
                                               indent=1) + "\n")
     return 0
 

@@ -108,8 +108,9 @@ def test_bundled_model_writes_a_zero_shot_score_and_map_on_the_input_grid(model,
     assert 0.0 <= zero_shot["score"] <= 1.0
     assert zero_shot["map"] == OUTPUT_FILES["zero_shot"] and zero_shot["head"]["sha256"]
     # The head was trained on uncorrected scans; the default prepares with N4: the report says
-    # its figures do not cover this input.
+    # so and points to the head's figures measured on N4-corrected scans (its card).
     assert "bias correction none, this scan with n4" in zero_shot["head"]["note"]
+    assert "metrics.zero_shot_by_bias_correction.n4" in zero_shot["head"]["note"]
     image = nib.load(str(paths["flair"]))
     zs_image = nib.load(str(result.output_dir / OUTPUT_FILES["zero_shot"]))
     assert zs_image.shape == image.shape

@@ -162,3 +162,60 @@ def test_a_scan_prepared_with_another_bias_correction_than_the_heads_is_flagged(
     assert head.describe_for(None) == {"name": "h"} and head.describe_for("none") == {"name": "h"}
     assert "trained on scans prepared with bias correction none, this scan with n4" in head.describe_for("n4")["note"]
     assert head.describe == {"name": "h"}  # the head's own record is not changed
+
+
+def test_a_scan_prepared_as_the_heads_figures_measured_apart_points_to_them():
+    from SymmetryAwareCore.inference.zero_shot import MEASURED_APART_KEY, SymmetryHead
+
+    head = SymmetryHead(None, (64, 64, 64), {"name": "h"}, "none", ("n4",))
+    note = head.describe_for("n4")["note"]
+    assert f"metrics.{MEASURED_APART_KEY}.n4" in note and "does not cover" not in note
+    assert head.describe_for("none") == {"name": "h"}
+
+
+def _benchmark(sha: str, correction: str, low: float) -> dict:
+    row = {"group": "unilateral", "contrast": 1.0, "method": "sah", "auc": 0.9, "auc_ci": [low, 0.99],
+           "auc_vs_asymmetric": 0.9, "auc_vs_asymmetric_ci": [low, 0.99], "local_auc": 0.7,
+           "n_lesion": 50, "n_healthy": 50, "n_asymmetric": 25}
+    return {"table": [row, dict(row, method="intensity")], "args": {"seed": 9100, "variation": 2.0},
+            "preprocessing": {"bias_correction": correction}, "pretrainer_sha256": sha}
+
+
+def test_figures_measured_on_n4_scans_are_added_to_the_heads_card_and_reach_the_report(tmp_path):
+    """bundle_symmetry_head.py --add-to: the bundled head's card gains N4 figures, weights
+    untouched; a loaded head then knows them. Wrong head, same correction or an AUC at chance is refused."""
+    import shutil
+
+    from conftest import import_training_script
+
+    from SymmetryAwareCore.contract import BUNDLED_MODELS_DIR
+    from SymmetryAwareCore.inference.zero_shot import MEASURED_APART_KEY, load_symmetry_head
+    from SymmetryAwareCore.models.model_card import read_card, verify_weights
+    from SymmetryAwareCore.preprocessing import Preprocessing
+
+    for f in ("glioma_phantom_sah_f12.json", "glioma_phantom_sah_f12.safetensors",
+              "glioma_phantom_saswin_f12_faint.json", "glioma_phantom_saswin_f12_faint.safetensors"):
+        shutil.copy(BUNDLED_MODELS_DIR / f, tmp_path / f)
+    head_card = tmp_path / "glioma_phantom_sah_f12.json"
+    sha = read_card(head_card).sha256
+    bundle = import_training_script("bundle_symmetry_head")
+    bench = tmp_path / "n4.json"
+    before = head_card.read_text()
+    for bad in (_benchmark("0" * 64, "n4", 0.8), _benchmark(sha, "none", 0.8), _benchmark(sha, "n4", 0.45)):
+        bench.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit):
+            bundle.main(["--add-to", str(head_card), "--benchmark", str(bench), "--version", "0.1.1"])
+        assert head_card.read_text() == before  # nothing half-written
+    bench.write_text(json.dumps(_benchmark(sha, "n4", 0.8)))
+    assert bundle.main(["--add-to", str(head_card), "--benchmark", str(bench), "--version", "0.1.1"]) == 0
+    card = read_card(head_card)
+    assert card.version == "0.1.1" and card.sha256 == sha and verify_weights(head_card)
+    added = card.metrics[MEASURED_APART_KEY]["n4"]
+    assert added["unilateral"]["1"]["scan_auc_ci95"] == [0.8, 0.99] and "--bias-correction n4" in added["evaluated_on"]
+    assert card.metrics["zero_shot"] == json.loads(before)["metrics"]["zero_shot"]  # the own figures kept
+    model_card_path = tmp_path / "glioma_phantom_saswin_f12_faint.json"
+    model_card = read_card(model_card_path)
+    spec = Preprocessing.from_card(model_card.preprocessing, source="test")
+    head, reason = load_symmetry_head(model_card, model_card_path, spec, 4)
+    assert reason is None and head.measured_apart == ("n4",)
+    assert f"metrics.{MEASURED_APART_KEY}.n4" in head.describe_for("n4")["note"]

@@ -42,6 +42,10 @@ SYMMETRY_HEAD_KEY = "symmetry_head"
 
 HEAD_ARCHITECTURE = SYMMETRY_HEAD_ARCHITECTURE
 
+MEASURED_APART_KEY = "zero_shot_by_bias_correction"
+"""Key in a head card's ``metrics``: its zero-shot figures on scans prepared with another
+bias-field correction than its training scans, by that correction (``{"n4": {...}}``)."""
+
 DEFINITION = ("(1 - cos(z, z~)) / 2 of the symmetry head's token embeddings of each region of the brain box "
               "(resized to the head's roi_size) and of its mirror region; the scan's score is the largest "
               "region's; 0 = symmetric, 1 = opposite")
@@ -56,20 +60,29 @@ class SymmetryHead:
         roi_size: ``(X, Y, Z)`` its input size (its card's ``preprocessing.roi_size``).
         describe: name, file and SHA-256 for the report.
         bias_correction: what its training scans were prepared with (``"n4"`` or
-            ``"none"``, its card's): a scan prepared otherwise is outside what its figures cover.
+            ``"none"``, its card's): a scan prepared otherwise is outside what its figures
+            cover, unless ``measured_apart`` names that preparation.
+        measured_apart: the other bias corrections its zero-shot figures were measured on
+            (its card's ``metrics.zero_shot_by_bias_correction`` keys).
     """
 
     network: torch.nn.Module
     roi_size: Tuple[int, int, int]
     describe: dict
     bias_correction: str = "none"
+    measured_apart: Tuple[str, ...] = ()
 
     def describe_for(self, scan_bias_correction: Optional[str]) -> dict:
         """``describe`` for the report of one scan, with a note when the scan was prepared
-        with another bias-field correction than the head's training scans."""
+        with another bias-field correction than the head's training scans: where the head's
+        figures on such scans are (its card), or that none were measured."""
         scan = scan_bias_correction or "none"
         if scan == self.bias_correction:
             return dict(self.describe)
+        if scan in self.measured_apart:
+            return {**self.describe, "note": f"the head was trained on scans prepared with bias correction "
+                    f"{self.bias_correction}, this scan with {scan}: its separation on such scans is its card's "
+                    f"metrics.{MEASURED_APART_KEY}.{scan} (docs/models.md)"}
         return {**self.describe, "note": f"the head was trained on scans prepared with bias correction "
                 f"{self.bias_correction}, this scan with {scan}: its measured separation (docs/models.md) does not cover it"}
 
@@ -120,7 +133,9 @@ def load_symmetry_head(card, card_path: Optional[Union[str, Path]], spec: Prepro
     if int(getattr(network, "in_channels", -1)) != int(network_inputs):
         raise InputError(f"the symmetry head takes {network.in_channels} inputs, the model {network_inputs}", path)
     describe = {"name": head_card.name, "card": name, "sha256": head_card.sha256 or None}
-    return SymmetryHead(network, tuple(head_spec.roi_size), describe, head_spec.bias_correction), None
+    apart = (head_card.metrics or {}).get(MEASURED_APART_KEY) or {}
+    measured_apart = tuple(sorted(k for k in apart if isinstance(k, str) and k != head_spec.bias_correction))
+    return SymmetryHead(network, tuple(head_spec.roi_size), describe, head_spec.bias_correction, measured_apart), None
 
 
 @torch.no_grad()

@@ -12,6 +12,14 @@
    ``segment`` writes the zero-shot score and map. The model card's SHA-256 covers its
    weights file only, which is not touched.
 
+``--add-to HEAD_CARD`` instead adds figures measured on scans prepared with another bias-field
+correction than the head's training scans (``asymmetry_benchmark.py --bias-correction n4`` with
+that head) to its card's ``metrics.zero_shot_by_bias_correction``, weights untouched, under
+the same bar (contrast-1 AUC's lower bound above 0.5); ``report.json``'s note then points there::
+
+    python Training/scripts/bundle_symmetry_head.py --add-to SymmetryAwareCore/data/models/glioma_phantom_sah_f12.json \
+        --benchmark runs/asym_n4/low.json runs/asym_n4/c1.json --version 0.1.1
+
 Run:
     python Training/scripts/bundle_symmetry_head.py --run runs/sah_head \\
         --benchmark runs/asym/sah_hard.json runs/asym/sah_low.json runs/asym/sah_c1.json \\
@@ -42,19 +50,77 @@ def sah_figures(benchmark: dict) -> dict:
     return out
 
 
+def merged_figures(paths) -> tuple:
+    """``(figures, first benchmark)`` of ``--benchmark`` files, rows merged (later files win),
+    refused unless the contrast-1 AUC's 95 % lower bound is above 0.5."""
+    benchmarks = [json.loads(Path(b).read_text()) for b in paths]
+    figures: dict = {}
+    for b in benchmarks:
+        for group, rows in sah_figures(b).items():
+            figures.setdefault(group, {}).update(rows)
+    main_row = figures.get("unilateral", {}).get("1")
+    if main_row is None:
+        sys.exit(f"error: {[str(p) for p in paths]} has no sah row for unilateral lesions at contrast 1")
+    if not main_row["scan_auc_ci95"][0] > 0.5:
+        sys.exit(f"error: not shipped: zero-shot scan AUC at contrast 1 is {main_row['scan_auc']} "
+                 f"(95 % CI {main_row['scan_auc_ci95']}), not clearly above chance")
+    return figures, benchmarks
+
+
+def add_figures(card_path: Path, paths, version: str) -> int:
+    """Add figures measured on another bias correction to an existing head card (weights untouched)."""
+    from SymmetryAwareCore.inference.zero_shot import MEASURED_APART_KEY
+    from SymmetryAwareCore.models.model_card import read_card
+
+    card = read_card(card_path)
+    own = card.preprocessing.get("bias_correction", "none")
+    figures, benchmarks = merged_figures(paths)
+    corrections = {b.get("preprocessing", {}).get("bias_correction", "none") for b in benchmarks}
+    if len(corrections) != 1 or own in corrections:
+        sys.exit(f"error: --benchmark files must share one bias correction other than the head's own ({own}), "
+                 f"got {sorted(corrections)}")
+    if any(b.get("pretrainer_sha256") != card.sha256 for b in benchmarks):
+        sys.exit(f"error: --benchmark files were not all measured with this head (SHA-256 {card.sha256})")
+    correction = corrections.pop()
+    b0 = benchmarks[0]
+    data = json.loads(card_path.read_text())
+    data["version"] = version
+    data.setdefault("metrics", {}).setdefault(MEASURED_APART_KEY, {})[correction] = dict(
+        figures, evaluated_on=(f"Benchmarks/asymmetry_benchmark.py --bias-correction {correction}, the same held-out "
+                               f"phantom seeds (benchmark seed {b0['args']['seed']}, variation {b0['args']['variation']:g}) "
+                               "with every scan prepared with that correction first"))
+    tmp = card_path.with_name(card_path.stem + ".tmp.json")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        read_card(tmp)  # still a valid card before it replaces the old one
+    except Exception:
+        tmp.unlink()
+        raise
+    tmp.replace(card_path)
+    print(f"{card_path.name}: metrics.{MEASURED_APART_KEY}.{correction} added; version {version}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--add-to", type=Path, help="an existing head card: add --benchmark figures measured on "
+                        "another bias correction, weights untouched (no --run, --model, --output)")
+    parser.add_argument("--run", type=Path)
     parser.add_argument("--benchmark", required=True, type=Path, nargs="+",
                         help="asymmetry_benchmark.py --json file(s) of this head; rows merged, later files win")
     parser.add_argument("--check", type=Path, nargs="*", default=[],
                         help="stored prepared cases (asymmetry_benchmark.py --prepared *.npz) to compare float16 and run scores on")
-    parser.add_argument("--model", required=True, type=Path, help="the segmentation model card to attach the head to")
-    parser.add_argument("--output", required=True, type=Path, help="the head's .safetensors, beside --model")
+    parser.add_argument("--model", type=Path, help="the segmentation model card to attach the head to")
+    parser.add_argument("--output", type=Path, help="the head's .safetensors, beside --model")
     parser.add_argument("--name", default="glioma-phantom-sah-f12")
     parser.add_argument("--version", default="0.1.0")
-    parser.add_argument("--training-data", required=True, help="the card's training_data text")
+    parser.add_argument("--training-data", help="the card's training_data text")
     args = parser.parse_args(argv)
+    if args.add_to is not None:
+        return add_figures(args.add_to, args.benchmark, args.version)
+    missing = [f"--{n.replace('_', '-')}" for n in ("run", "model", "output", "training_data") if getattr(args, n) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
 
     from SymmetryAwareCore.inference.zero_shot import SYMMETRY_HEAD_KEY
     from SymmetryAwareCore.models.model_card import ModelCard, load_model, read_card, save_model
@@ -63,18 +129,8 @@ def main(argv=None) -> int:
 
     if args.output.parent.resolve() != args.model.parent.resolve():
         sys.exit("error: --output must lie beside --model (the card names the head by file name)")
-    benchmarks = [json.loads(b.read_text()) for b in args.benchmark]
-    figures: dict = {}
-    for b in benchmarks:
-        for group, rows in sah_figures(b).items():
-            figures.setdefault(group, {}).update(rows)
+    figures, benchmarks = merged_figures(args.benchmark)
     benchmark = benchmarks[0]
-    main_row = figures.get("unilateral", {}).get("1")
-    if main_row is None:
-        sys.exit(f"error: {args.benchmark} has no sah row for unilateral lesions at contrast 1")
-    if not main_row["scan_auc_ci95"][0] > 0.5:
-        sys.exit(f"error: not shipped: zero-shot scan AUC at contrast 1 is {main_row['scan_auc']} "
-                 f"(95 % CI {main_row['scan_auc_ci95']}), not clearly above chance")
     network, run_card = load_model(args.run / "model.json")
     model_card = read_card(args.model)
     spec = Preprocessing.from_card(run_card.preprocessing, source=str(args.run))
