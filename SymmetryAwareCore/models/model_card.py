@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -329,6 +329,31 @@ def read_card(path: Union[str, Path]) -> ModelCard:
     except OSError as exc:
         raise InputError(f"model card is not readable ({exc.strerror or exc})", card_path) from exc
     return ModelCard.from_dict(data, card_path)
+
+
+def update_card(path: Union[str, Path], change: Callable[[Dict[str, Any]], None]) -> ModelCard:
+    """Change a card's own fields in place (``change`` edits its JSON dict), weights untouched.
+
+    The changed card is written beside the old one and read back (every check of
+    :func:`read_card`) before it replaces it, so a change that breaks the card leaves the old
+    one as it was. The weights must match the card before (SHA-256), and a change may not touch
+    ``sha256`` or ``weights_file``. Returns the new card.
+    """
+    card_path = card_path_for(path)
+    before, _ = verify_weights(card_path)  # the card to change is valid and holds its weights now
+    data = json.loads(card_path.read_text())
+    change(data)
+    if (data.get("sha256"), data.get("weights_file")) != (before.sha256, before.weights_file):
+        raise InputError("a card update may not change sha256 or weights_file (re-bundle the weights instead)", card_path)
+    tmp = card_path.with_name(card_path.stem + ".tmp.json")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        card = read_card(tmp)
+    except Exception:
+        tmp.unlink()
+        raise
+    tmp.replace(card_path)
+    return card
 
 
 def parse_card_json(raw: bytes, path=None) -> Any:

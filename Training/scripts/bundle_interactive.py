@@ -19,6 +19,9 @@ A ``finetune-interactive`` run (one-stage promptable SA-Swin):
     python Training/scripts/bundle_interactive.py --run runs/interactive_glioma \
         --output SymmetryAwareCore/data/models/interactive_glioma_saswin_f12.safetensors \
         --benchmark interactive_benchmark.json      # after benchmarking the shipped file
+    python Training/scripts/bundle_interactive.py \
+        --output SymmetryAwareCore/data/models/interactive_glioma_saswin_f12.safetensors \
+        --bias-correction n4 --version 0.3.0 --benchmark glioma.json --benchmark hh5.json --benchmark hh3.json
 """
 
 from __future__ import annotations
@@ -30,14 +33,62 @@ from pathlib import Path
 import torch
 
 
+def _sets(paths) -> dict:
+    """Per held-out set: the benchmark's settings and every condition's summary (and pairs)."""
+    sets = {}
+    for path in paths:
+        bench = json.loads(Path(path).read_text())
+        sets[bench.get("held_out") or f"fold {bench['fold']} of {bench['datalist']}"] = {
+            "max_clicks": bench["max_clicks"], "threads": bench.get("threads"),
+            "load_average_at_start": bench.get("load_average_at_start"),
+            **{name: c["summary"] for name, c in bench["conditions"].items()},
+            **({"paired": bench["paired"]} if bench.get("paired") else {})}
+    return sets
+
+
+EVALUATED_WITH = ("Benchmarks/interactive_benchmark.py with the shipped weights, whole tumour, the simulated "
+                  "clicker (SymmetryAwareCore.interactive.clicker), on the input grid")
+
+
+def update_shipped_card(args) -> None:
+    """The card's own fields change, not the weights (their SHA-256 stays valid): its measured
+    figures, or the bias correction it asks for with the figures that decided it."""
+    from SymmetryAwareCore.models.model_card import update_card
+
+    def change(data: dict) -> None:
+        if args.bias_correction is None:
+            data["metrics"] = {"evaluated_with": EVALUATED_WITH, "sets": _sets(args.benchmark)}
+            return
+        pre = data.setdefault("preprocessing", {})
+        if args.bias_correction == "none":
+            pre.pop("bias_correction", None)
+        else:
+            pre["bias_correction"] = args.bias_correction
+        if args.version:
+            data["version"] = args.version
+        if args.benchmark:
+            data.setdefault("metrics", {})[f"bias_correction_{args.bias_correction}"] = {
+                "evaluated_with": EVALUATED_WITH + f", each case loaded without and with bias correction "
+                f"{args.bias_correction} (interactive_benchmark.py --also-bias-correction), paired by case",
+                "sets": _sets(args.benchmark)}
+
+    card = update_card(args.output.with_suffix(".json"), change)
+    print(json.dumps({"version": card.version, "preprocessing": card.preprocessing,
+                      "metrics": sorted(card.metrics)}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--run", type=Path, help="the training run to bundle")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--name", default="interactive-glioma-saswin-f12")
-    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--version", help="the card's version (default 0.1.0 when bundling; an updated card keeps its own)")
     parser.add_argument("--benchmark", type=Path, action="append",
                         help="interactive_benchmark.py JSON of the shipped file (repeatable): into the card's metrics")
+    parser.add_argument("--bias-correction", choices=("none", "n4"),
+                        help="with an existing card: set its preprocessing.bias_correction (what load does when "
+                        "the request does not say); --benchmark files (run with --also-bias-correction) then go to "
+                        "metrics.bias_correction_<value>, the card's other figures kept")
     args = parser.parse_args()
 
     from SymmetryAwareCore.inference.model_source import brats_card_fields
@@ -48,23 +99,11 @@ def main() -> None:
     from SymmetryAwareTraining.config import load_config
     from SymmetryAwareTraining.tasks import _card_common, build_model
 
-    if args.benchmark and args.output.with_suffix(".json").is_file():
-        card_path = args.output.with_suffix(".json")
-        data = json.loads(card_path.read_text())
-        sets = {}
-        for path in args.benchmark:
-            bench = json.loads(path.read_text())
-            sets[bench.get("held_out") or f"fold {bench['fold']} of {bench['datalist']}"] = {
-                "max_clicks": bench["max_clicks"], "threads": bench.get("threads"),
-                "load_average_at_start": bench.get("load_average_at_start"),
-                **{name: c["summary"] for name, c in bench["conditions"].items()}}
-        data["metrics"] = {"evaluated_with": "Benchmarks/interactive_benchmark.py with the shipped weights, whole "
-                           "tumour, the simulated clicker (SymmetryAwareCore.interactive.clicker), on the input grid",
-                           "sets": sets}
-        # The card's own fields change, not the weights: their SHA-256 stays valid.
-        card_path.write_text(json.dumps(data, indent=2) + "\n")
-        print(json.dumps(data["metrics"], indent=2))
+    if args.output.with_suffix(".json").is_file() and (args.benchmark or args.bias_correction):
+        update_shipped_card(args)
         return
+    if args.run is None:
+        parser.error("--run is required to bundle (without it: --benchmark or --bias-correction update an existing card)")
     if (args.run / "refiner.pt").is_file():
         bundle_refiner(args)
         return
@@ -90,7 +129,7 @@ def main() -> None:
             "CLINICAL USE: it has never seen a real tumour, and its figures are on phantoms."
         ),
         preprocessing=spec.to_card(),
-        version=args.version,
+        version=args.version or "0.1.0",
         licence="Apache-2.0",
         training_data=(
             f"{Path(config.data.datalist).parent.name}/{Path(config.data.datalist).name}: synthetic glioma phantoms "
@@ -154,7 +193,7 @@ def bundle_refiner(args) -> None:
             "USE: it has never seen a real tumour, and its figures are on phantoms."
         ),
         preprocessing=dict(backbone.card.preprocessing),
-        version=args.version,
+        version=args.version or "0.1.0",
         licence="Apache-2.0",
         training_data=(
             "lesion cases of " + ", ".join(Path(p).parent.name + "/" + Path(p).name for p in run_args["datalist"])

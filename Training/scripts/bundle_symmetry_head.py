@@ -70,7 +70,7 @@ def merged_figures(paths) -> tuple:
 def add_figures(card_path: Path, paths, version: str) -> int:
     """Add figures measured on another bias correction to an existing head card (weights untouched)."""
     from SymmetryAwareCore.inference.zero_shot import MEASURED_APART_KEY
-    from SymmetryAwareCore.models.model_card import read_card
+    from SymmetryAwareCore.models.model_card import read_card, update_card
 
     card = read_card(card_path)
     own = card.preprocessing.get("bias_correction", "none")
@@ -83,20 +83,16 @@ def add_figures(card_path: Path, paths, version: str) -> int:
         sys.exit(f"error: --benchmark files were not all measured with this head (SHA-256 {card.sha256})")
     correction = corrections.pop()
     b0 = benchmarks[0]
-    data = json.loads(card_path.read_text())
-    data["version"] = version
-    data.setdefault("metrics", {}).setdefault(MEASURED_APART_KEY, {})[correction] = dict(
-        figures, evaluated_on=(f"Benchmarks/asymmetry_benchmark.py --bias-correction {correction}, the same held-out "
-                               f"phantom seeds (benchmark seed {b0['args']['seed']}, variation {b0['args']['variation']:g}) "
-                               "with every scan prepared with that correction first"))
-    tmp = card_path.with_name(card_path.stem + ".tmp.json")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    try:
-        read_card(tmp)  # still a valid card before it replaces the old one
-    except Exception:
-        tmp.unlink()
-        raise
-    tmp.replace(card_path)
+    evaluated_on = (f"Benchmarks/asymmetry_benchmark.py --bias-correction {correction}, the same held-out "
+                    f"phantom seeds (benchmark seed {b0['args']['seed']}, variation {b0['args']['variation']:g}) "
+                    "with every scan prepared with that correction first")
+
+    def change(data: dict) -> None:
+        data["version"] = version
+        data.setdefault("metrics", {}).setdefault(MEASURED_APART_KEY, {})[correction] = dict(
+            figures, evaluated_on=evaluated_on)
+
+    update_card(card_path, change)
     print(f"{card_path.name}: metrics.{MEASURED_APART_KEY}.{correction} added; version {version}")
     return 0
 
