@@ -57,7 +57,7 @@ from scipy import ndimage, stats  # noqa: E402
 
 from SymmetryAwareCore.phantoms import make_subject  # noqa: E402
 from SymmetryAwareCore.phantoms.dataset import case_seed  # noqa: E402
-from SymmetryAwareCore.preprocessing import Preprocessing, prepare_image  # noqa: E402
+from SymmetryAwareCore.preprocessing import DEFAULT_CT_WINDOWS, Preprocessing, prepare_image  # noqa: E402
 
 METHODS = ("intensity", "mirror", "sah")
 _MODALITY = {"glioma": "mri", "wml": "mri", "haemorrhage": "ct"}
@@ -93,9 +93,10 @@ def spec_for(kind: str, spacing: float, pretrainer_card, bias_correction: Option
     if pretrainer_card is not None:
         spec = Preprocessing.from_card(pretrainer_card.preprocessing, source="--pretrainer")
     else:
-        normalisation = "ct-windows" if _MODALITY[kind] == "ct" else "zscore-nonzero"
-        spec = Preprocessing.from_card({"spacing": [spacing] * 3, "roi_size": [64, 64, 64],
-                                        "normalisation": normalisation})
+        block = {"spacing": [spacing] * 3, "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
+        if _MODALITY[kind] == "ct":  # the project's default windows (channel 0: the brain window)
+            block.update(normalisation="ct-windows", ct_windows=[list(w) for w in DEFAULT_CT_WINDOWS])
+        spec = Preprocessing.from_card(block)
     if bias_correction is not None and bias_correction != spec.bias_correction:
         spec = dataclasses.replace(spec, bias_correction=bias_correction)  # validated: refused for CT
     return spec

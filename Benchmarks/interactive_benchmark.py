@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--compare-model", help="another model (card) run the same way, e.g. a refiner trained "
                         "without the mirrored counterpart")
     parser.add_argument("--also-bias-correction", action="store_true",
-                        help="also run the first condition with N4 bias-field correction first (load's bias_correction "
-                        "true), paired against it; the others load as the model card says")
+                        help="load the first condition WITHOUT bias correction and also run it with N4 first (load's "
+                        "bias_correction false / true), paired; the other conditions load as the model card says")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
@@ -144,7 +144,9 @@ def main() -> None:
         mixed = [e for pair in zip(*groups.values()) for e in pair] if len(groups) > 1 else held
         held = mixed[: args.cases]
     # (name, counterpart ablation, model, start, bias correction: None = as the card says)
-    conditions = [(f"{args.start}+clicks", None, args.model, args.start, None)]
+    # With --also-bias-correction the first condition loads without N4 whatever the card asks
+    # (since 0.3.0 the interactive card asks for it), so the pair is none against N4.
+    conditions = [(f"{args.start}+clicks", None, args.model, args.start, False if args.also_bias_correction else None)]
     if args.also_auto_start:
         conditions.append(("auto+clicks", None, args.model, "auto", None))
     if args.ablation != "none":

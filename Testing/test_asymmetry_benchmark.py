@@ -10,7 +10,7 @@ from SymmetryAwareCore.contract import BUNDLED_MODELS_DIR
 from SymmetryAwareCore.models.model_card import read_card
 
 
-def test_spec_follows_bias_correction_over_the_heads_card():
+def test_spec_follows_bias_correction_over_the_heads_card(capsys):
     bench = import_benchmark("asymmetry_benchmark")
     head_card = read_card(BUNDLED_MODELS_DIR / "glioma_phantom_sah_f12.json")
     assert bench.spec_for("glioma", 3.0, head_card).bias_correction == "none"  # what the head trained on
@@ -19,6 +19,9 @@ def test_spec_follows_bias_correction_over_the_heads_card():
     assert bench.spec_for("glioma", 3.0, None, "n4").to_card()["bias_correction"] == "n4"
     with pytest.raises(SystemExit):  # N4 is for MRI: a CT benchmark with it is a usage error
         bench.main(["--kind", "haemorrhage", "--bias-correction", "n4", "--healthy", "2", "--lesion", "2"])
+    assert "bias_correction is for MRI" in capsys.readouterr().err
+    ct = bench.spec_for("haemorrhage", 3.0, None)  # CT: the default windows, brain window first
+    assert ct.is_ct and ct.bias_correction == "none" and tuple(map(tuple, ct.ct_windows))[0] == (0.0, 80.0)
 
 
 def test_n4_rows_are_cached_apart(tmp_path, capsys):

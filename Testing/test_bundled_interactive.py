@@ -43,7 +43,7 @@ def test_the_default_interactive_model_is_the_bundled_two_stage_model(session):
     assert s._backbone.card.sha256 == backbone.card.sha256
     assert s.model.card.metrics, "the card must carry its benchmark figures"
     # Its card asks for N4 first (0.3.0, docs/interactive.md), as the default segmentation model's.
-    assert s.model.card.preprocessing["bias_correction"] == "n4" and reply["bias_correction"] in (True, "n4")
+    assert s.model.card.preprocessing["bias_correction"] == "n4" and reply["bias_correction"] == "n4"
     assert s.model.card.metrics["bias_correction_n4"]["sets"]
 
 

@@ -201,15 +201,21 @@ def test_figures_measured_on_n4_scans_are_added_to_the_heads_card_and_reach_the_
     bundle = import_training_script("bundle_symmetry_head")
     bench = tmp_path / "n4.json"
     before = head_card.read_text()
-    for bad in (_benchmark("0" * 64, "n4", 0.8), _benchmark(sha, "none", 0.8), _benchmark(sha, "n4", 0.45)):
+    for bad, why in ((_benchmark("0" * 64, "n4", 0.8), "not all measured with this head"),
+                     (_benchmark(sha, "none", 0.8), "other than the head's own"),
+                     (_benchmark(sha, "n4", 0.45), "not clearly above chance"),
+                     ({"table": "x"}, "must be asymmetry_benchmark.py --json files")):
         bench.write_text(json.dumps(bad))
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit, match=why):
             bundle.main(["--add-to", str(head_card), "--benchmark", str(bench), "--version", "0.1.1"])
         assert head_card.read_text() == before  # nothing half-written
     bench.write_text(json.dumps(_benchmark(sha, "n4", 0.8)))
-    assert bundle.main(["--add-to", str(head_card), "--benchmark", str(bench), "--version", "0.1.1"]) == 0
+    version = read_card(head_card).version
+    assert bundle.main(["--add-to", str(head_card), "--benchmark", str(bench)]) == 0
+    assert read_card(head_card).version == version  # kept when --version is not given
+    assert bundle.main(["--add-to", str(head_card), "--benchmark", str(bench), "--version", "0.1.9"]) == 0
     card = read_card(head_card)
-    assert card.version == "0.1.1" and card.sha256 == sha and verify_weights(head_card)
+    assert card.version == "0.1.9" and card.sha256 == sha and verify_weights(head_card)
     added = card.metrics[MEASURED_APART_KEY]["n4"]
     assert added["unilateral"]["1"]["scan_auc_ci95"] == [0.8, 0.99] and "--bias-correction n4" in added["evaluated_on"]
     assert card.metrics["zero_shot"] == json.loads(before)["metrics"]["zero_shot"]  # the own figures kept

@@ -1,5 +1,6 @@
 """Benchmarks/interactive_benchmark.py's paired differences: case by case, the automatic pass too."""
 
+import numpy as np
 import pytest
 from conftest import import_benchmark
 
@@ -26,24 +27,57 @@ def test_paired_differences_pair_by_case_and_include_the_automatic_pass_when_bot
     assert "auto_dice" not in bench.paired_differences({"none": {"cases": base}, "x": {"cases": no_auto}})["x - none"]
 
 
-def test_update_card_changes_fields_not_weights_and_leaves_a_broken_change_undone(tmp_path):
-    """models.model_card.update_card (used to add measured figures or a bias correction to a
-    shipped card): atomic, validated, never touching the weights' hash."""
-    import shutil
 
-    from SymmetryAwareCore.contract import BUNDLED_MODELS_DIR
-    from SymmetryAwareCore.errors import InputError
-    from SymmetryAwareCore.models.model_card import read_card, update_card, verify_weights
+class _FakeSession:
+    """What interactive_benchmark.run_case uses of an InteractiveSession: records each load's
+    bias_correction; the mask is the truth after the first click."""
 
-    for f in ("interactive_glioma_saswin_f12.json", "interactive_glioma_saswin_f12.safetensors"):
-        shutil.copy(BUNDLED_MODELS_DIR / f, tmp_path / f)
-    path = tmp_path / "interactive_glioma_saswin_f12.json"
-    before = path.read_text()
-    with pytest.raises(InputError):
-        update_card(path, lambda d: d.update(sha256="0" * 64))
-    with pytest.raises(InputError):  # an invalid preprocessing value: refused by the card's own checks
-        update_card(path, lambda d: d["preprocessing"].update(bias_correction="n5"))
-    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["interactive_glioma_saswin_f12.json", "interactive_glioma_saswin_f12.safetensors"])
-    card = update_card(path, lambda d: d.update(version="9.9.9"))
-    assert card.version == "9.9.9" and read_card(path).version == "9.9.9" and verify_weights(path)
+    loads: list = []
+
+    def __init__(self, threads=None, ablation=None):
+        self.auto_available, self.mask, self.truth = True, None, None
+
+    def load(self, images, model=None, bias_correction=None):
+        import nibabel as nib
+
+        _FakeSession.loads.append(bias_correction)
+        self.truth = np.asarray(nib.load(images[0]).dataobj) > 0
+        self.mask = np.zeros_like(self.truth)
+        self.prepared = type("P", (), {"bias_correction": "n4" if bias_correction else None})()
+
+    def auto(self):
+        self.mask = np.zeros_like(self.truth)
+
+    def reset(self):
+        self.mask = np.zeros_like(self.truth)
+
+    def click(self, ras, positive):
+        self.mask = self.truth.copy()
+
+
+def test_also_bias_correction_pairs_none_against_n4_whatever_the_card_asks(tmp_path, monkeypatch):
+    """The interactive card asks for N4 (0.3.0): the baseline must load with N4 explicitly OFF,
+    or the pair would compare N4 with N4."""
+    import json
+    import sys
+
+    import nibabel as nib
+
+    import SymmetryAwareCore.interactive.session as session_module
+
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:5, 2:5, 2:5] = 1
+    nib.save(nib.Nifti1Image(truth, np.eye(4)), tmp_path / "c_label.nii.gz")
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [
+        {"name": "c", "image": ["c_label.nii.gz"], "label": "c_label.nii.gz", "fold": 0}]}))
+    monkeypatch.setattr(session_module, "InteractiveSession", _FakeSession)
+    _FakeSession.loads = []
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", ["interactive_benchmark", "--datalist", str(tmp_path / "datalist.json"),
+                                      "--ablation", "none", "--also-bias-correction", "--output", str(out)])
+    import_benchmark("interactive_benchmark").main()
+    assert _FakeSession.loads == [False, True]
+    result = json.loads(out.read_text())
+    rows = {name: c["cases"][0] for name, c in result["conditions"].items()}
+    assert rows["empty+clicks"]["bias_correction"] is None and rows["n4 empty+clicks"]["bias_correction"] == "n4"
+    assert "n4 empty+clicks - empty+clicks" in result["paired"]

@@ -225,3 +225,28 @@ def test_pretrained_sa_swin_encoder_and_saca_move_to_the_segmentation_network():
     assert {k.split(".")[0] for k in report.loaded} == {"swinViT", "saca"}
     assert report.ignored and all(k.startswith("head.") for k in report.ignored)
     assert torch.equal(net.saca["stage4"].attn.in_proj_weight, pretrained.saca["stage4"].attn.in_proj_weight)
+
+
+def test_update_card_changes_fields_not_weights_and_leaves_a_broken_change_undone(tmp_path):
+    """models.model_card.update_card (used to add measured figures or a bias correction to a
+    shipped card): atomic, validated, never touching what gives the weights their meaning."""
+    import shutil
+
+    from SymmetryAwareCore.contract import BUNDLED_MODELS_DIR
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareCore.models.model_card import read_card, update_card, verify_weights
+
+    for f in ("interactive_glioma_saswin_f12.json", "interactive_glioma_saswin_f12.safetensors"):
+        shutil.copy(BUNDLED_MODELS_DIR / f, tmp_path / f)
+    path = tmp_path / "interactive_glioma_saswin_f12.json"
+    before = path.read_text()
+    with pytest.raises(InputError, match="may not change sha256"):
+        update_card(path, lambda d: d.update(sha256="0" * 64))
+    with pytest.raises(InputError, match="may not change kwargs"):
+        update_card(path, lambda d: d["kwargs"].update(feature_size=24))
+    with pytest.raises(InputError):  # an invalid preprocessing value: refused by the card's own checks
+        update_card(path, lambda d: d["preprocessing"].update(bias_correction="n5"))
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["interactive_glioma_saswin_f12.json", "interactive_glioma_saswin_f12.safetensors"])
+    card = update_card(path, lambda d: d.update(version="9.9.9"))
+    assert card.version == "9.9.9" and read_card(path).version == "9.9.9" and verify_weights(path)

@@ -334,26 +334,30 @@ def read_card(path: Union[str, Path]) -> ModelCard:
 def update_card(path: Union[str, Path], change: Callable[[Dict[str, Any]], None]) -> ModelCard:
     """Change a card's own fields in place (``change`` edits its JSON dict), weights untouched.
 
-    The changed card is written beside the old one and read back (every check of
-    :func:`read_card`) before it replaces it, so a change that breaks the card leaves the old
-    one as it was. The weights must match the card before (SHA-256), and a change may not touch
-    ``sha256`` or ``weights_file``. Returns the new card.
+    The changed card is written to a hidden temporary file beside the old one and read back
+    (every check of :func:`read_card`) before it replaces it, so a change that breaks the card,
+    an interrupted write or a full disk leaves the old one as it was. The weights must match
+    the card before (SHA-256), and a change may not touch what gives the weights their meaning
+    (``sha256``, ``weights_file``, ``architecture``, ``kwargs``). Returns the new card.
+
+    Raises:
+        InputError: the card is not valid now, the change breaks it, or it touches the weights' fields.
     """
     card_path = card_path_for(path)
-    before, _ = verify_weights(card_path)  # the card to change is valid and holds its weights now
+    verify_weights(card_path)  # the card to change is valid and holds its weights now
     data = json.loads(card_path.read_text())
+    fixed = {key: json.dumps(data.get(key), sort_keys=True) for key in _WEIGHTS_FIELDS}
     change(data)
-    if (data.get("sha256"), data.get("weights_file")) != (before.sha256, before.weights_file):
-        raise InputError("a card update may not change sha256 or weights_file (re-bundle the weights instead)", card_path)
-    tmp = card_path.with_name(card_path.stem + ".tmp.json")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    try:
-        card = read_card(tmp)
-    except Exception:
-        tmp.unlink()
-        raise
-    tmp.replace(card_path)
-    return card
+    touched = [key for key in _WEIGHTS_FIELDS if json.dumps(data.get(key), sort_keys=True) != fixed[key]]
+    if touched:
+        raise InputError(f"a card update may not change {', '.join(touched)} (re-bundle the weights instead)", card_path)
+    with atomic_path(card_path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        read_card(tmp)  # the changed card is valid before it replaces the old one
+    return read_card(card_path)
+
+
+_WEIGHTS_FIELDS = ("sha256", "weights_file", "architecture", "kwargs")
 
 
 def parse_card_json(raw: bytes, path=None) -> Any:

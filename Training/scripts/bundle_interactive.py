@@ -30,6 +30,8 @@ import argparse
 import json
 from pathlib import Path
 
+from SymmetryAwareCore.preprocessing.spec import BIAS_CORRECTIONS
+
 import torch
 
 
@@ -37,40 +39,52 @@ def _sets(paths) -> dict:
     """Per held-out set: the benchmark's settings and every condition's summary (and pairs)."""
     sets = {}
     for path in paths:
-        bench = json.loads(Path(path).read_text())
-        sets[bench.get("held_out") or f"fold {bench['fold']} of {bench['datalist']}"] = {
-            "max_clicks": bench["max_clicks"], "threads": bench.get("threads"),
-            "load_average_at_start": bench.get("load_average_at_start"),
-            **{name: c["summary"] for name, c in bench["conditions"].items()},
-            **({"paired": bench["paired"]} if bench.get("paired") else {})}
+        try:
+            bench = json.loads(Path(path).read_text())
+            sets[bench.get("held_out") or f"fold {bench['fold']} of {bench['datalist']}"] = {
+                "max_clicks": bench["max_clicks"], "threads": bench.get("threads"),
+                "load_average_at_start": bench.get("load_average_at_start"),
+                **{name: c["summary"] for name, c in bench["conditions"].items()},
+                **({"paired": bench["paired"]} if bench.get("paired") else {})}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise SystemExit(f"error: {path}: not an interactive_benchmark.py result ({type(error).__name__}: {error})")
     return sets
 
 
 EVALUATED_WITH = ("Benchmarks/interactive_benchmark.py with the shipped weights, whole tumour, the simulated "
                   "clicker (SymmetryAwareCore.interactive.clicker), on the input grid")
+BIAS_METRICS_KEY = "bias_correction_{}"
+"""The card's ``metrics`` key of the figures that decided the bias correction it asks for."""
 
 
 def update_shipped_card(args) -> None:
     """The card's own fields change, not the weights (their SHA-256 stays valid): its measured
-    figures, or the bias correction it asks for with the figures that decided it."""
+    figures, or the bias correction it asks for with the figures that decided it (measured with
+    ``interactive_benchmark.py --also-bias-correction``: each case without and with N4)."""
+    from SymmetryAwareCore.contract import card_bias_correction
     from SymmetryAwareCore.models.model_card import update_card
 
     def change(data: dict) -> None:
+        if args.version:
+            data["version"] = args.version
+        metrics = data.setdefault("metrics", {})
         if args.bias_correction is None:
-            data["metrics"] = {"evaluated_with": EVALUATED_WITH, "sets": _sets(args.benchmark)}
+            metrics.update(evaluated_with=EVALUATED_WITH, sets=_sets(args.benchmark))  # other figures kept
             return
+        before = card_bias_correction(data)
         pre = data.setdefault("preprocessing", {})
         if args.bias_correction == "none":
             pre.pop("bias_correction", None)
         else:
             pre["bias_correction"] = args.bias_correction
-        if args.version:
-            data["version"] = args.version
         if args.benchmark:
-            data.setdefault("metrics", {})[f"bias_correction_{args.bias_correction}"] = {
+            metrics[BIAS_METRICS_KEY.format(args.bias_correction)] = {
                 "evaluated_with": EVALUATED_WITH + f", each case loaded without and with bias correction "
                 f"{args.bias_correction} (interactive_benchmark.py --also-bias-correction), paired by case",
                 "sets": _sets(args.benchmark)}
+        if "sets" in metrics and before != args.bias_correction:
+            metrics["sets_prepared_with"] = (f"bias correction {before}: metrics.sets were measured before this card "
+                                             f"asked for {args.bias_correction}")
 
     card = update_card(args.output.with_suffix(".json"), change)
     print(json.dumps({"version": card.version, "preprocessing": card.preprocessing,
@@ -85,7 +99,7 @@ def main() -> None:
     parser.add_argument("--version", help="the card's version (default 0.1.0 when bundling; an updated card keeps its own)")
     parser.add_argument("--benchmark", type=Path, action="append",
                         help="interactive_benchmark.py JSON of the shipped file (repeatable): into the card's metrics")
-    parser.add_argument("--bias-correction", choices=("none", "n4"),
+    parser.add_argument("--bias-correction", choices=BIAS_CORRECTIONS,
                         help="with an existing card: set its preprocessing.bias_correction (what load does when "
                         "the request does not say); --benchmark files (run with --also-bias-correction) then go to "
                         "metrics.bias_correction_<value>, the card's other figures kept")
@@ -99,11 +113,24 @@ def main() -> None:
     from SymmetryAwareTraining.config import load_config
     from SymmetryAwareTraining.tasks import _card_common, build_model
 
+    if args.bias_correction == "none" and args.benchmark:
+        parser.error("--benchmark with --bias-correction holds N4 comparisons (interactive_benchmark.py "
+                     "--also-bias-correction); give --bias-correction none without --benchmark")
     if args.output.with_suffix(".json").is_file() and (args.benchmark or args.bias_correction):
-        update_shipped_card(args)
+        # The shipped card's figures or bias correction change (as before: --run is not re-bundled).
+        from SymmetryAwareCore.errors import InputError
+
+        try:
+            update_shipped_card(args)
+        except InputError as error:
+            parser.exit(1, f"error: {error}\n")
         return
     if args.run is None:
-        parser.error("--run is required to bundle (without it: --benchmark or --bias-correction update an existing card)")
+        parser.error("--run is required to bundle (without it: --benchmark or --bias-correction update an "
+                     "existing card given as --output)")
+    if args.bias_correction is not None:
+        parser.error("--bias-correction updates an existing card (the one --output names); a newly bundled "
+                     "card takes the run's preprocessing")
     if (args.run / "refiner.pt").is_file():
         bundle_refiner(args)
         return

@@ -53,11 +53,14 @@ def sah_figures(benchmark: dict) -> dict:
 def merged_figures(paths) -> tuple:
     """``(figures, first benchmark)`` of ``--benchmark`` files, rows merged (later files win),
     refused unless the contrast-1 AUC's 95 % lower bound is above 0.5."""
-    benchmarks = [json.loads(Path(b).read_text()) for b in paths]
-    figures: dict = {}
-    for b in benchmarks:
-        for group, rows in sah_figures(b).items():
-            figures.setdefault(group, {}).update(rows)
+    try:
+        benchmarks = [json.loads(Path(b).read_text()) for b in paths]
+        figures: dict = {}
+        for b in benchmarks:
+            for group, rows in sah_figures(b).items():
+                figures.setdefault(group, {}).update(rows)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: --benchmark must be asymmetry_benchmark.py --json files ({type(error).__name__}: {error})")
     main_row = figures.get("unilateral", {}).get("1")
     if main_row is None:
         sys.exit(f"error: {[str(p) for p in paths]} has no sah row for unilateral lesions at contrast 1")
@@ -67,15 +70,17 @@ def merged_figures(paths) -> tuple:
     return figures, benchmarks
 
 
-def add_figures(card_path: Path, paths, version: str) -> int:
+def add_figures(card_path: Path, paths, version=None) -> int:
     """Add figures measured on another bias correction to an existing head card (weights untouched)."""
     from SymmetryAwareCore.inference.zero_shot import MEASURED_APART_KEY
     from SymmetryAwareCore.models.model_card import read_card, update_card
 
+    from SymmetryAwareCore.contract import card_bias_correction
+
     card = read_card(card_path)
-    own = card.preprocessing.get("bias_correction", "none")
+    own = card_bias_correction({"preprocessing": card.preprocessing})
     figures, benchmarks = merged_figures(paths)
-    corrections = {b.get("preprocessing", {}).get("bias_correction", "none") for b in benchmarks}
+    corrections = {card_bias_correction(b) for b in benchmarks}
     if len(corrections) != 1 or own in corrections:
         sys.exit(f"error: --benchmark files must share one bias correction other than the head's own ({own}), "
                  f"got {sorted(corrections)}")
@@ -88,12 +93,13 @@ def add_figures(card_path: Path, paths, version: str) -> int:
                     "with every scan prepared with that correction first")
 
     def change(data: dict) -> None:
-        data["version"] = version
+        if version:
+            data["version"] = version
         data.setdefault("metrics", {}).setdefault(MEASURED_APART_KEY, {})[correction] = dict(
             figures, evaluated_on=evaluated_on)
 
     update_card(card_path, change)
-    print(f"{card_path.name}: metrics.{MEASURED_APART_KEY}.{correction} added; version {version}")
+    print(f"{card_path.name}: metrics.{MEASURED_APART_KEY}.{correction} added; version {read_card(card_path).version}")
     return 0
 
 
@@ -109,11 +115,16 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, help="the segmentation model card to attach the head to")
     parser.add_argument("--output", type=Path, help="the head's .safetensors, beside --model")
     parser.add_argument("--name", default="glioma-phantom-sah-f12")
-    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--version", help="the card's version (default 0.1.0 when bundling; --add-to keeps the card's own)")
     parser.add_argument("--training-data", help="the card's training_data text")
     args = parser.parse_args(argv)
     if args.add_to is not None:
-        return add_figures(args.add_to, args.benchmark, args.version)
+        from SymmetryAwareCore.errors import InputError
+
+        try:
+            return add_figures(args.add_to, args.benchmark, args.version)
+        except InputError as error:
+            sys.exit(f"error: {error}")
     missing = [f"--{n.replace('_', '-')}" for n in ("run", "model", "output", "training_data") if getattr(args, n) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
         channels=model_card.channels,
         modality=model_card.modality,
         preprocessing=spec.to_card(),
-        version=args.version,
+        version=args.version or "0.1.0",
         licence="Apache-2.0",
         training_data=args.training_data,
         metrics={"zero_shot": figures, "evaluated_on": (
