@@ -308,3 +308,46 @@ def test_an_unknown_arm_is_refused_by_name(study, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         study.main(["crops", "--datalist", str(tmp_path / "d.json"), "--arms", "swin_unetr_fg99"])
     assert stop.value.code == 2 and "swin_unetr_fg99" in capsys.readouterr().err
+
+
+def test_the_n4_design_recalibrates_contrasts_and_corrects_every_run(study, tmp_path):
+    # Eleventh amendment: a second design with its own groups, seed and preprocessing.
+    design = study.DESIGNS["n4"]
+    plan = study._plan(design.seed, design)
+    held = [p for p in plan if p["fold"] == 0]
+    assert len(held) == 76 and {p["contrast"] for p in plan if p["fold"] != 0} == {1.0, 0.15, 0.1}
+    for scenario, contrast, count in design.held_out:
+        assert sum(1 for p in held if p["scenario"] == scenario and p["contrast"] == contrast) == count
+    assert not {p["seed"] for p in plan} & {p["seed"] for p in study._plan(study.DESIGNS["biased"].seed)}
+    groups = {study.case_group({"scenario": s, "lesion_contrast": c}) for s, c, _ in design.held_out}
+    assert set(design.primary_groups) < groups and "unilateral c1" not in design.primary_groups
+
+    # The datalist names its design; runs and preparation take the design's settings from it.
+    pool = [{"name": f"c{k}", "fold": 1 + k % 4} for k in range(32)]
+    n4 = tmp_path / "n4.json"
+    n4.write_text(json.dumps({"design": "n4", "training": pool}))
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"training": pool}))  # made before designs had names: the first one
+    assert "data.bias_correction=n4" in study.run_overrides(n4, "swin_unetr", 8, 0, 150, "")
+    assert not any("bias_correction" in o for o in study.run_overrides(old, "swin_unetr", 8, 0, 150, ""))
+    assert study._config(n4, "").data.bias_correction == "n4"
+    assert study._config(old, "").data.bias_correction == "none"
+    assert study.design_of(old) is study.DESIGNS["biased"]
+
+
+def test_an_unknown_design_is_one_line_and_exit_2(study, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"design": "sharpened", "training": []}))
+    assert study.main(["train", "--datalist", str(bad), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "sharpened" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_primary_set_follows_the_design(study):
+    group_of, runs = _fake_runs(study, "bilateral c0.5", {"swin_unetr": 0.0, "sa_swin_mirror_pair": -0.03}, seed=2)
+    renamed = {"unilateral c0.5": "unilateral c0.15", "unilateral c0.3": "unilateral c0.1"}
+    group_of = {n: renamed.get(g, g) for n, g in group_of.items()}
+    results = study.summarise(runs, group_of, [32], [0, 1, 2], primary_groups=study.DESIGNS["n4"].primary_groups)
+    assert results["primary"][32]["cases"] == 16 and results["verdict"] == "symmetry hurts"
+    assert "unilateral c0.15 and unilateral c0.1" in study.markdown(results)[2]

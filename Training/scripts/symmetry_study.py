@@ -33,7 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,28 +60,70 @@ ARMS: Dict[str, List[str]] = {
     "swin_unetr_fg45": ["model.kwargs.use_saca=false", "data.batch_size=2", "data.pos_fraction=0.45"],
 }
 
-# Held-out groups: (scenario, lesion contrast, count). The training pool mixes the three contrasts.
-HELD_OUT = (("unilateral", 1.0, 20), ("unilateral", 0.5, 20), ("unilateral", 0.3, 20),
-            ("bilateral", 0.5, 8), ("midline", 0.5, 8))
-TRAIN_CONTRASTS = (1.0, 0.5, 0.3)
+@dataclass(frozen=True)
+class Design:
+    """One version of the study's data and preprocessing (docs/symmetry_study.md).
+
+    ``held_out``: (scenario, lesion contrast, count) groups of fold 0; ``train_contrasts``: the
+    training pool's contrasts, in turn; ``primary_groups``: the decision rule's groups
+    (:func:`case_group` names); ``overrides``: config settings of every preparation, run and
+    scoring of the design; ``seed``: the data's seed.
+    """
+
+    held_out: Tuple[Tuple[str, float, int], ...]
+    train_contrasts: Tuple[float, ...]
+    primary_groups: Tuple[str, ...]
+    overrides: Tuple[str, ...]
+    seed: int
+
+
+DESIGNS: Dict[str, Design] = {
+    # The study as designed (2026-12-03): uncorrected scans, contrasts calibrated on them.
+    "biased": Design(held_out=(("unilateral", 1.0, 20), ("unilateral", 0.5, 20), ("unilateral", 0.3, 20),
+                               ("bilateral", 0.5, 8), ("midline", 0.5, 8)),
+                     train_contrasts=(1.0, 0.5, 0.3), primary_groups=("unilateral c0.5", "unilateral c0.3"),
+                     overrides=(), seed=1500),
+    # The rerun on N4-corrected scans (eleventh amendment, 2026-12-07): each channel's bias field
+    # removed before alignment, contrasts recalibrated where a plain intensity score stops being
+    # perfect on corrected scans (scan AUC 0.88 at 0.15, 0.71 at 0.1; docs/asymmetry_benchmark.md).
+    "n4": Design(held_out=(("unilateral", 1.0, 20), ("unilateral", 0.15, 20), ("unilateral", 0.1, 20),
+                           ("bilateral", 0.15, 8), ("midline", 0.15, 8)),
+                 train_contrasts=(1.0, 0.15, 0.1), primary_groups=("unilateral c0.15", "unilateral c0.1"),
+                 overrides=("data.bias_correction=n4",), seed=1600),
+}
+DEFAULT_DESIGN = "biased"
+# The first design's groups under their old names (tests and readers of the first study).
+HELD_OUT = DESIGNS[DEFAULT_DESIGN].held_out
+TRAIN_CONTRASTS = DESIGNS[DEFAULT_DESIGN].train_contrasts
 TRAIN_CASES = 32
 SPACING = 1.5
 DESIGNED_SEEDS = 3
 VARIATION = 2.0
 
 
+def design_of(datalist: Path) -> Design:
+    """The design a study datalist was made for (its ``design`` key; lists made before the key
+    existed are the first design)."""
+    from SymmetryAwareCore.errors import InputError
+
+    name = json.loads(Path(datalist).read_text()).get("design", DEFAULT_DESIGN)
+    if name not in DESIGNS:
+        raise InputError(f"unknown study design {name!r} (known: {', '.join(DESIGNS)})", datalist)
+    return DESIGNS[name]
+
+
 # ----------------------------------------------------------------------------------------- data
 
-def _plan(seed: int) -> List[dict]:
+def _plan(seed: int, design: Design = DESIGNS[DEFAULT_DESIGN]) -> List[dict]:
     from SymmetryAwareCore.phantoms.dataset import case_seed
 
     plan, index = [], 0
     for i in range(TRAIN_CASES):
         # Folds 1-4 in turn; the scenario is the generator's own draw (70 % unilateral).
         plan.append({"index": index, "seed": case_seed(seed, index), "scenario": None,
-                     "contrast": TRAIN_CONTRASTS[i % len(TRAIN_CONTRASTS)], "fold": 1 + i % 4})
+                     "contrast": design.train_contrasts[i % len(design.train_contrasts)], "fold": 1 + i % 4})
         index += 1
-    for scenario, contrast, count in HELD_OUT:
+    for scenario, contrast, count in design.held_out:
         for _ in range(count):
             plan.append({"index": index, "seed": case_seed(seed, index), "scenario": scenario,
                          "contrast": contrast, "fold": 0})
@@ -105,13 +148,15 @@ def _make(item_and_dir):
             "lesion_contrast": item["contrast"]}, channels
 
 
-def make_data(output: Path, seed: int, workers: int) -> Path:
+def make_data(output: Path, seed: Optional[int], workers: int, design: str = DEFAULT_DESIGN) -> Path:
+    """Every phantom of ``design`` (seed: the design's own unless given) and its datalist."""
     from multiprocessing import Pool
 
     from SymmetryAwareCore.phantoms.dataset import write_json
 
     output.mkdir(parents=True, exist_ok=True)
-    plan = _plan(seed)
+    seed = DESIGNS[design].seed if seed is None else seed
+    plan = _plan(seed, DESIGNS[design])
     jobs = [(item, str(output)) for item in plan]
     start = time.perf_counter()
     with Pool(workers) as pool:
@@ -122,7 +167,7 @@ def make_data(output: Path, seed: int, workers: int) -> Path:
     entries = [entry for entry, _ in made]
     datalist = {
         "description": "Symmetry study phantoms (Training/scripts/symmetry_study.py); fold 0 is held out",
-        "seed": seed, "kind": "glioma", "modality": "mri", "spacing_mm": SPACING, "variation": VARIATION,
+        "seed": seed, "design": design, "kind": "glioma", "modality": "mri", "spacing_mm": SPACING, "variation": VARIATION,
         "channels": made[0][1], "num_folds": 5, "training": entries, "validation": [],
     }
     return write_json(datalist, output / "datalist.json")
@@ -133,7 +178,8 @@ def make_data(output: Path, seed: int, workers: int) -> Path:
 def _config(datalist: Path, cache_dir: str, extra: Sequence[str] = ()):
     from SymmetryAwareTraining.config import load_config
 
-    return load_config(CONFIG, [f"data.datalist={datalist}", f"data.cache_dir={cache_dir}", *extra])
+    return load_config(CONFIG, [f"data.datalist={datalist}", f"data.cache_dir={cache_dir}",
+                                *design_of(datalist).overrides, *extra])
 
 
 def _prepare_one(job):
@@ -190,7 +236,7 @@ def run_overrides(datalist: Path, arm: str, size: int, seed: int, steps: int, ca
     """The config overrides of one run: the study's data, label size, seed and the arm's settings."""
     pool = sum(1 for e in json.loads(datalist.read_text())["training"] if e["fold"] != 0)
     return [f"data.datalist={datalist}", f"data.label_fraction={size / pool}", f"train.steps={steps}",
-            f"train.seed={seed}", f"data.cache_dir={cache_dir}"] + ARMS[arm]
+            f"train.seed={seed}", f"data.cache_dir={cache_dir}", *design_of(datalist).overrides] + ARMS[arm]
 
 
 def crop_exposure(datalist: Path, cache_dir: str, arms: Sequence[str], size: int, seed: int = 0,
@@ -404,8 +450,8 @@ SECONDARY = (("sa_swin_mirror_pair", "swin_unetr", "all"), ("sa_swin_input", "sw
 
 SCORINGS = ("window", "scan")
 CASE_SETS = ("all", "primary")
-# The decision rule's primary set: unilateral lesions at the two lowest contrasts.
-PRIMARY_GROUPS = ("unilateral c0.5", "unilateral c0.3")
+# The decision rule's primary set: unilateral lesions at the two lowest contrasts (first design).
+PRIMARY_GROUPS = DESIGNS[DEFAULT_DESIGN].primary_groups
 
 
 def case_group(entry: dict) -> str:
@@ -434,9 +480,10 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
 
     config = _config(datalist, cache_dir)
     spec, channels = run_preprocessing(config), _channel_names(config)
+    primary_groups = design_of(datalist).primary_groups
     held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
     if cases == "primary":
-        held = [e for e in held if case_group(e) in PRIMARY_GROUPS]
+        held = [e for e in held if case_group(e) in primary_groups]
     prepared = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
     global _WINDOWS, _CASES
     if scoring == "window":
@@ -459,7 +506,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         summary = json.loads((run / "summary.json").read_text())
         runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
                           "steps": int(summary.get("steps", 0))}
-    results = summarise(runs, group_of, sizes, seeds, cases)
+    results = summarise(runs, group_of, sizes, seeds, cases, primary_groups)
     output.mkdir(parents=True, exist_ok=True)
     curves = {run.name: loss_curve(run) for run in finished}
     results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
@@ -473,15 +520,17 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     return results
 
 
-def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cases: str = "all") -> dict:
+def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cases: str = "all",
+              primary_groups: Sequence[str] = PRIMARY_GROUPS) -> dict:
     """The decision rule, the amendments' questions and the secondary table from per-case scores.
 
     ``runs``: run name -> ``{"scores": {case: {region: Dice, ...}}, "seconds", "steps"}``;
-    ``group_of``: every scored case -> its held-out group. Pure: no file is read or written.
+    ``group_of``: every scored case -> its held-out group; ``primary_groups``: the design's
+    primary groups. Pure: no file is read or written.
     """
     names = sorted(group_of)
     groups = sorted(set(group_of.values()))
-    primary = [n for n in names if group_of[n] in PRIMARY_GROUPS]
+    primary = [n for n in names if group_of[n] in primary_groups]
 
     def matrix(arm, size, region, subset, run_seeds):
         rows = []
@@ -493,7 +542,7 @@ def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cas
         return np.asarray(rows)  # (seeds, cases)
 
     results = {"held_out": {g: sum(1 for n in names if group_of[n] == g) for g in groups}, "runs": {}, "primary": {},
-               "secondary": []}
+               "primary_groups": list(primary_groups), "secondary": []}
     for key, r in runs.items():
         results["runs"][key] = {"seconds": r["seconds"], "steps": r["steps"],
                                 "mean": {key: float(np.mean([r["scores"][n][key] for n in names]))
@@ -598,7 +647,7 @@ def markdown(results: dict) -> List[str]:
     which = ("the primary set only (sixth amendment)" if results.get("cases") == "primary"
              else "every held-out case")
     lines = [f"Scoring: Dice {where}. Cases scored: {which}.", "",
-             "Primary: WT Dice, unilateral lesions at contrast 0.5 and 0.3, mean over seeds; "
+             f"Primary: WT Dice, {' and '.join(results.get('primary_groups', PRIMARY_GROUPS))}, mean over seeds; "
              "difference SA-Swin (mirror-pair) - Swin UNETR, 95 % paired bootstrap CI over cases.", ""]
     # A report of other arms only (an amendment's runs) has no primary row: say so, not an empty table.
     if results["primary"]:
@@ -651,7 +700,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data")
     d.add_argument("--output", type=Path, required=True)
-    d.add_argument("--seed", type=int, default=1500)
+    d.add_argument("--design", choices=list(DESIGNS), default=DEFAULT_DESIGN,
+                   help="biased: the study as designed; n4: the rerun on N4-corrected scans (eleventh amendment)")
+    d.add_argument("--seed", type=int, default=None, help="the data's seed (default: the design's)")
     d.add_argument("--workers", type=int, default=2)
     p = sub.add_parser("prepare")
     p.add_argument("--datalist", type=Path, required=True)
@@ -692,6 +743,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if a.command != "data" and not a.datalist.is_file():
             raise InputError("datalist not found (make it with the 'data' command)", a.datalist)
+        if a.command != "data":
+            design_of(a.datalist)  # an unknown design stops here, before any case is prepared
         _run(a)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -701,7 +754,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(a: argparse.Namespace) -> None:
     if a.command == "data":
-        print(make_data(a.output, a.seed, a.workers))
+        print(make_data(a.output, a.seed, a.workers, a.design))
     elif a.command == "prepare":
         prepare_all(a.datalist, a.cache_dir, a.workers)
     elif a.command == "crops":
