@@ -658,6 +658,10 @@ def test_panel_sends_placed_points_removes_refused_ones_and_undo_takes_its_point
     settle()
     assert panel.session.loaded and ui.interactiveStartButton.text == "Reload volumes"
     assert panel.session.command == [sys.executable, "-m", FAKE.stem, "interactive", "--device", "cpu"]
+    # No card selected: the interactive model's own card decides N4 (the box is not sent).
+    loads = [json.loads(line) for line in (tmp_path / "requests.log").read_text().splitlines()
+             if json.loads(line).get("cmd") == "load"]
+    assert len(loads) == 1 and "bias_correction" not in loads[0] and "model" not in loads[0]
     assert not ui.autoButton.enabled  # no segment chosen yet
     ui.interactiveSegmentSelector.node, ui.interactiveSegmentSelector.segment = segmentation, lesion
     ui.interactiveSegmentSelector.by_signature["currentNodeChanged(vtkMRMLNode*)"].emit(segmentation)
@@ -686,3 +690,34 @@ def test_panel_sends_placed_points_removes_refused_ones_and_undo_takes_its_point
     panel.close()
     assert popen.wait(timeout=10) is not None and panel.session is None
 
+
+
+def test_the_interactive_session_asks_n4_of_the_model_it_runs_not_of_the_selected_card():
+    """The panel's *Remove MRI bias field first* starts at the selected card's setting; the
+    interactive session runs the bundled interactive model unless that card is promptable.
+    With the 0.4.0 segmentation model selected (no N4) the session used to send N4 off to an
+    interactive model whose card asks for it."""
+    from SymmetryAwareCore import contract
+    from SymmetryAwareSegLib.interactive import interactive_model, session_bias_correction
+    from SymmetryAwareSegLib.models import find_models
+
+    cards = {card.name: card for card in find_models([Path(contract.BUNDLED_MODELS_DIR)])}
+    interactive = next(c for c in cards.values() if interactive_model(c) is not None)
+    default = cards[contract.default_model([(c.name, c.raw) for c in cards.values()])]
+    older, ct = cards["glioma-phantom-saswin-f12"], cards["ct-haemorrhage-phantom-saswin-f12"]
+    assert interactive.default_bias_correction and default.default_bias_correction
+    assert not older.default_bias_correction and not ct.default_bias_correction
+
+    # The box at the selected card's starting value: the model that runs decides.
+    for card in (default, older, ct):
+        assert interactive_model(card) is None
+        assert session_bias_correction(card.default_bias_correction, card) is None
+    # The user changed the box: a choice about these scans, sent whichever model runs.
+    assert session_bias_correction(False, default) is False
+    assert session_bias_correction(True, older) is True
+    # The interactive card selected: the box is its own setting, as it stands.
+    assert session_bias_correction(True, interactive) is True
+    assert session_bias_correction(False, interactive) is False
+    assert session_bias_correction(True, None) is None and session_bias_correction(False, None) is None
+    # What the worker receives: no key when the card decides.
+    assert "bias_correction" not in load_request(["a.nii.gz"], None, session_bias_correction(False, older))

@@ -48,6 +48,8 @@ __all__ = [
     "GridMap",
     "interactive_command",
     "load_request",
+    "interactive_model",
+    "session_bias_correction",
     "click_request",
     "box_request",
     "command_request",
@@ -84,6 +86,35 @@ def load_request(images: Sequence[str], model: Optional[str] = None, bias_correc
     if bias_correction is not None:
         request["bias_correction"] = bool(bias_correction)
     return request
+
+
+def interactive_model(card) -> Optional[str]:
+    """The card's path when it describes a promptable model, else None (the worker's default,
+    the bundled interactive model)."""
+    if card is None:
+        return None
+    raw = card.raw or {}
+    block = raw.get("interactive") or (raw.get("extra") or {}).get("interactive")
+    return str(card.path) if block else None
+
+
+def session_bias_correction(box_checked: bool, card) -> Optional[bool]:
+    """What the interactive session's ``load`` asks of N4, given the panel's *Remove MRI bias
+    field first* box and the selected model ``card`` (a :class:`~.models.ModelCard` or None).
+
+    The box starts at the selected card's own setting (``card.default_bias_correction``).
+    When that card is the promptable model the session runs, the box is its setting. When it
+    is a segmentation or CT model, the session runs the bundled interactive model, whose own
+    card decides (None), unless the user changed the box from the selected card's starting
+    value: that is a choice about these scans (already corrected, say) and holds for every
+    model. Before this rule the box was sent as it stood, so a segmentation model without N4
+    switched N4 off for an interactive model that asks for it (docs/interactive.md).
+    """
+    if card is None:
+        return None
+    if interactive_model(card) is not None:
+        return bool(box_checked)
+    return bool(box_checked) if bool(box_checked) != card.default_bias_correction else None
 
 
 def _three(values, what: str) -> List[float]:

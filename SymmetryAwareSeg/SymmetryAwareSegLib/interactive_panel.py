@@ -26,7 +26,8 @@ from typing import Callable, List, Optional, Tuple
 import qt
 import slicer
 
-from .interactive import AUTO, BOX, CLICK, F_CMD, LOAD, RESET, UNDO, interactive_command
+from .interactive import (AUTO, BOX, CLICK, F_CMD, LOAD, RESET, UNDO, interactive_command, interactive_model,
+                          session_bias_correction)
 from .interactive_edit import InteractiveSession
 
 try:
@@ -39,15 +40,6 @@ __all__ = ["InteractivePanel", "interactive_model"]
 
 POLL_MS = 100
 POINT_LISTS = (("positive", True, (0.1, 0.85, 0.2)), ("negative", False, (0.95, 0.15, 0.15)))
-
-
-def interactive_model(card) -> Optional[str]:
-    """The card's path when it describes a promptable model, else None (the worker's default)."""
-    if card is None:
-        return None
-    raw = card.raw or {}
-    block = raw.get("interactive") or (raw.get("extra") or {}).get("interactive")
-    return str(card.path) if block else None
 
 
 class InteractivePanel:
@@ -133,9 +125,11 @@ class InteractivePanel:
             return
         nodes = [n for n in self.input_nodes() if n is not None]
         try:
-            # Advanced's "Remove MRI bias field first" holds for the interactive session too.
-            bias_correction = bool(self.ui.biasCorrectionCheckBox.checked)
-            pending = self._session().load(nodes, interactive_model(self.current_card()), bias_correction)
+            # Advanced's "Remove MRI bias field first" follows the selected card; the session may
+            # run another model (session_bias_correction says when the box holds for it).
+            card = self.current_card()
+            bias_correction = session_bias_correction(bool(self.ui.biasCorrectionCheckBox.checked), card)
+            pending = self._session().load(nodes, interactive_model(card), bias_correction)
         except (ValueError, RuntimeError, OSError) as error:
             self._status(_("Cannot start: {error}").format(error=error))
             return

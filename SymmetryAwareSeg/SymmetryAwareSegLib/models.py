@@ -74,6 +74,12 @@ class ModelCard:
         return card_bias_correction(self.raw) == "n4"
 
     @property
+    def default_bias_correction(self) -> bool:
+        """Where the panel's *Remove MRI bias field first* starts for this card: its own
+        preprocessing, and never for a CT model (where N4 is refused)."""
+        return self.bias_correction and not self.is_ct
+
+    @property
     def is_ct(self) -> bool:
         """A CT model (HU windows): bias-field correction does not apply to it."""
         from SymmetryAwareCore.contract import card_is_ct

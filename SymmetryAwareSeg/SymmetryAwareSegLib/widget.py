@@ -204,7 +204,7 @@ class SymmetryAwareSegPanel:
         that asks for N4, the default's case); the user may still change it. Off and disabled
         for a CT model, where it is refused."""
         box = self.ui.biasCorrectionCheckBox
-        box.checked = bool(card.bias_correction) and not card.is_ct
+        box.checked = card.default_bias_correction
         box.enabled = not card.is_ct
 
     # -- actions --------------------------------------------------------------------------
