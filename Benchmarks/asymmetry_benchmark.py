@@ -53,22 +53,18 @@ from typing import Dict, List, Optional
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from scipy import ndimage, stats  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from SymmetryAwareCore.phantoms import make_subject  # noqa: E402
 from SymmetryAwareCore.phantoms.dataset import case_seed  # noqa: E402
 from SymmetryAwareCore.preprocessing import DEFAULT_CT_WINDOWS, Preprocessing, prepare_image  # noqa: E402
+from SymmetryAwareTraining.metrics import rank_auc  # noqa: E402
 
 METHODS = ("intensity", "mirror", "sah")
 _MODALITY = {"glioma": "mri", "wml": "mri", "haemorrhage": "ct"}
 
 
-def auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Mann-Whitney AUC: P(score of a positive > score of a negative), ties count half."""
-    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
-    ranks = stats.rankdata(np.concatenate([positive, negative]))
-    n1, n0 = len(positive), len(negative)
-    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+auc = rank_auc  # Mann-Whitney AUC, defined once (SymmetryAwareTraining.metrics)
 
 
 def bootstrap_auc(positive, negative, reps: int, rng: np.random.Generator):

@@ -47,12 +47,11 @@ from SymmetryAwareCore.preprocessing import prepare_image
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks)."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve of ``scores`` for the voxels marked ``positive`` (the one rank AUC)."""
+    from SymmetryAwareTraining.metrics import rank_auc
 
-    ranks = rankdata(scores)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    scores, positive = np.asarray(scores), np.asarray(positive, bool)
+    return rank_auc(scores[positive], scores[~positive])
 
 
 def load_network(args) -> LoadedModel:

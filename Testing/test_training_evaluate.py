@@ -189,3 +189,19 @@ def test_training_card_records_the_datalist_voxel_size(tmp_path):
     assert SegmentationTask(config).card_metadata()["preprocessing"]["spacing"] == [2.0, 2.5, 3.0]
     config.data.align = False  # an unaligned run says so in its card
     assert SegmentationTask(config).card_metadata()["preprocessing"]["alignment"] == "none"
+
+
+def test_rank_auc_is_the_roc_area_with_ties_counted_half():
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    from SymmetryAwareTraining.metrics import rank_auc
+
+    rng = np.random.default_rng(3)
+    positive, negative = rng.normal(1.0, 1.0, 40).round(1), rng.normal(0.0, 1.0, 60).round(1)  # rounding: ties
+    scores = torch.as_tensor(np.concatenate([positive, negative]))
+    targets = torch.as_tensor(np.r_[np.ones(40), np.zeros(60)])
+    assert rank_auc(positive, negative) == pytest.approx(float(compute_roc_auc(scores, targets)), abs=1e-12)
+    assert rank_auc([2.0, 3.0], [0.0, 1.0]) == 1.0 and rank_auc([0.0], [1.0]) == 0.0
+    assert rank_auc([1.0, 1.0], [1.0]) == 0.5  # all tied: chance
+    assert np.isnan(rank_auc([], [1.0])) and np.isnan(rank_auc([1.0], []))

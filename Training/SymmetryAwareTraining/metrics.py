@@ -217,6 +217,21 @@ def case_metrics(pred_regions, true_regions, spacing: Sequence[float] = (1.0, 1.
     return out
 
 
+def rank_auc(positive, negative) -> float:
+    """Mann-Whitney AUC: the chance that a positive's score exceeds a negative's, ties counting
+    half (average ranks); NaN when either group is empty. The one rank AUC of the benchmarks
+    and scripts (scan scores, voxel maps, probes)."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, np.float64).ravel()
+    negative = np.asarray(negative, np.float64).ravel()
+    n1, n0 = len(positive), len(negative)
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(np.concatenate([positive, negative]))
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def auc_per_finding(scores: np.ndarray, targets: np.ndarray, findings: Sequence[str]) -> Dict[str, float]:
     """ROC AUC per finding. ``scores``/``targets``: ``(N, F)``; NaN where a finding has one class only."""
     from monai.metrics import compute_roc_auc

@@ -22,12 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def auc(pos, neg) -> float:
-    from scipy import stats
-
-    ranks = stats.rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+from SymmetryAwareTraining.metrics import rank_auc as auc  # the one rank AUC
 
 
 def fit_predict(x_train, y_train, x_test, l2: float) -> np.ndarray:

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from SymmetryAwareTraining.metrics import rank_auc as auc  # the one rank AUC
+
 HEAD_TRAINED = ("head.symmetry_norm", "head.projector")
 
 
@@ -70,16 +72,6 @@ def tail(model, hidden: torch.Tensor, frozen: int) -> torch.Tensor:
     """Trained part: stage ``frozen``'s output -> symmetry tokens ``(B, P, X/32, Y/32, Z/32)``."""
     x4 = advance(model, hidden, frozen, 4)
     return model.head.symmetry_tokens(model.swinViT.proj_out(x4, model.normalize))
-
-
-
-
-
-def auc(pos, neg) -> float:
-    from scipy import stats
-
-    ranks = stats.rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def main(argv=None) -> int:
