@@ -351,3 +351,28 @@ def test_the_primary_set_follows_the_design(study):
     results = study.summarise(runs, group_of, [32], [0, 1, 2], primary_groups=study.DESIGNS["n4"].primary_groups)
     assert results["primary"][32]["cases"] == 16 and results["verdict"] == "symmetry hurts"
     assert "unilateral c0.15 and unilateral c0.1" in study.markdown(results)[2]
+
+
+def test_window_baselines_rank_a_bright_lesion_and_its_mirror_difference(study):
+    # Two windows (channels t1, flair): a lesion brighter in FLAIR on one side only, and the same
+    # lesion mirrored into the counterpart too (bilateral): intensity finds both, the mirror
+    # difference only the one-sided lesion.
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 1.0, (2, 16, 16, 16)).astype(np.float32)
+    image[:, :2] = 0.0  # outside the head: left out
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[6:10, 6:10, 6:10] = 2
+    bright = image.copy()
+    bright[1][label > 0] += 6.0
+    one_sided = {"image": bright, "counterpart": image, "label": label}
+    both = {"image": bright, "counterpart": bright, "label": label}
+    healthy = {"image": image, "counterpart": image, "label": np.zeros_like(label)}
+    out = study.window_baselines({"a": one_sided, "b": both, "c": healthy}, ["t1", "flair"])
+    assert out["a"]["intensity"] > 0.99 and out["a"]["mirror"] > 0.99
+    assert out["b"]["intensity"] > 0.99 and out["b"]["mirror"] < 0.75
+    assert np.isnan(out["c"]["intensity"])
+    rows = study.summarise_baselines(out, {"a": "unilateral c0.1", "b": "bilateral c0.15", "c": "unilateral c0.1"})
+    assert rows["unilateral c0.1"]["windows"] == 1 and rows["all held-out"]["windows"] == 2
+    assert rows["all held-out"]["mirror"] == pytest.approx((out["a"]["mirror"] + out["b"]["mirror"]) / 2)
+    lines = study.markdown({"primary": {}, "verdict": "x", "secondary": [], "runs": {}, "baselines": rows})
+    assert "| unilateral c0.1 | 1 |" in "\n".join(lines)

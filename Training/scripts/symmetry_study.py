@@ -315,6 +315,27 @@ def score_window(entry: dict, volume: np.ndarray, label: np.ndarray, roi: int = 
 SCORE_SEED = 20261203
 
 
+def window_baselines(windows: Dict[str, dict], channels: Sequence[str], channel: str = "flair") -> Dict[str, dict]:
+    """Two non-learned voxel scores inside each scoring window (eleventh amendment, descriptive):
+    how well ``channel``'s intensity alone, and its difference from the mirrored counterpart
+    (window minus counterpart: a lesion brighter than the mirror tissue), rank whole-tumour
+    voxels above the rest of the head in the window (Mann-Whitney AUC; voxels where every
+    channel is 0, outside the head, are left out). ``{case: {"intensity": AUC, "mirror": AUC}}``;
+    NaN for a window without WT or without healthy voxels."""
+    from SymmetryAwareTraining.metrics import labels_to_regions, rank_auc
+
+    k = list(channels).index(channel)
+    out = {}
+    for name, window in windows.items():
+        image, counterpart = np.asarray(window["image"]), np.asarray(window["counterpart"])
+        head = np.any(image != 0, axis=0)
+        lesion = labels_to_regions(np.asarray(window["label"]).astype(np.int64))[1].astype(bool)
+        out[name] = {}
+        for method, score in (("intensity", image[k]), ("mirror", image[k] - counterpart[k])):
+            out[name][method] = rank_auc(score[head & lesion], score[head & ~lesion])
+    return out
+
+
 def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]]:
     """Per held-out case, Dice of TC/WT/ET inside its window (cached in ``<run>/study_scores.json``)."""
     import torch
@@ -507,6 +528,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
                           "steps": int(summary.get("steps", 0))}
     results = summarise(runs, group_of, sizes, seeds, cases, primary_groups)
+    if scoring == "window":
+        results["baselines"] = summarise_baselines(window_baselines(_WINDOWS, channels), group_of)
     output.mkdir(parents=True, exist_ok=True)
     curves = {run.name: loss_curve(run) for run in finished}
     results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
@@ -602,6 +625,23 @@ def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cas
     return results
 
 
+def summarise_baselines(per_case: Dict[str, dict], group_of: Dict[str, str]) -> Dict[str, dict]:
+    """Mean voxel AUC of each non-learned score per held-out group and over all cases
+    (NaN windows left out), with the number of windows that count."""
+    sets = {"all held-out": list(per_case)}
+    for group in sorted(set(group_of[n] for n in per_case)):
+        sets[group] = [n for n in per_case if group_of[n] == group]
+    out = {}
+    for label, names in sets.items():
+        row = {}
+        for method in ("intensity", "mirror"):
+            values = [per_case[n][method] for n in names if np.isfinite(per_case[n][method])]
+            row[method] = float(np.mean(values)) if values else float("nan")
+        row["windows"] = sum(1 for n in names if np.isfinite(per_case[n]["intensity"]))
+        out[label] = row
+    return out
+
+
 def _lacking(arm: str, reference: str, sizes, seeds) -> str:
     """Why a comparison has no verdict: the label sizes at which a run of either arm is missing."""
     return (f"incomplete: {arm} or {reference} lacks a run at size {', '.join(map(str, sizes))}, "
@@ -680,6 +720,12 @@ def markdown(results: dict) -> List[str]:
         lines.append(f"| {r['size']} | {r['arm']} | {r['reference']} | {r['seeds']} | {r['set']} | {r['cases']} | "
                      f"{r['region']} | {r['arm_dice']:.3f} | {r['reference_dice']:.3f} | "
                      f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] |")
+    if results.get("baselines"):
+        lines += ["", "Non-learned voxel scores inside the same windows (FLAIR; mean voxel AUC, whole tumour "
+                  "against the rest of the head in the window): intensity alone, and window minus mirrored counterpart.", "",
+                  "| set | windows | intensity | mirror difference |", "|---|---|---|---|"]
+        for label, row in results["baselines"].items():
+            lines.append(f"| {label} | {row['windows']} | {row['intensity']:.3f} | {row['mirror']:.3f} |")
     lines += ["", "| run | steps | train time | loss at 50 / 100 / last 3 logged | mean Dice WT / TC / ET (cases scored) "
               "| WT false positive, mean mL |", "|---|---|---|---|---|---|"]
     for key, r in sorted(results["runs"].items()):
