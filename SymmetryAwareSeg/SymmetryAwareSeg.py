@@ -150,6 +150,8 @@ class SymmetryAwareSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            if self.panel is not None:
+                self.panel.on_parameter_node(self._parameterNode)  # before connectGui writes the node's values
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
         if self.panel is not None:
             self.panel.update_state()

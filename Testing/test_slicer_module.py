@@ -310,6 +310,7 @@ def test_bias_correction_box_follows_the_selected_models_card(monkeypatch):
     panel.ui = types.SimpleNamespace(modelLineEdit=types.SimpleNamespace(text=default.name),
                                      biasCorrectionCheckBox=types.SimpleNamespace(checked=False, enabled=True))
     panel.update_state = lambda: None
+    panel.parameters = lambda: None  # no parameter node yet
     box = panel.ui.biasCorrectionCheckBox
     panel.on_model_text_changed()
     assert box.checked and box.enabled
@@ -329,3 +330,67 @@ def test_bias_correction_box_follows_the_selected_models_card(monkeypatch):
     state = types.SimpleNamespace(model=default.name, device="cpu", overlap=0.25, tta=False, dicomSeg=False,
                                   useThreshold=False, threshold=0.5, biasCorrection=False)
     assert "--no-bias-correction" in parameters.run_options(state).as_arg_list()
+
+
+def test_the_default_models_n4_survives_the_parameter_node_connecting(monkeypatch):
+    """Slicer's start: the panel shows the first model (its card's defaults applied to the
+    box), then the module connects a fresh parameter node, whose connectGui writes the node's
+    values into the widgets (biasCorrection False), and then names the first model in the node.
+    The node is what a run reads, so it must end with the card's N4; before the fix the box
+    and the node ended unchecked and the default model ran with --no-bias-correction. A node
+    from a saved scene keeps its own choice."""
+    import types
+
+    from SymmetryAwareSegLib.models import find_models
+
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace())
+    monkeypatch.delitem(sys.modules, "SymmetryAwareSegLib.widget", raising=False)
+    from SymmetryAwareSegLib.widget import SymmetryAwareSegPanel
+
+    cards = {card.name: card for card in find_models([Path(contract.BUNDLED_MODELS_DIR)])}
+    default = cards[contract.default_model([(c.name, c.raw) for c in cards.values()])]
+    assert default.default_bias_correction
+
+    class Node:  # the wrapped parameter node: two of its fields, and the GUI it is connected to
+        def __init__(self, model="", biasCorrection=False):
+            self.__dict__.update(model=model, biasCorrection=biasCorrection, gui=None)
+
+        def __setattr__(self, name, value):
+            self.__dict__[name] = value
+            if name != "gui" and self.gui is not None:
+                self.gui()  # Modified -> the wrapper writes every value into the widgets
+
+    def start(node):
+        panel = SymmetryAwareSegPanel.__new__(SymmetryAwareSegPanel)  # no Qt: the state logic only
+        panel.models, panel._defaults_from = list(cards.values()), None
+        panel.update_state = lambda: None
+        panel.ui = types.SimpleNamespace(modelLineEdit=types.SimpleNamespace(text=""),
+                                         biasCorrectionCheckBox=types.SimpleNamespace(checked=False, enabled=True))
+        connected = {}
+        panel.parameters = lambda: connected.get("node")
+
+        def write_gui():  # connectGui / a Modified event: node -> widgets (text changes signal)
+            if panel.ui.modelLineEdit.text != node.model:
+                panel.ui.modelLineEdit.text = node.model
+                panel.on_model_text_changed()
+            panel.ui.biasCorrectionCheckBox.checked = node.biasCorrection
+
+        # The panel's setup: the first model shown, its defaults applied (no node yet).
+        panel.ui.modelLineEdit.text = str(default.path)
+        panel.on_model_text_changed()
+        # The module's setParameterNode: on_parameter_node, then connectGui writes the node.
+        panel.on_parameter_node(node)
+        connected["node"] = node
+        node.gui = write_gui
+        write_gui()
+        # initializeParameterNode: a fresh node is given the first model.
+        if not node.model:
+            node.model = str(default.path)
+        return panel
+
+    fresh = Node()
+    panel = start(fresh)
+    assert fresh.biasCorrection is True and panel.ui.biasCorrectionCheckBox.checked
+    saved = Node(model=str(default.path), biasCorrection=False)  # the user's choice, saved with the scene
+    panel = start(saved)
+    assert saved.biasCorrection is False and not panel.ui.biasCorrectionCheckBox.checked

@@ -376,3 +376,44 @@ def test_window_baselines_rank_a_bright_lesion_and_its_mirror_difference(study):
     assert rows["all held-out"]["mirror"] == pytest.approx((out["a"]["mirror"] + out["b"]["mirror"]) / 2)
     lines = study.markdown({"primary": {}, "verdict": "x", "secondary": [], "runs": {}, "baselines": rows})
     assert "| unilateral c0.1 | 1 |" in "\n".join(lines)
+
+
+def test_a_run_of_another_design_is_refused_before_it_is_scored_or_skipped(study, tmp_path):
+    import yaml
+
+    from SymmetryAwareCore.errors import InputError
+
+    folder = tmp_path / "study15n4"
+    folder.mkdir()
+    n4 = folder / "datalist.json"
+    n4.write_text(json.dumps({"design": "n4", "training": []}))
+    run = tmp_path / "runs" / study.run_name("swin_unetr", 8, 0)
+    run.mkdir(parents=True)
+    study.check_run(run, n4)  # nothing trained yet: fine
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": "datasets/study15/datalist.json",
+                                                              "bias_correction": "none"}}))
+    with pytest.raises(InputError, match="trained on datasets/study15/datalist.json"):
+        study.check_run(run, n4)
+    (run / "model.json").write_text("{}")
+    assert study.main(["train", "--datalist", str(n4), "--output", str(tmp_path / "runs"), "--sizes", "8",
+                       "--arms", "swin_unetr", "--seeds", "0"]) == 2  # not skipped as finished
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": "elsewhere/study15n4/datalist.json",
+                                                              "bias_correction": "n4"}}))
+    study.check_run(run, n4)  # the same list, reached by another path
+
+
+def test_data_refuses_a_folder_made_for_another_design(study, tmp_path, capsys):
+    (tmp_path / "datalist.json").write_text(json.dumps({"seed": 1500, "training": []}))  # the first design's
+    assert study.main(["data", "--design", "n4", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "design 'biased', seed 1500" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datalist.json"]  # nothing made
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_malformed_datalist_is_one_line(study, tmp_path, capsys, text):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert study.main(["report", "--datalist", str(bad), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

@@ -135,7 +135,11 @@ class SymmetryAwareSegPanel:
         return [getattr(self.ui, f"inputVolume{i}Selector").currentNode() for i in range(1, MAX_INPUTS + 1)]
 
     def current_card(self) -> Optional[ModelCard]:
-        text = self.ui.modelLineEdit.text.strip()
+        return self.card_for(self.ui.modelLineEdit.text)
+
+    def card_for(self, text: str) -> Optional[ModelCard]:
+        """The card a model field's text names: a card file's path, or a found model's name."""
+        text = str(text or "").strip()
         if text.lower().endswith(".json") and os.path.isfile(text):
             try:
                 return read_model_card(text)
@@ -199,13 +203,27 @@ class SymmetryAwareSegPanel:
             self.apply_card_defaults(card)
         self.update_state()
 
+    def on_parameter_node(self, node) -> None:
+        """Called before ``node`` is connected to the GUI (which writes its values into the
+        widgets). A node that already names a model (a saved scene) keeps the options saved
+        with it; a fresh one gets the card defaults of the first model it is given. Without
+        this, the defaults applied before the node was connected were overwritten by the
+        node's own (N4 off) and never applied again, so the default model ran without the
+        N4 its card asks for."""
+        card = self.card_for(getattr(node, "model", "")) if node is not None else None
+        self._defaults_from = str(card.path) if card is not None else None
+
     def apply_card_defaults(self, card: ModelCard) -> None:
         """*Remove MRI bias field first* follows the card's preprocessing (checked for a model
         that asks for N4, the default's case); the user may still change it. Off and disabled
-        for a CT model, where it is refused."""
+        for a CT model, where it is refused. Written to the parameter node too: a run reads
+        its options from the node, and a GUI update in progress would not copy the box there."""
         box = self.ui.biasCorrectionCheckBox
         box.checked = card.default_bias_correction
         box.enabled = not card.is_ct
+        parameters = self.parameters()
+        if parameters is not None:
+            parameters.biasCorrection = card.default_bias_correction
 
     # -- actions --------------------------------------------------------------------------
     def on_model_selected(self, index: int) -> None:

@@ -106,7 +106,13 @@ def design_of(datalist: Path) -> Design:
     existed are the first design)."""
     from SymmetryAwareCore.errors import InputError
 
-    name = json.loads(Path(datalist).read_text()).get("design", DEFAULT_DESIGN)
+    try:
+        data = json.loads(Path(datalist).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"not a readable datalist ({error})", datalist) from None
+    if not isinstance(data, dict):
+        raise InputError("not a datalist (a JSON object with a 'training' list)", datalist)
+    name = data.get("design", DEFAULT_DESIGN)
     if name not in DESIGNS:
         raise InputError(f"unknown study design {name!r} (known: {', '.join(DESIGNS)})", datalist)
     return DESIGNS[name]
@@ -149,13 +155,24 @@ def _make(item_and_dir):
 
 
 def make_data(output: Path, seed: Optional[int], workers: int, design: str = DEFAULT_DESIGN) -> Path:
-    """Every phantom of ``design`` (seed: the design's own unless given) and its datalist."""
+    """Every phantom of ``design`` (seed: the design's own unless given) and its datalist.
+
+    Phantoms already in ``output`` are kept (a stopped run resumes), so a folder whose
+    datalist was made for another design or seed is refused: its files would be reused."""
     from multiprocessing import Pool
 
+    from SymmetryAwareCore.errors import InputError
     from SymmetryAwareCore.phantoms.dataset import write_json
 
-    output.mkdir(parents=True, exist_ok=True)
     seed = DESIGNS[design].seed if seed is None else seed
+    existing = output / "datalist.json"
+    if existing.is_file():
+        old = json.loads(existing.read_text())
+        made_for = (old.get("design", DEFAULT_DESIGN), old.get("seed"))
+        if made_for != (design, seed):
+            raise InputError(f"holds the study's data for design {made_for[0]!r}, seed {made_for[1]}; "
+                             f"give another --output for design {design!r}, seed {seed}", output)
+    output.mkdir(parents=True, exist_ok=True)
     plan = _plan(seed, DESIGNS[design])
     jobs = [(item, str(output)) for item in plan]
     start = time.perf_counter()
@@ -280,6 +297,25 @@ def exposure(dataset, epochs: int) -> dict:
     return out
 
 
+def check_run(run: Path, datalist: Path) -> None:
+    """Refuse a finished or started run trained on another datalist or preprocessing than
+    ``datalist``'s design: both designs name their cases ``study_NNNN``, so a run of one
+    scored on the other would give numbers without an error."""
+    import yaml
+
+    from SymmetryAwareCore.errors import InputError
+
+    config = run / "config.yaml"
+    if not config.is_file():
+        return
+    data = (yaml.safe_load(config.read_text()) or {}).get("data", {})
+    trained_on = Path(str(data.get("datalist", "")))
+    wanted = "n4" if "data.bias_correction=n4" in design_of(datalist).overrides else "none"
+    if trained_on.parts[-2:] != Path(datalist).parts[-2:] or str(data.get("bias_correction", "none")) != wanted:
+        raise InputError(f"run was trained on {trained_on} with bias correction {data.get('bias_correction', 'none')}, "
+                         f"not on {datalist} with {wanted}: use another --output", run)
+
+
 def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, steps: int, shard: str,
               cache_dir: str) -> None:
     index, count = (int(v) for v in shard.split("/"))
@@ -287,6 +323,7 @@ def train_all(datalist: Path, output: Path, arms, sizes, seeds, input_seeds, ste
         if k % count != index:
             continue
         run = output / run_name(arm, size, seed)
+        check_run(run, datalist)
         if (run / "model.json").is_file():
             continue
         args = [sys.executable, "-m", "SymmetryAwareTraining.cli", "finetune-seg", "--config", str(CONFIG),
@@ -516,8 +553,12 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     else:
         _CASES = ([e["name"] for e in held], prepared, tuple(spec.spacing))  # each worker reads the store
     group_of = {e["name"]: case_group(e) for e in held}
+    # The baselines first: a mistake in them shows before the runs are scored.
+    baselines = window_baselines(_WINDOWS, channels) if scoring == "window" else None
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
     finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds]
+    for run in finished:
+        check_run(run, datalist)
     from multiprocessing import get_context
 
     with get_context("fork").Pool(max(1, workers)) as pool:
@@ -528,8 +569,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         runs[run.name] = {"scores": scores, "seconds": float(summary.get("seconds", float("nan"))),
                           "steps": int(summary.get("steps", 0))}
     results = summarise(runs, group_of, sizes, seeds, cases, primary_groups)
-    if scoring == "window":
-        results["baselines"] = summarise_baselines(window_baselines(_WINDOWS, channels), group_of)
+    if baselines is not None:
+        results["baselines"] = summarise_baselines(baselines, group_of, "all held-out" if cases == "all" else "all scored")
     output.mkdir(parents=True, exist_ok=True)
     curves = {run.name: loss_curve(run) for run in finished}
     results["loss_curves"] = {name: {str(k): v for k, v in c.items()} for name, c in curves.items()}
@@ -625,10 +666,10 @@ def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cas
     return results
 
 
-def summarise_baselines(per_case: Dict[str, dict], group_of: Dict[str, str]) -> Dict[str, dict]:
-    """Mean voxel AUC of each non-learned score per held-out group and over all cases
-    (NaN windows left out), with the number of windows that count."""
-    sets = {"all held-out": list(per_case)}
+def summarise_baselines(per_case: Dict[str, dict], group_of: Dict[str, str], everything: str = "all held-out") -> Dict[str, dict]:
+    """Mean voxel AUC of each non-learned score per held-out group and over all cases scored
+    (row ``everything``; NaN windows left out), with the number of windows that count."""
+    sets = {everything: list(per_case)}
     for group in sorted(set(group_of[n] for n in per_case)):
         sets[group] = [n for n in per_case if group_of[n] == group]
     out = {}
