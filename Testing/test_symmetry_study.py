@@ -333,6 +333,7 @@ def test_the_n4_design_recalibrates_contrasts_and_corrects_every_run(study, tmp_
     assert study._config(n4, "").data.bias_correction == "n4"
     assert study._config(old, "").data.bias_correction == "none"
     assert study.design_of(old) is study.DESIGNS["biased"]
+    assert study.DESIGNS["n4"].bias_correction == "n4" and study.DESIGNS["biased"].bias_correction == "none"
 
 
 def test_an_unknown_design_is_one_line_and_exit_2(study, tmp_path, capsys):

@@ -76,6 +76,12 @@ class Design:
     overrides: Tuple[str, ...]
     seed: int
 
+    @property
+    def bias_correction(self) -> str:
+        """``data.bias_correction`` as the design's overrides set it (``"none"`` unless set)."""
+        values = [item.partition("=")[2] for item in self.overrides if item.partition("=")[0] == "data.bias_correction"]
+        return values[-1] if values else "none"
+
 
 DESIGNS: Dict[str, Design] = {
     # The study as designed (2026-12-03): uncorrected scans, contrasts calibrated on them.
@@ -310,7 +316,7 @@ def check_run(run: Path, datalist: Path) -> None:
         return
     data = (yaml.safe_load(config.read_text()) or {}).get("data", {})
     trained_on = Path(str(data.get("datalist", "")))
-    wanted = "n4" if "data.bias_correction=n4" in design_of(datalist).overrides else "none"
+    wanted = design_of(datalist).bias_correction
     if trained_on.parts[-2:] != Path(datalist).parts[-2:] or str(data.get("bias_correction", "none")) != wanted:
         raise InputError(f"run was trained on {trained_on} with bias correction {data.get('bias_correction', 'none')}, "
                          f"not on {datalist} with {wanted}: use another --output", run)
