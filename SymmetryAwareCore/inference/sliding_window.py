@@ -14,6 +14,7 @@ The model contract (SASwinUNETR and any test double)::
     model.attention_token_stride  (optional, default 32: the bottleneck)
     model.attention_stage         (optional, recorded with the attention)
     model.pairing                 (optional, default "input"; see below)
+    model.counterpart_channels    (optional, default False; see below)
 
 with ``Nq == Nk`` the tokens of the SACA stage the head returns (SASwinUNETR: its finest),
 grid ``roi // attention_token_stride``, row-major over (x, y, z).
@@ -47,6 +48,13 @@ from the rest of the volume. So every window gets one head, its direct view or (
 mirror windows ``a'``) the flipped one. With ``tta_flip`` every crop is encoded as in the
 input path and every window gets both views, which is what a mirror-pair model's TTA is;
 the result is then the same as the input path's with ``tta_flip``.
+
+A model with ``counterpart_channels`` (a plain Swin UNETR given the counterpart as extra
+input channels, SASwinUNETR's setting) encodes each crop stacked with its counterpart on
+the channel axis: window ``s`` as ``[window s, counterpart crop of s]`` and, where a view
+needs it, the counterpart crop of ``s`` as ``[counterpart crop of s, window s]`` (each
+crop is the other's counterpart). Its head reads nothing else, so it costs ``n_windows``
+encoder passes without ``tta_flip``, as SACA off does.
 
 Memory. Windows are handled in groups of mirror pairs; a group's hidden states are
 cached on the compute device until every head of the group has run, then dropped. At
@@ -134,6 +142,15 @@ def _crop(volume: torch.Tensor, key: CropKey, roi: Sequence[int]) -> torch.Tenso
     if kind == "window":
         return volume[(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, roi))]
     return extract_counterpart(volume, start, roi, spatial_start=1)
+
+
+def _crop_with_counterpart(volume: torch.Tensor, key: CropKey, roi: Sequence[int]) -> torch.Tensor:
+    """``[crop, its counterpart]`` on the channel axis: a window's counterpart is its counterpart
+    crop, and the counterpart crop's counterpart is the window (the mirror relation is an
+    involution), so either kind of key has one."""
+    kind, start = key
+    partner = ("counterpart" if kind == "window" else "window", start)
+    return torch.cat([_crop(volume, key, roi), _crop(volume, partner, roi)])
 
 
 def _group_pairs(pairs, sw_batch_size: int, two_crops_a_pair: bool = False) -> List[List[Tuple[Start, Start]]]:
@@ -241,12 +258,13 @@ def mirror_paired_sliding_window(
     # A head that reads nothing from the counterpart (SACA off: a plain Swin UNETR card) needs
     # no counterpart crop at all; encoding them anyway doubled such a model's encoder work.
     no_context = keep is not None and not keep
+    cut = _crop_with_counterpart if getattr(model, "counterpart_channels", False) else _crop
 
     def encode(keys: List[CropKey]) -> Dict[CropKey, List[Optional[torch.Tensor]]]:
         cache: Dict[CropKey, List[Optional[torch.Tensor]]] = {}
         for i in range(0, len(keys), sw_batch_size):
             chunk = keys[i : i + sw_batch_size]
-            batch = torch.stack([_crop(vol, k, roi) for k in chunk])
+            batch = torch.stack([cut(vol, k, roi) for k in chunk])
             with autocast(device, amp_dtype):
                 hidden = model.forward_features(batch)
             for b, key in enumerate(chunk):

@@ -63,7 +63,7 @@ KWARG_RANGES: Dict[str, Tuple[str, float, float]] = {
     "saca_dropout_rate": (_RATE, 0, 1),
     "head_dropout_rate": (_RATE, 0, 1),
 }
-_BOOL_KWARGS = ("qkv_bias", "normalize", "patch_norm", "use_checkpoint", "use_v2", "use_saca")
+_BOOL_KWARGS = ("qkv_bias", "normalize", "patch_norm", "use_checkpoint", "use_v2", "use_saca", "counterpart_channels")
 # Preprocessing read by the pipeline: voxel size (mm) and sliding-window size (voxels).
 SPACING_RANGE_MM = (0.25, 10.0)
 ROI_RANGE = (32, 256)

@@ -90,6 +90,13 @@ class SASwinUNETR(nn.Module):
             or ``"mirror-pair"``: see :data:`PAIRINGS`. Read by the training task and by
             the sliding window; the weights and ``forward(x, x_counterpart)`` do not depend
             on it.
+        counterpart_channels: give the mirrored counterpart to the encoder as extra input
+            channels (``[x, x_counterpart]`` stacked on the channel axis: a subtraction of
+            the other hemisphere that the network can learn, the voxel mirror-difference
+            baseline's information handed to a plain Swin UNETR). Needs ``use_saca=False``
+            and ``pairing="input"``; the patch embedding and ``encoder1`` then take
+            ``2 * in_channels``. Not in the paper: an arm of the symmetry study
+            (docs/symmetry_study.md, thirteenth amendment).
 
     Raises:
         ValueError: bad arguments (in ``__init__``) or bad input shapes (in ``forward``).
@@ -122,6 +129,7 @@ class SASwinUNETR(nn.Module):
         saca_dropout_rate: float = 0.0,
         saca_position_encoding: Optional[str] = None,
         pairing: str = "input",
+        counterpart_channels: bool = False,
     ) -> None:
         # Kept for the model card, which rebuilds the network from name + kwargs.
         init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -133,12 +141,19 @@ class SASwinUNETR(nn.Module):
             raise ValueError(f"out_channels must be positive, got {out_channels}")
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        if counterpart_channels and (use_saca or pairing != "input"):
+            raise ValueError("counterpart_channels gives the counterpart as input channels: it needs use_saca=False "
+                             f"and pairing='input', got use_saca={use_saca}, pairing={pairing!r}")
         self.pairing = pairing
         self.in_channels = in_channels
+        self.counterpart_channels = bool(counterpart_channels)
+        # What the encoder reads: the image channels, and with counterpart_channels the
+        # counterpart's after them.
+        self.encoder_in_channels = in_channels * (2 if counterpart_channels else 1)
         self.normalize = normalize
         fs = feature_size
         self.swinViT = build_swin_encoder(
-            in_channels, fs, depths, num_heads, window_size, qkv_bias, mlp_ratio,
+            self.encoder_in_channels, fs, depths, num_heads, window_size, qkv_bias, mlp_ratio,
             drop_rate, attn_drop_rate, dropout_path_rate, patch_norm, use_checkpoint, downsample, use_v2,
         )  # fmt: skip
 
@@ -151,7 +166,7 @@ class SASwinUNETR(nn.Module):
             )
 
         # Same order and names as MONAI's SwinUNETR, so state_dict keys (and order) match.
-        self.encoder1 = basic(in_channels, fs)
+        self.encoder1 = basic(self.encoder_in_channels, fs)
         self.encoder2 = basic(fs, fs)
         self.encoder3 = basic(2 * fs, 2 * fs)
         self.encoder4 = basic(4 * fs, 4 * fs)
@@ -199,13 +214,14 @@ class SASwinUNETR(nn.Module):
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Run the Swin encoder once: ``[x, h0, h1, h2, h3, h4]``.
 
-        ``x`` is ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right.
-        Entry 0 is ``x`` itself (``encoder1`` needs it for the full-resolution skip); ``h_s``
+        ``x`` is ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right;
+        with ``counterpart_channels`` ``(B, 2 * in_channels, X, Y, Z)``: the crop's channels,
+        then its mirrored counterpart's (:attr:`encoder_in_channels`). Entry 0 is ``x`` itself (``encoder1`` needs it for the full-resolution skip); ``h_s``
         has ``feature_size * 2**s`` channels at ``1 / 2**(s+1)`` resolution (``h4``: the
         bottleneck, 1/32). The same call encodes a counterpart window, so an engine can
         encode each window once and reuse its features as another window's counterpart.
         """
-        check_spatial_input(x, self.in_channels)
+        check_spatial_input(x, self.encoder_in_channels)
         return encode(self.swinViT, x, self.normalize)
 
     def forward_head(
@@ -273,7 +289,8 @@ class SASwinUNETR(nn.Module):
             x: ``(B, in_channels, X, Y, Z)``, X/Y/Z divisible by 32, axis 2 left-right.
             x_counterpart: same shape: the counterpart ALREADY mirrored
                 (:func:`SymmetryAwareCore.geometry.mirror.extract_counterpart`); the
-                network never flips anything. Optional when ``use_saca`` is False.
+                network never flips anything. Optional when ``use_saca`` is False, unless
+                ``counterpart_channels`` (then stacked after ``x``'s channels).
             return_attention: see :meth:`forward_head`.
             mirror_pair: segment both: ``[x; x_counterpart]`` (``2B`` crops) goes through the
                 encoder in ONE call, SACA of crop ``b`` reads the tokens of crop ``b + B`` and
@@ -287,6 +304,14 @@ class SASwinUNETR(nn.Module):
             with ``mirror_pair`` ``(2B, out_channels, X, Y, Z)``: rows ``:B`` for ``x``, rows
             ``B:`` for ``x_counterpart`` in the counterpart's own (flipped) layout.
         """
+        if self.counterpart_channels:
+            if mirror_pair:
+                raise ValueError("mirror_pair needs a network with pairing='mirror-pair', not counterpart_channels")
+            check_spatial_input(x, self.in_channels)
+            if x_counterpart is None or x_counterpart.shape != x.shape:
+                got = None if x_counterpart is None else tuple(x_counterpart.shape)
+                raise ValueError(f"counterpart_channels needs x_counterpart of x's shape {tuple(x.shape)}, got {got}")
+            return self.forward_head(self.forward_features(torch.cat([x, x_counterpart], dim=1)), None, return_attention)
         features, counterpart = encode_pair(self.forward_features, x, x_counterpart, self.counterpart_feature_indices,
                                             mirror_pair)
         return self.forward_head(features, counterpart, return_attention)

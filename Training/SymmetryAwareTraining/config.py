@@ -278,6 +278,11 @@ def check_config(config: RunConfig) -> None:
                  f"SASwinUNETR and SASwinClassifier, not of {m.name}")
             need(m.kwargs["pairing"] in PAIRINGS,
                  f"model.kwargs.pairing must be one of {', '.join(PAIRINGS)}, got {m.kwargs['pairing']!r}")
+        if m.kwargs.get("counterpart_channels"):
+            need(m.name == "SASwinUNETR", f"model.kwargs.counterpart_channels is a setting of SASwinUNETR, not of {m.name}")
+            need(m.kwargs.get("use_saca") is False and m.kwargs.get("pairing", "input") == "input",
+                 "model.kwargs.counterpart_channels (the counterpart as input channels) needs use_saca=false and "
+                 "pairing=input")
     need(1 <= d.batch_size <= 4096, f"data.batch_size must be at least 1, got {d.batch_size}")
     need(config.pretrain.input in PRETRAIN_INPUTS,
          f"pretrain.input must be one of {', '.join(PRETRAIN_INPUTS)}, got {config.pretrain.input!r}")

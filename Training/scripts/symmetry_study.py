@@ -58,6 +58,10 @@ ARMS: Dict[str, List[str]] = {
     # as the control's two crops are on average (0.9 of one crop in two), the others drawn
     # uniformly instead of mirrored; pair crops vs this arm is the mirror placement alone.
     "swin_unetr_fg45": ["model.kwargs.use_saca=false", "data.batch_size=2", "data.pos_fraction=0.45"],
+    # Thirteenth amendment: Swin UNETR's crops and batch, with each crop's mirrored counterpart
+    # as extra input channels (the mirror-difference baseline's information, a learned subtraction).
+    "swin_unetr_mirror_channels": ["model.kwargs.use_saca=false", "model.kwargs.counterpart_channels=true",
+                                   "data.batch_size=2"],
 }
 
 @dataclass(frozen=True)
@@ -390,7 +394,8 @@ def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]
     if cached.is_file():
         return json.loads(cached.read_text())
     network, _ = load_model(run / "model.json")
-    use_saca = bool(getattr(network, "saca", None) is not None)
+    # SACA and the counterpart-as-channels arm read the counterpart; plain Swin UNETR does not.
+    use_saca = bool(getattr(network, "saca", None) is not None or getattr(network, "counterpart_channels", False))
     scores = {}
     with torch.no_grad():
         for name, window in windows.items():
@@ -504,12 +509,18 @@ QUESTIONS = (
      "the mirror placement helps", "the mirror placement hurts"),
     ("the lesion share alone", "swin_unetr_fg45", "swin_unetr",
      "fewer lesion-centred crops help", "fewer lesion-centred crops hurt"),
+    # Thirteenth amendment: the counterpart handed over as input channels, crops equal.
+    ("the counterpart as input channels", "swin_unetr_mirror_channels", "swin_unetr",
+     "the counterpart as channels helps", "the counterpart as channels hurts"),
 )
 # Secondary comparisons: (arm, reference, which seeds: "all" or "first").
 SECONDARY = (("sa_swin_mirror_pair", "swin_unetr", "all"), ("sa_swin_input", "swin_unetr", "first"),
              ("swin_unetr_pair_crops", "swin_unetr", "all"), ("sa_swin_mirror_pair", "swin_unetr_pair_crops", "all"),
              ("sa_swin_input", "sa_swin_mirror_pair", "first"),
-             ("swin_unetr_pair_crops", "swin_unetr_fg45", "all"), ("swin_unetr_fg45", "swin_unetr", "all"))
+             ("swin_unetr_pair_crops", "swin_unetr_fg45", "all"), ("swin_unetr_fg45", "swin_unetr", "all"),
+             ("swin_unetr_mirror_channels", "swin_unetr", "all"),
+             ("swin_unetr_mirror_channels", "sa_swin_mirror_pair", "all"),
+             ("sa_swin_input", "swin_unetr_mirror_channels", "first"))
 
 
 SCORINGS = ("window", "scan")
@@ -713,7 +724,8 @@ def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = {"swin_unetr": "tab:blue", "sa_swin_mirror_pair": "tab:orange", "sa_swin_input": "tab:green",
-               "swin_unetr_pair_crops": "tab:purple", "swin_unetr_fg45": "tab:brown"}
+               "swin_unetr_pair_crops": "tab:purple", "swin_unetr_fg45": "tab:brown",
+               "swin_unetr_mirror_channels": "tab:red"}
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, curve in sorted(curves.items()):
         arm = name.rsplit("_n", 1)[0]

@@ -1,0 +1,165 @@
+"""The counterpart as input channels (``SASwinUNETR(counterpart_channels=True)``): a plain Swin
+UNETR whose encoder reads each crop stacked with its mirrored counterpart, the symmetry
+study's thirteenth-amendment arm. The network, its sliding window against a written-out
+reference, its card, its config and the study's scoring.
+
+Feature size 12, one block per stage, crops of 64 x 32 x 32: seconds on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import compute_importance_map
+
+from SymmetryAwareCore.errors import InputError
+from SymmetryAwareCore.geometry.mirror import extract_counterpart, flip_lr
+from SymmetryAwareCore.inference.sliding_window import mirror_paired_sliding_window
+from SymmetryAwareCore.inference.window_grid import window_starts
+from SymmetryAwareCore.models import SASwinUNETR
+from SymmetryAwareTraining.config import RunConfig, apply_overrides, check_config
+
+SMALL = dict(feature_size=12, depths=(1, 1, 1, 1))
+
+
+def _net(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return SASwinUNETR(2, 3, use_saca=False, counterpart_channels=True, **SMALL, **kwargs).eval()
+
+
+class CountingEncoder:
+    """The crops given to a network's Swin encoder."""
+
+    def __init__(self, net):
+        self.inputs = []
+        net.swinViT.register_forward_hook(lambda module, args, output: self.inputs.append(args[0].detach().clone()))
+
+    @property
+    def crops(self):
+        return sum(x.shape[0] for x in self.inputs)
+
+
+def test_the_encoder_reads_the_crop_then_its_counterpart_and_both_matter():
+    net = _net()
+    assert (net.in_channels, net.encoder_in_channels) == (2, 4)
+    assert net.counterpart_feature_indices == ()  # the head reads nothing from a second pass
+    g = torch.Generator().manual_seed(1)
+    x, c = torch.randn(1, 2, 64, 32, 32, generator=g), torch.randn(1, 2, 64, 32, 32, generator=g)
+    counter = CountingEncoder(net)
+    with torch.no_grad():
+        out = net(x, c)
+        other = net(x, torch.randn(1, 2, 64, 32, 32, generator=g))
+        direct = net.forward_head(net.forward_features(torch.cat([x, c], 1)))
+    assert out.shape == (1, 3, 64, 32, 32)
+    assert counter.inputs[0].shape == (1, 4, 64, 32, 32)  # one encoder call, counterpart on the channel axis
+    assert torch.equal(counter.inputs[0][:, :2], x) and torch.equal(counter.inputs[0][:, 2:], c)
+    torch.testing.assert_close(out, direct)
+    assert (out - other).abs().max() > 1e-4  # the counterpart changes the answer
+
+
+def test_bad_settings_and_inputs_are_value_errors():
+    with pytest.raises(ValueError, match="use_saca=False"):
+        SASwinUNETR(2, 3, counterpart_channels=True, **SMALL)  # SACA on by default
+    with pytest.raises(ValueError, match="pairing='input'"):
+        SASwinUNETR(2, 3, use_saca=False, counterpart_channels=True, pairing="mirror-pair", **SMALL)
+    net = _net()
+    x = torch.zeros(1, 2, 64, 32, 32)
+    with pytest.raises(ValueError, match="needs x_counterpart"):
+        net(x)
+    with pytest.raises(ValueError, match="needs x_counterpart"):
+        net(x, torch.zeros(1, 2, 32, 32, 32))
+    with pytest.raises(ValueError, match="mirror_pair"):
+        net(x, x, mirror_pair=True)
+    with pytest.raises(ValueError, match="channels"):
+        net(torch.zeros(1, 4, 64, 32, 32), torch.zeros(1, 4, 64, 32, 32))  # already stacked: refused
+
+
+def _reference(volume, net, roi, overlap):
+    """One ``net(window, its counterpart crop)`` per window, Gaussian blending."""
+    vol = torch.from_numpy(volume)
+    shape = tuple(vol.shape[1:])
+    importance = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=0.125, device="cpu").float()
+    out, weight = torch.zeros((3,) + shape), torch.zeros(shape)
+    for s in window_starts(shape, roi, overlap):
+        box = (slice(None),) + tuple(slice(a, a + r) for a, r in zip(s, roi))
+        with torch.no_grad():
+            out[box] += importance * net(vol[box][None], extract_counterpart(vol, s, roi, 1)[None])[0]
+        weight[box[1:]] += importance
+    return out / weight
+
+
+def test_sliding_window_is_the_reference_at_one_encoder_pass_per_window_and_left_stays_left():
+    net = _net(seed=2)
+    # Windows at x = 0, 32, 64: a mirror pair and a window on the plane; the volume is asymmetric.
+    volume = np.random.default_rng(0).standard_normal((2, 128, 32, 32)).astype(np.float32)
+    roi = (64, 32, 32)
+    counter = CountingEncoder(net)
+    with torch.no_grad():
+        result = mirror_paired_sliding_window(volume, net, roi, overlap=0.5, sw_batch_size=2)
+    assert result.n_windows == 3 and result.n_encoded == counter.crops == 3
+    torch.testing.assert_close(result.logits, _reference(volume, net, roi, 0.5), atol=1e-4, rtol=1e-4)
+    # Flip TTA: the flipped view of a window is the direct view of its mirror window in the
+    # flipped volume, flipped back, so the TTA result is the mean of the two plain runs (the
+    # Gaussian weights and the window grid are mirror-symmetric). Its own crop is a counterpart
+    # crop, stacked with that crop's counterpart, the window: 2 passes per window.
+    counter.inputs.clear()
+    with torch.no_grad():
+        tta = mirror_paired_sliding_window(volume, net, roi, overlap=0.5, sw_batch_size=2, tta_flip=True)
+        assert tta.n_encoded == counter.crops == 6
+        mirrored = mirror_paired_sliding_window(np.ascontiguousarray(volume[:, ::-1]), net, roi, 0.5, 2)
+    torch.testing.assert_close(tta.logits, (result.logits + flip_lr(mirrored.logits, 1)) / 2, atol=1e-4, rtol=1e-4)
+    assert (result.logits - flip_lr(mirrored.logits, 1)).abs().max() > 1e-3  # the network is not symmetric
+
+
+def test_the_setting_travels_in_the_model_card_and_is_checked(tmp_path):
+    from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, load_model, save_model
+
+    card = ModelCard(channels=[InputChannel("a"), InputChannel("b")], modality="mri")
+    path = save_model(_net(), tmp_path / "m.safetensors", card)
+    model, card = load_model(path)
+    assert model.counterpart_channels is True and card.kwargs["counterpart_channels"] is True
+    assert model.in_channels == len(card.channels) == 2 and model.encoder_in_channels == 4
+    path.write_text(path.read_text().replace('"counterpart_channels": true', '"counterpart_channels": "yes"'))
+    with pytest.raises(InputError, match="counterpart_channels"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.kwargs.counterpart_channels=true"], "use_saca=false"),
+    (["model.kwargs.use_saca=false", "model.kwargs.counterpart_channels=true", "model.kwargs.pairing=mirror-pair"],
+     "pairing=input"),
+    (["model.name=SASwinClassifier", "model.kwargs.counterpart_channels=true"], "setting of SASwinUNETR"),
+])
+def test_bad_configs_are_one_line_errors(overrides, words):
+    config = apply_overrides(RunConfig(), ["data.roi_size=[64, 64, 64]", "model.kwargs.feature_size=12", *overrides])
+    with pytest.raises(InputError, match=words):
+        check_config(config)
+
+
+def test_the_study_arm_is_swin_unetr_with_the_counterpart_and_is_scored_with_it(tmp_path):
+    from conftest import import_training_script
+    from SymmetryAwareCore.models.model_card import InputChannel, ModelCard, save_model
+
+    study = import_training_script("symmetry_study")
+    arm = dict(item.split("=") for item in study.ARMS["swin_unetr_mirror_channels"])
+    swin = dict(item.split("=") for item in study.ARMS["swin_unetr"])
+    assert arm.pop("model.kwargs.counterpart_channels") == "true" and arm == swin  # only the channels differ
+    check_config(apply_overrides(RunConfig(), ["data.roi_size=[64, 64, 64]", "model.kwargs.feature_size=12",
+                                               *study.ARMS["swin_unetr_mirror_channels"]]))
+    # score_run hands the window's counterpart to the network (without it the call fails).
+    run = tmp_path / "swin_unetr_mirror_channels_n8_s0"
+    run.mkdir()
+    torch.manual_seed(0)
+    net = SASwinUNETR(1, 3, use_saca=False, counterpart_channels=True, **SMALL)
+    save_model(net, run / "model.safetensors", ModelCard(channels=[InputChannel("flair")], modality="mri"))
+    rng = np.random.default_rng(0)
+    label = np.zeros((64, 64, 64), np.uint8)
+    label[20:30, 20:30, 20:30] = 2
+    windows = {"case": {"image": rng.standard_normal((1, 64, 64, 64)).astype(np.float32),
+                        "counterpart": rng.standard_normal((1, 64, 64, 64)).astype(np.float32), "label": label}}
+    scores = study.score_run(run, windows)
+    assert set(scores["case"]) == {"TC", "WT", "ET"}
+    assert json.loads((run / "study_scores.json").read_text()) == scores
