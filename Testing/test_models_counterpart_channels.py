@@ -46,6 +46,9 @@ def test_the_encoder_reads_the_crop_then_its_counterpart_and_both_matter():
     net = _net()
     assert (net.in_channels, net.encoder_in_channels) == (2, 4)
     assert net.counterpart_feature_indices == ()  # the head reads nothing from a second pass
+    assert net.counterpart_use == "input channels"
+    assert SASwinUNETR(2, 3, **SMALL).counterpart_use == "saca"
+    assert SASwinUNETR(2, 3, use_saca=False, **SMALL).counterpart_use == "none"
     g = torch.Generator().manual_seed(1)
     x, c = torch.randn(1, 2, 64, 32, 32, generator=g), torch.randn(1, 2, 64, 32, 32, generator=g)
     counter = CountingEncoder(net)
@@ -163,3 +166,54 @@ def test_the_study_arm_is_swin_unetr_with_the_counterpart_and_is_scored_with_it(
     scores = study.score_run(run, windows)
     assert set(scores["case"]) == {"TC", "WT", "ET"}
     assert json.loads((run / "study_scores.json").read_text()) == scores
+
+
+class MirrorDifferenceNet(torch.nn.Module):
+    """A transparent stand-in with ``counterpart_channels``: lesion wherever the crop's z-scored
+    FLAIR exceeds its counterpart's by more than 1.5 (the voxel mirror-difference score as a
+    network). A slip in which crop is stacked with which, or a counterpart from the wrong side,
+    puts the lesion in the other hemisphere or nowhere."""
+
+    use_saca, counterpart_channels, counterpart_use = False, True, "input channels"
+    counterpart_feature_indices = ()
+
+    def forward_features(self, x):
+        assert x.shape[1] == 8  # 4 channels of the crop, then 4 of its counterpart
+        return [x]
+
+    def forward_head(self, features, features_counterpart=None, return_attention=False):
+        x = features[0]
+        return (8.0 * (x[:, 3:4] - x[:, 7:8] - 1.5)).repeat(1, 3, 1, 1, 1)
+
+
+def test_segment_with_the_counterpart_as_channels_lands_on_the_lesion_side(tmp_path):
+    import nibabel as nib
+
+    from SymmetryAwareCore.inference.model_source import LoadedModel, standin_card
+    from SymmetryAwareCore.inference.pipeline import OUTPUT_FILES, SegmentOptions, segment_case
+    from SymmetryAwareCore.io.writers import write_nifti
+    from SymmetryAwareCore.phantoms import make_subject
+
+    phantom = make_subject(7, "glioma", "mri", spacing=3.0, orientation="LPS")  # tilted, stored LPS
+    paths = []
+    for c, name in enumerate(phantom.image.channel_names):
+        paths.append(tmp_path / "in" / f"p007_{name}.nii.gz")
+        paths[-1].parent.mkdir(exist_ok=True)
+        write_nifti(phantom.image.channel(c), paths[-1])
+    card = standin_card()
+    card.preprocessing = {"spacing": [3.0] * 3, "roi_size": [64, 64, 64], "normalisation": "zscore-nonzero"}
+    segment_case(paths, tmp_path / "out", LoadedModel(MirrorDifferenceNet(), card, "test"),
+                 SegmentOptions(device="cpu", overlap=0.25, overview=False))
+    seg = nib.load(str(tmp_path / "out" / "p007" / OUTPUT_FILES["labelmap"]))
+    np.testing.assert_allclose(seg.affine, phantom.label.affine, atol=1e-5)
+    predicted = np.asarray(seg.dataobj) > 0
+    truth = np.isin(phantom.label.array, (1, 2, 4))
+    assert 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum()) > 0.5
+    plane = phantom.info["true_plane"]
+    n, p = np.asarray(plane["normal_ras"]), np.asarray(plane["point_ras"])
+    side = np.sign((phantom.label.voxel_to_world(np.argwhere(predicted)) - p) @ n)
+    truth_side = np.sign(np.mean((phantom.label.voxel_to_world(np.argwhere(truth)) - p) @ n))
+    assert truth_side != 0 and np.mean(side == truth_side) > 0.95  # left stays left, no mirror image
+    report = json.loads((tmp_path / "out" / "p007" / "report.json").read_text())
+    assert report["inference"]["counterpart"] == "input channels"
+    assert report["inference"]["encoded_crops"] == report["inference"]["windows"]

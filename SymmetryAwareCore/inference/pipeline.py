@@ -702,6 +702,8 @@ def write_case_outputs(
                     "windows": prediction.n_windows,
                     "encoded_crops": prediction.n_encoded,
                     "pairing": str(getattr(model.network, "pairing", "input")),
+                    # SACA, input channels or none (SASwinUNETR.counterpart_use); None for a network that does not say.
+                    "counterpart": getattr(model.network, "counterpart_use", None),
                     "brain_box": [[s.start, s.stop] for s in box],
                     "labels_decided_on": "input grid (probabilities resampled linearly from the frame, then thresholded)",
                     "threshold": effective_threshold(card, options.threshold),

@@ -188,6 +188,12 @@ class SASwinUNETR(nn.Module):
         return self.saca is not None
 
     @property
+    def counterpart_use(self) -> str:
+        """How the network reads the mirrored counterpart: ``"saca"`` (cross-attention),
+        ``"input channels"`` (:attr:`counterpart_channels`) or ``"none"`` (plain Swin UNETR)."""
+        return "saca" if self.saca is not None else "input channels" if self.counterpart_channels else "none"
+
+    @property
     def saca_stages(self) -> Tuple[int, ...]:
         return () if self.saca is None else tuple(int(k[len("stage"):]) for k in self.saca.keys())
 
