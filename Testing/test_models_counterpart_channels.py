@@ -217,3 +217,37 @@ def test_segment_with_the_counterpart_as_channels_lands_on_the_lesion_side(tmp_p
     report = json.loads((tmp_path / "out" / "p007" / "report.json").read_text())
     assert report["inference"]["counterpart"] == "input channels"
     assert report["inference"]["encoded_crops"] == report["inference"]["windows"]
+
+
+def test_the_promptable_network_refuses_the_setting_and_a_counterpart_channels_init(tmp_path):
+    from safetensors.torch import save_file
+
+    from SymmetryAwareCore.models.promptable import PromptableSASwinUNETR
+    from SymmetryAwareTraining.tasks import channel_adapter, load_init_weights
+
+    with pytest.raises(ValueError, match="counterpart_channels"):
+        PromptableSASwinUNETR(1, use_saca=False, counterpart_channels=True, **SMALL)
+    with pytest.raises(ValueError, match="True or False"):
+        SASwinUNETR(1, 3, use_saca=False, counterpart_channels="false", **SMALL)
+    # One image channel: the checkpoint reads 2 (image, counterpart), the promptable network
+    # 1 + 3 guidance. Widening would put the counterpart's weights on the positive clicks.
+    torch.manual_seed(0)
+    checkpoint = SASwinUNETR(1, 3, use_saca=False, counterpart_channels=True, **SMALL)
+    save_file({k: v.contiguous() for k, v in checkpoint.state_dict().items()}, str(tmp_path / "c.safetensors"))
+    net = PromptableSASwinUNETR(1, use_saca=False, **SMALL)
+    with pytest.raises(InputError, match="reads 2 input channels, the network's image has 1"):
+        load_init_weights(net, str(tmp_path / "c.safetensors"), adapt=channel_adapter([1], net.in_channels),
+                          log=lambda _: None)
+    plain = SASwinUNETR(1, 3, use_saca=False, **SMALL)
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp_path / "p.safetensors"))
+    counts = load_init_weights(net, str(tmp_path / "p.safetensors"), adapt=channel_adapter([1], net.in_channels),
+                               log=lambda _: None)
+    assert counts["adapted"] > 0  # an image-only checkpoint is still widened
+
+
+@pytest.mark.parametrize("flag", ["use_saca", "counterpart_channels"])
+def test_a_flag_given_as_a_string_is_a_config_error(flag):
+    config = apply_overrides(RunConfig(), ["data.roi_size=[64, 64, 64]", "model.kwargs.feature_size=12"])
+    config.model.kwargs[flag] = "false"  # a YAML string, not a boolean: would mean True
+    with pytest.raises(InputError, match=f"model.kwargs.{flag} must be true or false"):
+        check_config(config)

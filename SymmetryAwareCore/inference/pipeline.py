@@ -73,7 +73,8 @@ class SegmentOptions:
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
         overlap: sliding-window overlap in ``[0, 1)``.
         sw_batch_size: windows per forward pass (halved on GPU out-of-memory).
-        tta: average with the left-right flipped prediction (costs decoder passes only).
+        tta: average with the left-right flipped prediction (decoder passes only with SACA;
+            twice the encoder passes without, see :mod:`.sliding_window`).
         amp: ``"auto"``, ``"off"``, ``"float16"``, ``"bfloat16"``.
         require_head: refuse a scan that the head check says is not a head (else a warning).
         msp_on_failure: ``"error"`` refuses a scan whose plane cannot be found; ``"axes"``

@@ -200,7 +200,8 @@ def mirror_paired_sliding_window(
             build the mirror-focus map.
         progress: called as ``progress(done_windows, total_windows)`` after each window.
         tta_flip: average with the prediction on the left-right flipped volume, flipped
-            back (costs head work only, see the module docstring).
+            back (head work only for a network with SACA; twice the encoder passes for one
+            without SACA or with ``counterpart_channels``: see the module docstring).
         sigma_scale: Gaussian sigma as a fraction of the window size.
         pad_value: value of the padding added to volumes smaller than the window.
         attention_radius: token neighbourhood of the mirror position counted as "mirror"

@@ -62,6 +62,9 @@ class PromptableSASwinUNETR(SASwinUNETR):
         if image_channels <= 0 or guidance_channels < 0:
             raise ValueError(f"image_channels must be positive and guidance_channels >= 0, got "
                              f"{image_channels}, {guidance_channels}")
+        if kwargs.get("counterpart_channels"):
+            # Its encoder reads image + guidance; a stacked counterpart would need its own channels.
+            raise ValueError("PromptableSASwinUNETR does not take counterpart_channels")
         super().__init__(in_channels=image_channels + guidance_channels, out_channels=out_channels, **kwargs)
         self.init_kwargs = {"image_channels": image_channels, "guidance_channels": guidance_channels,
                             "out_channels": out_channels, **{k: v for k, v in self.init_kwargs.items()

@@ -141,6 +141,8 @@ class SASwinUNETR(nn.Module):
             raise ValueError(f"out_channels must be positive, got {out_channels}")
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        if not isinstance(counterpart_channels, bool):
+            raise ValueError(f"counterpart_channels must be True or False, got {counterpart_channels!r}")
         if counterpart_channels and (use_saca or pairing != "input"):
             raise ValueError("counterpart_channels gives the counterpart as input channels: it needs use_saca=False "
                              f"and pairing='input', got use_saca={use_saca}, pairing={pairing!r}")

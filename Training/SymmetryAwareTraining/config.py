@@ -278,6 +278,9 @@ def check_config(config: RunConfig) -> None:
                  f"SASwinUNETR and SASwinClassifier, not of {m.name}")
             need(m.kwargs["pairing"] in PAIRINGS,
                  f"model.kwargs.pairing must be one of {', '.join(PAIRINGS)}, got {m.kwargs['pairing']!r}")
+        for flag in ("use_saca", "counterpart_channels"):  # "false" as a string would be True
+            need(isinstance(m.kwargs.get(flag, False), bool),
+                 f"model.kwargs.{flag} must be true or false, got {m.kwargs.get(flag)!r}")
         if m.kwargs.get("counterpart_channels"):
             need(m.name == "SASwinUNETR", f"model.kwargs.counterpart_channels is a setting of SASwinUNETR, not of {m.name}")
             need(m.kwargs.get("use_saca") is False and m.kwargs.get("pairing", "input") == "input",

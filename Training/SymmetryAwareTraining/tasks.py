@@ -64,7 +64,7 @@ _REQUIRED_PREFIXES = ("swinViT.", "saca.")
 pretraining trains. Decoders and heads may be fresh."""
 
 
-def channel_adapter(output_channels: Optional[Sequence[int]] = None) -> Callable:
+def channel_adapter(output_channels: Optional[Sequence[int]] = None, image_channels: Optional[int] = None) -> Callable:
     """An ``adapt`` for :func:`load_init_weights` when the new network has more INPUT channels
     and/or fewer OUTPUT channels than the checkpoint's (e.g. the promptable SA-Swin from the
     automatic glioma model).
@@ -77,6 +77,9 @@ def channel_adapter(output_channels: Optional[Sequence[int]] = None) -> Callable
       checkpoint's channels ``output_channels`` in that order (e.g. ``[1]``: WT of TC, WT, ET).
 
     Anything else is returned unchanged (and reported by the loader if it does not fit).
+    ``image_channels``: the model's image channels, which the checkpoint's inputs must be. A
+    checkpoint whose input convolution reads more (a model given the counterpart as input
+    channels) is refused: its extra channels' weights would land on the guidance channels.
     """
 
     def adapt(key: str, value, own):
@@ -84,6 +87,10 @@ def channel_adapter(output_channels: Optional[Sequence[int]] = None) -> Callable
 
         if value.ndim == own.ndim >= 2 and value.shape[1] < own.shape[1] and value.shape[0] == own.shape[0] \
                 and value.shape[2:] == own.shape[2:]:
+            if image_channels is not None and value.shape[1] != image_channels:
+                raise InputError(f"the init checkpoint's {key} reads {value.shape[1]} input channels, the network's "
+                                 f"image has {image_channels}: only a checkpoint whose inputs are the image channels "
+                                 "(not, e.g., a model given the counterpart as input channels) can be widened")
             out = torch.zeros_like(own, dtype=value.dtype)
             out[:, : value.shape[1]] = value
             return out
@@ -631,7 +638,7 @@ class InteractiveSegmentationTask(SegmentationTask):
         if self.config.model.init_checkpoint:
             channels = self.config.interactive.init_output_channels or None
             load_init_weights(model, self.config.model.init_checkpoint, self.config.model.init_allow_partial,
-                              adapt=channel_adapter(channels))
+                              adapt=channel_adapter(channels, model.in_channels))
         return model
 
     def card_metadata(self) -> Dict[str, Any]:

@@ -31,7 +31,8 @@ def _saca_text(network) -> str:
     """Where the network has SACA, in words: the attention maps come from the finest stage."""
     stages = list(getattr(network, "saca_stages", ()))
     if not stages:
-        return "no SACA"
+        return "no SACA; the mirrored counterpart as input channels" if getattr(network, "counterpart_channels", False) \
+            else "no SACA"
     if stages == [4]:
         return "SACA at the bottleneck"
     names = ", ".join(str(s) for s in stages[:-1]) + f" and {stages[-1]}" if len(stages) > 1 else str(stages[0])

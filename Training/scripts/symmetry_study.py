@@ -759,7 +759,7 @@ def markdown(results: dict) -> List[str]:
         lines.append("")
     lines += [f"Verdict (decision rule): **{results['verdict']}**", ""]
     if results.get("questions"):
-        lines += ["Third amendment's questions (same primary set and rule): arm - reference.", "",
+        lines += ["The amendments' questions (same primary set and rule): arm - reference.", "",
                   "| question | labelled | cases | seeds | arm | reference | difference [95 % CI] | per seed | answer |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for q in results["questions"]:
