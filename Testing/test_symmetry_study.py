@@ -418,3 +418,28 @@ def test_a_malformed_datalist_is_one_line(study, tmp_path, capsys, text):
     assert study.main(["report", "--datalist", str(bad), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_report_scores_only_the_arms_asked_for(study, tmp_path):
+    import yaml
+
+    from SymmetryAwareCore.errors import InputError
+
+    assert study.arm_of(study.run_name("swin_unetr_mirror_channels", 16, 2)) == "swin_unetr_mirror_channels"
+    folder = tmp_path / "study15n4"
+    folder.mkdir()
+    n4 = folder / "datalist.json"
+    # One training case and no held-out one: nothing to score, only the runs to read.
+    n4.write_text(json.dumps({"design": "n4", "channels": ["t1", "t1ce", "t2", "flair"], "training": [{"name": "x", "image": [f"x_{c}.nii.gz" for c in ("t1", "t1ce", "t2", "flair")],
+                                                              "label": "x_label.nii.gz", "fold": 1}]}))
+    # A finished run that would be refused (another design's) shows which runs the report reads.
+    run = tmp_path / "runs" / study.run_name("swin_unetr_pair_crops", 8, 0)
+    run.mkdir(parents=True)
+    (run / "model.json").write_text("{}")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": "datasets/study15/datalist.json",
+                                                              "bias_correction": "none"}}))
+    with pytest.raises(InputError, match="trained on datasets/study15/datalist.json"):
+        study.report(n4, tmp_path / "runs", "", [8], [0], workers=1)
+    results = study.report(n4, tmp_path / "runs", "", [8], [0], workers=1,
+                           arms=["swin_unetr", "swin_unetr_mirror_channels"])
+    assert results["runs"] == {}

@@ -244,6 +244,11 @@ def size_of(name: str) -> int:
     return int(name.rsplit("_n", 1)[1].split("_s")[0])
 
 
+def arm_of(name: str) -> str:
+    """The arm in a run's name (:func:`run_name`)."""
+    return name.rsplit("_n", 1)[0]
+
+
 def seed_of(name: str) -> int:
     """The seed in a run's name (:func:`run_name`)."""
     return int(name.rsplit("_s", 1)[1])
@@ -535,7 +540,7 @@ def case_group(entry: dict) -> str:
 
 
 def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2,
-           scoring: str = "window", cases: str = "all") -> dict:
+           scoring: str = "window", cases: str = "all", arms: Optional[Sequence[str]] = None) -> dict:
     """Score every finished run of ``sizes`` and apply the decision rule.
 
     ``scoring``: ``"window"`` (the design: one lesion-centred 64^3 window per case, written
@@ -543,6 +548,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     box through the core's engine, written to ``results_scan.json`` / ``results_scan.md``).
     ``cases``: ``"all"`` held-out cases, or ``"primary"``, the decision rule's 40 cases only
     (sixth amendment: what whole-scan scoring could afford; files get a ``_primary`` suffix).
+    ``arms``: score only these arms' runs (None: every arm; fifteenth amendment, whole scans
+    of two arms); a comparison whose arm is left out reads "incomplete".
     """
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
@@ -573,7 +580,8 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     # The baselines first: a mistake in them shows before the runs are scored.
     baselines = window_baselines(_WINDOWS, channels) if scoring == "window" else None
     finished = [run for run in sorted(output.glob("*_n*_s*")) if (run / "model.json").is_file()]
-    finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds]
+    finished = [run for run in finished if size_of(run.name) in sizes and seed_of(run.name) in seeds
+                and (arms is None or arm_of(run.name) in arms)]
     for run in finished:
         check_run(run, datalist)
     from multiprocessing import get_context
@@ -728,7 +736,7 @@ def plot_curves(curves: Dict[str, Dict[int, float]], path: Path) -> None:
                "swin_unetr_mirror_channels": "tab:red"}
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, curve in sorted(curves.items()):
-        arm = name.rsplit("_n", 1)[0]
+        arm = arm_of(name)
         steps = sorted(curve)
         axis.plot(steps, [curve[k] for k in steps], color=colours.get(arm, "grey"), alpha=0.8,
                   label=arm if name.endswith("_s0") else None)
@@ -837,6 +845,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--sizes", type=int, nargs="+", default=[8, 32])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--workers", type=int, default=2, help="runs scored in parallel")
+    r.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="score only these arms' runs")
     r.add_argument("--scoring", choices=SCORINGS, default="window",
                    help="window: one lesion-centred window per case (the design); scan: the whole case (fifth amendment)")
     r.add_argument("--cases", choices=CASE_SETS, default="all",
@@ -873,7 +882,7 @@ def _run(a: argparse.Namespace) -> None:
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
-        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers, a.scoring, a.cases)
+        report(a.datalist, a.output, a.cache_dir, a.sizes, a.seeds, a.workers, a.scoring, a.cases, a.arms)
 
 
 if __name__ == "__main__":
