@@ -400,13 +400,13 @@ def score_run(run: Path, windows: Dict[str, dict]) -> Dict[str, Dict[str, float]
         return json.loads(cached.read_text())
     network, _ = load_model(run / "model.json")
     # SACA and the counterpart-as-channels arm read the counterpart; plain Swin UNETR does not.
-    use_saca = bool(getattr(network, "saca", None) is not None or getattr(network, "counterpart_channels", False))
+    reads_counterpart = getattr(network, "counterpart_use", "none") != "none"
     scores = {}
     with torch.no_grad():
         for name, window in windows.items():
             x = torch.from_numpy(window["image"])[None]
             c = torch.from_numpy(window["counterpart"])[None]
-            logits = network(x, c) if use_saca else network(x)
+            logits = network(x, c) if reads_counterpart else network(x)
             pred = (torch.sigmoid(logits[0]) > 0.5).numpy()  # (3, X, Y, Z): TC, WT, ET
             truth = labels_to_regions(window["label"].astype(np.int64))
             scores[name] = {region: dice_score(pred[k], truth[k]) for k, region in enumerate(("TC", "WT", "ET"))}
