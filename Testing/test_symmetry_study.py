@@ -443,3 +443,64 @@ def test_report_scores_only_the_arms_asked_for(study, tmp_path):
     results = study.report(n4, tmp_path / "runs", "", [8], [0], workers=1,
                            arms=["swin_unetr", "swin_unetr_mirror_channels"])
     assert results["runs"] == {}
+
+
+def test_compare_budgets_pairs_each_arm_with_its_own_shorter_runs(study):
+    """Sixteenth amendment: the longer runs minus the same arm's shorter runs, seed by seed."""
+    group_of = {"a": "unilateral c0.1", "b": "unilateral c0.1", "c": "bilateral c0.15"}
+
+    def runs(arm, wt_by_seed):
+        return {study.run_name(arm, 8, seed): {n: {"WT": wt + (0.1 if n == "c" else 0.0), "TC": 0.5, "ET": 0.5}
+                                              for n in group_of}
+                for seed, wt in wt_by_seed.items()}
+
+    longer = {**runs("swin_unetr", {0: 0.8, 1: 0.6}), **runs("swin_unetr_mirror_channels", {0: 0.7, 1: 0.7})}
+    shorter = {**runs("swin_unetr", {0: 0.5, 1: 0.7}), **runs("swin_unetr_mirror_channels", {0: 0.7})}
+    rows = study.compare_budgets(longer, shorter, group_of, ["swin_unetr", "swin_unetr_mirror_channels"], 8,
+                                 [0, 1], ["unilateral c0.1"])
+    # The channel arm lacks its seed-1 shorter run: left out, not compared on one seed.
+    assert {r["arm"] for r in rows} == {"swin_unetr"}
+    wt = {r["set"]: r for r in rows if r["region"] == "WT"}
+    assert set(wt) == {"all held-out", "primary", "unilateral c0.1", "bilateral c0.15"}
+    assert wt["primary"]["cases"] == 2 and wt["all held-out"]["cases"] == 3
+    assert wt["primary"]["per_seed"] == pytest.approx([0.3, -0.1])
+    assert wt["primary"]["difference"] == pytest.approx(0.1)
+    assert wt["bilateral c0.15"]["longer"] == pytest.approx(0.8) and wt["bilateral c0.15"]["shorter"] == pytest.approx(0.7)
+    assert all(r["difference"] == pytest.approx(0.0) for r in rows if r["region"] != "WT")
+
+
+def test_still_falling_compares_window_means_not_points(study):
+    falling = {k: 1.0 - k / 400 for k in range(10, 310, 10)}
+    assert study.still_falling(falling) is True
+    period = (0.25, 0.5, 0.375, 0.125, 0.25)  # noisy points; every 50-step window holds one period
+    flat = {k: period[(k // 10) % 5] for k in range(10, 310, 10)}
+    assert study.still_falling(flat) is False
+    assert study.still_falling({}) is None and study.still_falling({10: 1.0}) is None
+
+
+def test_budgets_refuses_unscored_runs_with_one_line(study, tmp_path, capsys):
+    datalist = tmp_path / "study15n4" / "datalist.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps({"design": "n4", "training": [
+        {"name": "study_0000", "fold": 0, "scenario": "unilateral", "lesion_contrast": 0.1, "image": ["t1.nii.gz"], "label": "seg.nii.gz"}]}))
+    longer, shorter = tmp_path / "long", tmp_path / "short"
+    for folder in (longer, shorter):
+        run = folder / study.run_name("swin_unetr", 8, 0)
+        run.mkdir(parents=True)
+        (run / "model.json").write_text("{}")
+        (run / "summary.json").write_text(json.dumps({"steps": 150}))
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": str(datalist), "bias_correction": "n4"}}))
+    code = study.main(["budgets", "--datalist", str(datalist), "--output", str(longer), "--reference", str(shorter),
+                       "--seeds", "0", "--arms", "swin_unetr"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "run has no window scores" in err and "\n" not in err
+    # Once both folders' runs are scored, the table is written beside the longer runs.
+    for folder, wt in ((longer, 0.75), (shorter, 0.5)):
+        run = folder / study.run_name("swin_unetr", 8, 0)
+        (run / "study_scores.json").write_text(json.dumps({"study_0000": {"WT": wt, "TC": 0.5, "ET": 0.25}}))
+    (longer / study.run_name("swin_unetr", 8, 0) / "summary.json").write_text(json.dumps({"steps": 300}))
+    assert study.main(["budgets", "--datalist", str(datalist), "--output", str(longer), "--reference", str(shorter),
+                       "--seeds", "0", "--arms", "swin_unetr"]) == 0
+    table = (longer / "budgets.md").read_text()
+    assert "| swin_unetr | primary | 1 | WT | 0.750 | 0.500 | +0.250" in table
+    assert "| swin_unetr_n8_s0 | 150 / 300 |" in table

@@ -11,7 +11,8 @@ Three steps, each resumable:
             confidence intervals, and the decision rule applied; writes results.json/.md.
 
 (``prepare`` fills the prepared-case store the runs share; ``crops`` describes what each
-arm's training crops hold, ninth amendment.)
+arm's training crops hold, ninth amendment; ``budgets`` sets each arm's runs trained for more
+steps, in another folder, against its own shorter runs, sixteenth amendment.)
 
     python Training/scripts/symmetry_study.py data --output datasets/study15 --workers 2
     python Training/scripts/symmetry_study.py train --datalist datasets/study15/datalist.json \
@@ -691,6 +692,106 @@ def summarise(runs: Dict[str, dict], group_of: Dict[str, str], sizes, seeds, cas
     return results
 
 
+def compare_budgets(longer: Dict[str, dict], shorter: Dict[str, dict], group_of: Dict[str, str], arms,
+                    size: int, seeds, primary_groups: Sequence[str]) -> List[dict]:
+    """Each arm's longer-trained runs against its own shorter-trained runs at the same seeds
+    (sixteenth amendment, descriptive): what more steps bought an arm.
+
+    ``longer`` / ``shorter``: run name -> ``{case: {region: Dice}}`` (the runs' cached scores,
+    one folder each); ``group_of``: every scored case -> its held-out group. Rows per arm,
+    case set (every case, the primary set, each group) and region: both means, the paired
+    bootstrap of the per-case difference (mean over seeds, longer minus shorter) and the
+    per-seed means. An arm lacking a run at one of ``seeds`` in either folder is left out.
+    Pure: no file is read or written.
+    """
+    names = sorted(group_of)
+    sets = [("all held-out", names), ("primary", [n for n in names if group_of[n] in primary_groups])]
+    sets += [(g, [n for n in names if group_of[n] == g]) for g in sorted(set(group_of.values()))]
+    rows = []
+    for arm in arms:
+        keys = [run_name(arm, size, seed) for seed in seeds]
+        if not all(k in longer and k in shorter for k in keys):
+            continue
+        for set_name, subset in sets:
+            for region in REGIONS:
+                a = np.asarray([[longer[k][n][region] for n in subset] for k in keys])  # (seeds, cases)
+                b = np.asarray([[shorter[k][n][region] for n in subset] for k in keys])
+                mean, low, high = paired_bootstrap(a.mean(0) - b.mean(0))
+                rows.append({"arm": arm, "set": set_name, "cases": len(subset), "region": region,
+                             "longer": float(a.mean()), "shorter": float(b.mean()), "difference": mean,
+                             "low": low, "high": high, "per_seed": [float(d) for d in (a - b).mean(1)]})
+    return rows
+
+
+def still_falling(curve: Dict[int, float], window: int = 50) -> Optional[bool]:
+    """Whether a run's logged training loss still falls at its end (sixteenth amendment,
+    descriptive): the mean of the losses logged in the last ``window`` steps below the mean of
+    those in the ``window`` steps before. Each logged value is one step's loss (2 crops), so
+    a window's mean, not a point, is compared. None when either window is empty."""
+    if not curve:
+        return None
+    last = max(curve)
+    tail = [v for k, v in curve.items() if last - window < k <= last]
+    before = [v for k, v in curve.items() if last - 2 * window < k <= last - window]
+    if not tail or not before:
+        return None
+    return float(np.mean(tail)) < float(np.mean(before))
+
+
+def budgets(datalist: Path, output: Path, reference: Path, size: int, seeds, arms=None) -> List[str]:
+    """The ``budgets`` command: :func:`compare_budgets` of ``output``'s runs (the longer budget)
+    against ``reference``'s, from the window scores that ``report`` cached in each run, and
+    each run's loss at the shorter budget's last step and its own. Written to
+    ``<output>/budgets.md`` and returned as lines."""
+    from SymmetryAwareCore.errors import InputError
+    from SymmetryAwareTraining.datalist import load_datalist
+
+    held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+    group_of = {e["name"]: case_group(e) for e in held}
+    arms = list(arms or ARMS)
+    scores, steps = {}, {}
+    for folder in (output, reference):
+        scores[folder] = {}
+        for arm in arms:
+            for seed in seeds:
+                run = folder / run_name(arm, size, seed)
+                if not (run / "model.json").is_file():
+                    continue
+                check_run(run, datalist)
+                cached = run / "study_scores.json"
+                if not cached.is_file():
+                    raise InputError("run has no window scores: run 'report' on its folder first", run)
+                scores[folder][run.name] = json.loads(cached.read_text())
+                steps[(folder, run.name)] = int(json.loads((run / "summary.json").read_text()).get("steps", 0))
+    rows = compare_budgets(scores[output], scores[reference], group_of, arms, size, seeds,
+                           design_of(datalist).primary_groups)
+    if not rows:
+        raise InputError(f"no arm has runs at size {size}, seeds {', '.join(map(str, seeds))} in both folders", reference)
+    lines = [f"Each arm's runs in {output} minus its own runs in {reference}: label size {size}, seeds "
+             f"{', '.join(map(str, seeds))}, Dice in the window, mean over seeds per case, 95 % paired bootstrap "
+             "over cases.", "",
+             "| arm | set | cases | region | longer | shorter | difference [95 % CI] | per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['set']} | {r['cases']} | {r['region']} | {r['longer']:.3f} | "
+                     f"{r['shorter']:.3f} | {r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
+                     + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + " |")
+    lines += ["", "| run | steps (shorter / longer) | loss at the shorter's last step / mean of the longer's last 50 "
+              "| still falling at the end (longer run) |", "|---|---|---|---|"]
+    for name in sorted(scores[output]):
+        if name not in scores[reference]:
+            continue
+        short, long_ = steps[(reference, name)], steps[(output, name)]
+        curve = loss_curve(output / name)
+        at = f"{curve[short]:.3f}" if short in curve else "-"
+        tail = [v for k, v in curve.items() if k > max(curve, default=0) - 50]
+        falling = still_falling(curve)
+        lines.append(f"| {name} | {short} / {long_} | {at} / {np.mean(tail) if tail else float('nan'):.3f} | "
+                     + ("-" if falling is None else "yes" if falling else "no") + " |")
+    (output / "budgets.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
+
+
 def summarise_baselines(per_case: Dict[str, dict], group_of: Dict[str, str], everything: str = "all held-out") -> Dict[str, dict]:
     """Mean voxel AUC of each non-learned score per held-out group and over all cases scored
     (row ``everything``; NaN windows left out), with the number of windows that count."""
@@ -718,6 +819,8 @@ def loss_curve(run: Path) -> Dict[int, float]:
     """The run's training loss by step (its TensorBoard events, written every ``log_every`` steps)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not (run / "tensorboard").is_dir():  # a run trained without its events: no curve, not a crash
+        return {}
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     if "train/loss" not in events.Tags().get("scalars", []):
@@ -850,6 +953,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="window: one lesion-centred window per case (the design); scan: the whole case (fifth amendment)")
     r.add_argument("--cases", choices=CASE_SETS, default="all",
                    help="all held-out cases, or the decision rule's primary set only (sixth amendment)")
+    b = sub.add_parser("budgets", help="each arm's longer runs against its shorter runs (sixteenth amendment)")
+    b.add_argument("--datalist", type=Path, required=True)
+    b.add_argument("--output", type=Path, required=True, help="the folder of the longer runs")
+    b.add_argument("--reference", type=Path, required=True, help="the folder of the shorter runs")
+    b.add_argument("--size", type=int, default=8)
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--arms", nargs="+", default=None, choices=list(ARMS))
     a = parser.parse_args(argv)
     from SymmetryAwareCore.errors import InputError
 
@@ -879,6 +989,8 @@ def _run(a: argparse.Namespace) -> None:
             for which, h in (("all", e), ("counterparts", e["counterparts"])):
                 if h:
                     print(f"| {arm} | {which} | {h['crops']} | {h['with_lesion']:.2f} | {h['lesion_fraction']:.4f} |")
+    elif a.command == "budgets":
+        print("\n".join(budgets(a.datalist, a.output, a.reference, a.size, a.seeds, a.arms)))
     elif a.command == "train":
         train_all(a.datalist, a.output, a.arms, a.sizes, a.seeds, a.input_seeds, a.steps, a.shard, a.cache_dir)
     else:
