@@ -472,35 +472,60 @@ def test_compare_budgets_pairs_each_arm_with_its_own_shorter_runs(study):
 def test_still_falling_compares_window_means_not_points(study):
     falling = {k: 1.0 - k / 400 for k in range(10, 310, 10)}
     assert study.still_falling(falling) is True
-    period = (0.25, 0.5, 0.375, 0.125, 0.25)  # noisy points; every 50-step window holds one period
-    flat = {k: period[(k // 10) % 5] for k in range(10, 310, 10)}
-    assert study.still_falling(flat) is False
+    # The last point is below the point 50 steps before, but the two windows' means are equal.
+    flat = {k: v for k, v in zip(range(10, 310, 10), [0.5] * 20 + [0.25, 0.5, 0.375, 0.125, 0.25,
+                                                                  0.5, 0.375, 0.25, 0.25, 0.125])}
+    assert flat[300] < flat[250] and study.still_falling(flat) is False
+    assert study.still_falling({**falling, 280: float("nan")}) is None  # diverged: not read as flat
     assert study.still_falling({}) is None and study.still_falling({10: 1.0}) is None
 
 
-def test_budgets_refuses_unscored_runs_with_one_line(study, tmp_path, capsys):
+def _fake_run(study, folder, datalist, steps, wt=None, losses=()):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = folder / study.run_name("swin_unetr", 8, 0)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "model.json").write_text("{}")
+    (run / "summary.json").write_text(json.dumps({"steps": steps}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": str(datalist), "bias_correction": "n4"}}))
+    if wt is not None:
+        (run / "study_scores.json").write_text(json.dumps({"study_0000": {"WT": wt, "TC": 0.5, "ET": 0.25}}))
+    if losses:
+        with SummaryWriter(str(run / "tensorboard")) as writer:
+            for step, value in losses:
+                writer.add_scalar("train/loss", value, step)
+    return run
+
+
+def test_budgets_reads_both_folders_and_refuses_mistakes_with_one_line(study, tmp_path, capsys):
     datalist = tmp_path / "study15n4" / "datalist.json"
     datalist.parent.mkdir()
-    datalist.write_text(json.dumps({"design": "n4", "training": [
-        {"name": "study_0000", "fold": 0, "scenario": "unilateral", "lesion_contrast": 0.1, "image": ["t1.nii.gz"], "label": "seg.nii.gz"}]}))
+    entry = {"fold": 0, "scenario": "unilateral", "lesion_contrast": 0.1, "image": ["t1.nii.gz"], "label": "seg.nii.gz"}
+    datalist.write_text(json.dumps({"design": "n4", "training": [{"name": "study_0000", **entry}]}))
     longer, shorter = tmp_path / "long", tmp_path / "short"
-    for folder in (longer, shorter):
-        run = folder / study.run_name("swin_unetr", 8, 0)
-        run.mkdir(parents=True)
-        (run / "model.json").write_text("{}")
-        (run / "summary.json").write_text(json.dumps({"steps": 150}))
-        (run / "config.yaml").write_text(yaml.safe_dump({"data": {"datalist": str(datalist), "bias_correction": "n4"}}))
-    code = study.main(["budgets", "--datalist", str(datalist), "--output", str(longer), "--reference", str(shorter),
-                       "--seeds", "0", "--arms", "swin_unetr"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "run has no window scores" in err and "\n" not in err
+    args = ["budgets", "--datalist", str(datalist), "--output", str(longer), "--reference", str(shorter),
+            "--seeds", "0", "--arms", "swin_unetr"]
+
+    def refused(fragment):
+        code, err = study.main(args), capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and fragment in err and "\n" not in err, err
+
+    _fake_run(study, shorter, datalist, 150)
+    refused("no finished run")  # the longer runs are not trained yet
+    _fake_run(study, longer, datalist, 300)
+    refused("run has no window scores")
+    _fake_run(study, shorter, datalist, 150, wt=0.5, losses=[(k, 1.0 - k / 400) for k in range(10, 160, 10)])
+    _fake_run(study, longer, datalist, 300, wt=0.75, losses=[(k, 1.0 - k / 1000) for k in range(10, 310, 10)])
     # Once both folders' runs are scored, the table is written beside the longer runs.
-    for folder, wt in ((longer, 0.75), (shorter, 0.5)):
-        run = folder / study.run_name("swin_unetr", 8, 0)
-        (run / "study_scores.json").write_text(json.dumps({"study_0000": {"WT": wt, "TC": 0.5, "ET": 0.25}}))
-    (longer / study.run_name("swin_unetr", 8, 0) / "summary.json").write_text(json.dumps({"steps": 300}))
-    assert study.main(["budgets", "--datalist", str(datalist), "--output", str(longer), "--reference", str(shorter),
-                       "--seeds", "0", "--arms", "swin_unetr"]) == 0
+    assert study.main(args) == 0
     table = (longer / "budgets.md").read_text()
     assert "| swin_unetr | primary | 1 | WT | 0.750 | 0.500 | +0.250" in table
-    assert "| swin_unetr_n8_s0 | 150 / 300 |" in table
+    # Shorter run's last 50 (steps 110-150), the longer run's at the same steps, its own last 50.
+    assert "| swin_unetr_n8_s0 | 150 / 300 | 0.675 | 0.870 | 0.720 | yes / yes |" in table
+    # A case held out but not scored (a --cases primary cache), or the folders swapped, is refused.
+    datalist.write_text(json.dumps({"design": "n4", "training": [{"name": "study_0000", **entry},
+                                                                  {"name": "study_0001", **entry}]}))
+    refused("window scores cover 1 of 2 held-out cases")
+    datalist.write_text(json.dumps({"design": "n4", "training": [{"name": "study_0000", **entry}]}))
+    args[4], args[6] = args[6], args[4]
+    refused("--output takes the longer runs")

@@ -723,25 +723,36 @@ def compare_budgets(longer: Dict[str, dict], shorter: Dict[str, dict], group_of:
     return rows
 
 
+def _window_mean(curve: Dict[int, float], end: int, window: int = 50) -> Optional[float]:
+    """Mean of the losses logged in steps ``(end - window, end]``; None if none is logged or
+    any is not finite (a diverged run is not read as a flat one)."""
+    values = [v for k, v in curve.items() if end - window < k <= end]
+    if not values or not all(np.isfinite(values)):
+        return None
+    return float(np.mean(values))
+
+
 def still_falling(curve: Dict[int, float], window: int = 50) -> Optional[bool]:
     """Whether a run's logged training loss still falls at its end (sixteenth amendment,
     descriptive): the mean of the losses logged in the last ``window`` steps below the mean of
     those in the ``window`` steps before. Each logged value is one step's loss (2 crops), so
-    a window's mean, not a point, is compared. None when either window is empty."""
+    a window's mean, not a point, is compared. None when either window is empty or holds a
+    value that is not finite."""
     if not curve:
         return None
     last = max(curve)
-    tail = [v for k, v in curve.items() if last - window < k <= last]
-    before = [v for k, v in curve.items() if last - 2 * window < k <= last - window]
-    if not tail or not before:
+    tail, before = _window_mean(curve, last, window), _window_mean(curve, last - window, window)
+    if tail is None or before is None:
         return None
-    return float(np.mean(tail)) < float(np.mean(before))
+    return tail < before
 
 
 def budgets(datalist: Path, output: Path, reference: Path, size: int, seeds, arms=None) -> List[str]:
     """The ``budgets`` command: :func:`compare_budgets` of ``output``'s runs (the longer budget)
-    against ``reference``'s, from the window scores that ``report`` cached in each run, and
-    each run's loss at the shorter budget's last step and its own. Written to
+    against ``reference``'s, from the window scores that ``report`` cached in each run (every
+    held-out case), and each run's training loss as 50-step means: the shorter run's last 50,
+    the longer run's at the same steps and its own last 50. Only runs finished in both
+    folders are read; a pair whose ``output`` run is not the longer one is refused. Written to
     ``<output>/budgets.md`` and returned as lines."""
     from SymmetryAwareCore.errors import InputError
     from SymmetryAwareTraining.datalist import load_datalist
@@ -749,45 +760,59 @@ def budgets(datalist: Path, output: Path, reference: Path, size: int, seeds, arm
     held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
     group_of = {e["name"]: case_group(e) for e in held}
     arms = list(arms or ARMS)
-    scores, steps = {}, {}
-    for folder in (output, reference):
-        scores[folder] = {}
-        for arm in arms:
-            for seed in seeds:
-                run = folder / run_name(arm, size, seed)
-                if not (run / "model.json").is_file():
-                    continue
-                check_run(run, datalist)
-                cached = run / "study_scores.json"
-                if not cached.is_file():
-                    raise InputError("run has no window scores: run 'report' on its folder first", run)
-                scores[folder][run.name] = json.loads(cached.read_text())
-                steps[(folder, run.name)] = int(json.loads((run / "summary.json").read_text()).get("steps", 0))
+    wanted = [run_name(arm, size, seed) for arm in arms for seed in seeds]
+    pairs = [name for name in wanted if all((folder / name / "model.json").is_file() for folder in (output, reference))]
+    if not pairs:
+        lacking = [folder for folder in (output, reference)
+                   if not any((folder / name / "model.json").is_file() for name in wanted)]
+        raise InputError(f"no finished run at size {size}, seeds {', '.join(map(str, seeds))} of the arms asked for "
+                         "in both folders", lacking[0] if lacking else output)
+    scores, steps, curves = {output: {}, reference: {}}, {}, {}
+    for name in pairs:
+        for folder in (output, reference):
+            run = folder / name
+            check_run(run, datalist)
+            cached = run / "study_scores.json"
+            if not cached.is_file():
+                raise InputError("run has no window scores: run 'report' on its folder first", run)
+            scored = json.loads(cached.read_text())
+            if not set(group_of) <= set(scored):
+                raise InputError(f"window scores cover {len(set(group_of) & set(scored))} of {len(group_of)} held-out "
+                                 "cases: run 'report' with --cases all on its folder", run)
+            scores[folder][name] = scored
+            steps[folder, name] = int(json.loads((run / "summary.json").read_text()).get("steps", 0))
+            curves[folder, name] = loss_curve(run)
+        if steps[output, name] <= steps[reference, name]:
+            raise InputError(f"--output's run has {steps[output, name]} steps and --reference's {steps[reference, name]}: "
+                             "--output takes the longer runs", output / name)
     rows = compare_budgets(scores[output], scores[reference], group_of, arms, size, seeds,
                            design_of(datalist).primary_groups)
-    if not rows:
-        raise InputError(f"no arm has runs at size {size}, seeds {', '.join(map(str, seeds))} in both folders", reference)
+    compared = {r["arm"] for r in rows}
+    left_out = {arm: [name for name in (run_name(arm, size, seed) for seed in seeds) if name not in pairs]
+                for arm in arms if arm not in compared and any(arm_of(name) == arm for name in pairs)}
     lines = [f"Each arm's runs in {output} minus its own runs in {reference}: label size {size}, seeds "
              f"{', '.join(map(str, seeds))}, Dice in the window, mean over seeds per case, 95 % paired bootstrap "
-             "over cases.", "",
-             "| arm | set | cases | region | longer | shorter | difference [95 % CI] | per seed |",
-             "|---|---|---|---|---|---|---|---|"]
+             "over cases.", ""]
+    for arm, missing in left_out.items():
+        lines += [f"Left out (a seed lacks a finished run in a folder): {arm}: {', '.join(missing)}.", ""]
+    lines += ["| arm | set | cases | region | longer | shorter | difference [95 % CI] | per seed |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['set']} | {r['cases']} | {r['region']} | {r['longer']:.3f} | "
                      f"{r['shorter']:.3f} | {r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
                      + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + " |")
-    lines += ["", "| run | steps (shorter / longer) | loss at the shorter's last step / mean of the longer's last 50 "
-              "| still falling at the end (longer run) |", "|---|---|---|---|"]
-    for name in sorted(scores[output]):
-        if name not in scores[reference]:
-            continue
-        short, long_ = steps[(reference, name)], steps[(output, name)]
-        curve = loss_curve(output / name)
-        at = f"{curve[short]:.3f}" if short in curve else "-"
-        tail = [v for k, v in curve.items() if k > max(curve, default=0) - 50]
-        falling = still_falling(curve)
-        lines.append(f"| {name} | {short} / {long_} | {at} / {np.mean(tail) if tail else float('nan'):.3f} | "
-                     + ("-" if falling is None else "yes" if falling else "no") + " |")
+
+    def shown(value):
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else "yes" if value else "no"
+
+    lines += ["", "Training loss, mean of the values logged in 50 steps (each one step's loss):", "",
+              "| run | steps (shorter / longer) | shorter run, its last 50 | longer run, the same steps | "
+              "longer run, its last 50 | still falling at the end: shorter / longer |", "|---|---|---|---|---|---|"]
+    for name in pairs:
+        short, long_ = steps[reference, name], steps[output, name]
+        a, b = curves[reference, name], curves[output, name]
+        lines.append(f"| {name} | {short} / {long_} | {shown(_window_mean(a, short))} | {shown(_window_mean(b, short))} | "
+                     f"{shown(_window_mean(b, long_))} | {shown(still_falling(a))} / {shown(still_falling(b))} |")
     (output / "budgets.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return lines
 
