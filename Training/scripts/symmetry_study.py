@@ -540,6 +540,13 @@ def case_group(entry: dict) -> str:
     return f"{entry['scenario']} c{entry['lesion_contrast']:g}"
 
 
+def held_out(datalist: Path) -> List[dict]:
+    """The study's held-out cases (fold 0 of the datalist's training section), in its order."""
+    from SymmetryAwareTraining.datalist import load_datalist
+
+    return [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+
+
 def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: int = 2,
            scoring: str = "window", cases: str = "all", arms: Optional[Sequence[str]] = None) -> dict:
     """Score every finished run of ``sizes`` and apply the decision rule.
@@ -556,7 +563,6 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if cases not in CASE_SETS:
         raise ValueError(f"cases must be one of {CASE_SETS}, got {cases!r}")
-    from SymmetryAwareTraining.datalist import load_datalist
     from SymmetryAwareTraining.tasks import _channel_names, run_preprocessing
 
     from SymmetryAwareTraining.data import PreparedCases
@@ -564,7 +570,7 @@ def report(datalist: Path, output: Path, cache_dir: str, sizes, seeds, workers: 
     config = _config(datalist, cache_dir)
     spec, channels = run_preprocessing(config), _channel_names(config)
     primary_groups = design_of(datalist).primary_groups
-    held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+    held = held_out(datalist)
     if cases == "primary":
         held = [e for e in held if case_group(e) in primary_groups]
     prepared = PreparedCases(held, True, spec, channels, cache=False, cache_dir=cache_dir or None)
@@ -755,9 +761,8 @@ def budgets(datalist: Path, output: Path, reference: Path, size: int, seeds, arm
     folders are read; a pair whose ``output`` run is not the longer one is refused. Written to
     ``<output>/budgets.md`` and returned as lines."""
     from SymmetryAwareCore.errors import InputError
-    from SymmetryAwareTraining.datalist import load_datalist
 
-    held = [e for e in load_datalist(str(datalist)).sections["training"] if int(e["fold"]) == 0]
+    held = held_out(datalist)
     group_of = {e["name"]: case_group(e) for e in held}
     arms = list(arms or ARMS)
     wanted = [run_name(arm, size, seed) for arm in arms for seed in seeds]
